@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="keras_kd",
+    version="0.1.0",
+    description="Knowledge distillation for Keras 3: one-pass distiller, "
+    "feature/relational/attention terms, recipes and TFLite export.",
+    packages=find_packages(include=["keras_kd", "keras_kd.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "keras>=3.15,<3.16",
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=2.0",
+        # Provides the embedded offline dataset (load_digits) of the main job.
+        "scikit-learn>=1.3",
+        "numpy",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "jax[cpu]>=0.4.30", "matplotlib>=3.7"],
+        "cv": ["keras-cv"],
+    },
+)
