@@ -1,0 +1,7 @@
+"""keras_kd: knowledge distillation for Keras 3."""
+
+from keras_kd import losses
+from keras_kd.distiller import Distiller
+from keras_kd.soft_label_teacher import SoftLabelTeacher
+
+__version__ = "0.1.0"

@@ -1,0 +1,463 @@
+import math
+
+import keras
+from keras import ops
+from keras.src.utils.tracking import DotNotTrackScope
+
+from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.keras_adapter import KerasDistillationLoss
+from keras_kd.soft_label_teacher import SoftLabelTeacher
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Distiller(keras.Model):
+    """Trains a student from one or more frozen teachers in one pass.
+
+    A drop-in superset of `keras.distillation.Distiller`: same constructor
+    and `total = student_loss_weight · student_loss +
+    (1 − student_loss_weight) · Σ_i w_i · term_i`. Per training step the
+    student runs once and yields its logits and every feature the terms
+    read; each teacher runs once, in inference mode, outside the gradient.
+    `evaluate` and `predict` run the student alone.
+
+    Args:
+        teacher: a trained `keras.Model`, a `kd.SoftLabelTeacher`, or a list
+            of them (multi-teacher). Frozen during distillation.
+        student: the `keras.Model` to train. Functional and Sequential models
+            expose every layer by name; a subclassed model must return a dict
+            of named outputs with a `"logits"` entry.
+        distillation_losses: a term or list of terms from `kd.losses`
+            (`keras.distillation` losses are wrapped and keep their meaning).
+        distillation_loss_weights: one weight per term (default 1.0 each).
+        student_loss_weight: weight in [0, 1] of the supervised loss given to
+            `compile(loss=...)`.
+        teacher_weights: one positive weight per teacher, normalised to sum
+            to 1 (default equal).
+
+    Every term is reported as its own metric (named after the term), beside
+    `student_loss` and `total_loss`.
+
+    Example:
+
+    ```python
+    distiller = kd.Distiller(
+        teacher, student,
+        [kd.losses.LogitsDistillation(temperature=4.0),
+         kd.losses.FeatureAlignment("stage3", "stage3")],
+        distillation_loss_weights=[1.0, 50.0], student_loss_weight=0.1)
+    distiller.compile(optimizer="adam",
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True),
+                      metrics=["accuracy"])
+    distiller.fit(x, y, epochs=10)
+    distiller.student.save("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_losses,
+        distillation_loss_weights=None,
+        student_loss_weight=0.5,
+        teacher_weights=None,
+        name="distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        if not teachers:
+            raise ValueError("`teacher` is an empty list; give at least one.")
+        for model in teachers:
+            if not isinstance(model, (keras.Model, SoftLabelTeacher)):
+                raise ValueError(
+                    f"Each teacher must be a keras.Model or a "
+                    f"kd.SoftLabelTeacher, got {type(model).__name__}."
+                )
+        if not isinstance(student, keras.Model):
+            raise ValueError(
+                f"`student` must be a keras.Model, got {type(student).__name__}."
+            )
+        if distillation_losses is None or distillation_losses == []:
+            raise ValueError(
+                "`distillation_losses` is empty; give at least one term, e.g. "
+                "kd.losses.LogitsDistillation()."
+            )
+        if not isinstance(distillation_losses, (list, tuple)):
+            distillation_losses = [distillation_losses]
+        terms = [
+            term if isinstance(term, DistillationTerm)
+            else KerasDistillationLoss(term)
+            for term in distillation_losses
+        ]
+        if distillation_loss_weights is None:
+            distillation_loss_weights = [1.0] * len(terms)
+        if len(distillation_loss_weights) != len(terms):
+            raise ValueError(
+                f"Got {len(distillation_loss_weights)} "
+                f"distillation_loss_weights for {len(terms)} "
+                f"distillation_losses; give one weight per term."
+            )
+        if (
+            not isinstance(student_loss_weight, (int, float))
+            or not 0.0 <= student_loss_weight <= 1.0
+        ):
+            raise ValueError(
+                f"student_loss_weight must be a number in [0, 1], got "
+                f"{student_loss_weight!r}."
+            )
+        if teacher_weights is None:
+            teacher_weights = [1.0] * len(teachers)
+        if len(teacher_weights) != len(teachers) or min(teacher_weights) <= 0:
+            raise ValueError(
+                f"teacher_weights must hold one positive weight per teacher "
+                f"({len(teachers)} teachers), got {list(teacher_weights)}."
+            )
+        view_terms = [term for term in terms if term.num_views > 1]
+        if len(view_terms) > 1:
+            raise ValueError(
+                f"Only one term may expand the batch into views; got "
+                f"{[term.name for term in view_terms]}."
+            )
+
+        self.teacher = teacher
+        self.student = student
+        for model in teachers:
+            model.trainable = False
+        self.distillation_losses = terms
+        self.distillation_loss_weights = [float(w) for w in distillation_loss_weights]
+        self.student_loss_weight = float(student_loss_weight)
+        total_weight = float(sum(teacher_weights))
+        self.teacher_weights = [float(w) / total_weight for w in teacher_weights]
+        self._teachers = teachers
+        self._view_terms = view_terms
+        self._num_views = view_terms[0].num_views if view_terms else 1
+
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.term_trackers = [keras.metrics.Mean(name=term.name) for term in terms]
+        self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        self._tracker_names = {"student_loss", "total_loss"} | {
+            term.name for term in terms
+        }
+        self._build_taps_and_terms()
+
+    def _build_taps_and_terms(self):
+        teacher_names = sorted(
+            {n for term in self.distillation_losses for n in term.teacher_layer_names}
+        )
+        student_names = sorted(
+            {n for term in self.distillation_losses for n in term.student_layer_names}
+        )
+        self._check_input_shapes()
+        # The taps share the models' layers and weights; they are not tracked
+        # so the weights are saved once, under `teacher` and `student`.
+        with DotNotTrackScope():
+            self._student_tap, student_shapes = _tap(
+                self.student, student_names, "student"
+            )
+            teacher_taps = [
+                _tap(model, teacher_names, "teacher") for model in self._teachers
+            ]
+            self._teacher_taps = [tap for tap, _ in teacher_taps]
+        teacher_shapes = [shapes for _, shapes in teacher_taps]
+        num_classes = student_shapes["logits"][-1]
+        for term in self.distillation_losses:
+            if not term.uses_logits:
+                continue
+            for model, shapes in zip(self._teachers, teacher_shapes):
+                teacher_classes = (
+                    shapes.get("logits") or shapes["probabilities"]
+                )[-1]
+                if teacher_classes != num_classes:
+                    raise ValueError(
+                        f"{type(term).__name__} compares class scores, but "
+                        f"teacher '{model.name}' has {teacher_classes} "
+                        f"classes and the student {num_classes}. Use feature "
+                        f"terms only (e.g. kd.losses.FeatureAlignment) when "
+                        f"the label spaces differ."
+                    )
+        for term in self.distillation_losses:
+            if not term.built:  # Terms loaded from a .keras file are built.
+                term.build(teacher_shapes, student_shapes)
+        self.built = True
+
+    def _check_input_shapes(self):
+        student_shape = _input_shape(self.student)
+        for model in self._teachers:
+            teacher_shape = _input_shape(model)
+            if student_shape and teacher_shape and any(
+                s is not None and t is not None and s != t
+                for s, t in zip(student_shape[1:], teacher_shape[1:])
+            ):
+                raise ValueError(
+                    f"Teacher '{model.name}' takes inputs of shape "
+                    f"{teacher_shape} but the student takes {student_shape}; "
+                    f"both run on the same batch, so they must agree."
+                )
+
+    # Each backend's `train_step` (TensorFlow, JAX, torch) calls `call`, then
+    # `compute_loss`, then `compute_metrics`. Overriding those three keeps one
+    # implementation for every backend while the backend keeps its own
+    # gradient, optimizer, loss-scaling and distribution logic.
+    def call(self, inputs, training=None):
+        if not training:
+            return self.student(inputs, training=training)
+        for term in self._view_terms:
+            inputs = term.transform_inputs(inputs, training=True)
+        student_outputs = self._student_tap(inputs, training=True)
+        teacher_outputs = [
+            None if tap is None
+            else keras.tree.map_structure(
+                ops.stop_gradient, tap(inputs, training=False)
+            )
+            for tap in self._teacher_taps
+        ]
+        return {"student": student_outputs, "teachers": teacher_outputs}
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        if not _is_training_output(y_pred):
+            return super().compute_loss(x, y, y_pred, sample_weight, training)
+        student_outputs = y_pred["student"]
+        teacher_outputs = [
+            model(self._view_labels(y)) if outputs is None else outputs
+            for model, outputs in zip(self._teachers, y_pred["teachers"])
+        ]
+        student_loss = ops.zeros((), "float32")
+        if self.student_loss_weight > 0.0:
+            student_loss = ops.cast(
+                self._compile_loss(
+                    y, self._labelled_logits(student_outputs), sample_weight
+                ),
+                "float32",
+            )
+        distillation_loss = ops.zeros((), "float32")
+        for term, weight, tracker in zip(
+            self.distillation_losses,
+            self.distillation_loss_weights,
+            self.term_trackers,
+        ):
+            value = term(
+                teacher_outputs,
+                student_outputs,
+                labels=y,
+                teacher_weights=self.teacher_weights,
+                training=training,
+            )
+            value = self._reduce(value, sample_weight)
+            tracker.update_state(value)
+            distillation_loss = distillation_loss + weight * value
+        total_loss = (
+            self.student_loss_weight * student_loss
+            + (1.0 - self.student_loss_weight) * distillation_loss
+        )
+        for loss in self.losses:
+            total_loss = total_loss + ops.cast(ops.sum(loss), "float32")
+        self.student_loss_tracker.update_state(student_loss)
+        self.total_loss_tracker.update_state(total_loss)
+        return total_loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        training = _is_training_output(y_pred)
+        if training:
+            y_pred = self._labelled_logits(y_pred["student"])
+        results = super().compute_metrics(x, y, y_pred, sample_weight)
+        if not training:
+            results = {
+                k: v for k, v in results.items() if k not in self._tracker_names
+            }
+        return results
+
+    def _labelled_logits(self, student_outputs):
+        """The student's logits on the original (first) view of the batch."""
+        logits = student_outputs["logits"]
+        if self._num_views == 1:
+            return logits
+        return logits[: ops.shape(logits)[0] // self._num_views]
+
+    def _view_labels(self, y):
+        labels = ops.convert_to_tensor(y)
+        if len(labels.shape) == 2 and labels.shape[-1] != 1:
+            labels = ops.argmax(labels, axis=-1)
+        labels = ops.reshape(labels, (-1,))
+        return ops.tile(labels, [self._num_views])
+
+    def _reduce(self, value, sample_weight):
+        value = ops.cast(value, "float32")
+        if len(value.shape) == 0:
+            return value
+        if sample_weight is not None:
+            weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            if self._num_views > 1:
+                weights = ops.tile(weights, [self._num_views])
+            value = value * weights
+        return ops.mean(value)
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        """Compiles with the student's supervised `loss` (required when
+        `student_loss_weight > 0`). A `mixed_float16` student gets a
+        `LossScaleOptimizer` as in `keras.Model.compile`."""
+        if loss is None and self.student_loss_weight > 0:
+            raise ValueError(
+                f"compile() needs the student's supervised `loss` because "
+                f"student_loss_weight={self.student_loss_weight}, e.g. "
+                f"loss=keras.losses.SparseCategoricalCrossentropy("
+                f"from_logits=True)."
+            )
+        optimizer = keras.optimizers.get(optimizer)
+        if self.student.dtype_policy.name == "mixed_float16" and not isinstance(
+            optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        # Our `compile` takes Keras' arguments, so the saved ones restore it.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, stopping with an error on a NaN or Inf loss."""
+        callbacks = list(callbacks or []) + [
+            _StopOnNonFiniteLoss(sorted(self._tracker_names) + ["loss"])
+        ]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        teacher = (
+            [serialize(t) for t in self.teacher]
+            if isinstance(self.teacher, (list, tuple))
+            else serialize(self.teacher)
+        )
+        config.update(
+            {
+                "teacher": teacher,
+                "student": serialize(self.student),
+                "distillation_losses": [
+                    serialize(term) for term in self.distillation_losses
+                ],
+                "distillation_loss_weights": self.distillation_loss_weights,
+                "student_loss_weight": self.student_loss_weight,
+                "teacher_weights": self.teacher_weights,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        teacher = config.pop("teacher")
+        config["teacher"] = (
+            [deserialize(t) for t in teacher]
+            if isinstance(teacher, list)
+            else deserialize(teacher)
+        )
+        config["student"] = deserialize(config["student"])
+        config["distillation_losses"] = [
+            deserialize(term) for term in config["distillation_losses"]
+        ]
+        return cls(**config)
+
+
+def _is_training_output(y_pred):
+    return isinstance(y_pred, dict) and set(y_pred) == {"student", "teachers"}
+
+
+def _input_shape(model):
+    inputs = getattr(model, "inputs", None) if isinstance(model, keras.Model) else None
+    if inputs and len(inputs) == 1:
+        return tuple(inputs[0].shape)
+    return None
+
+
+def _tap(model, layer_names, role):
+    """A model returning `{"logits": ..., name: feature}` and their shapes.
+
+    Returns `(None, shapes)` for a `SoftLabelTeacher`, which is fed labels.
+    """
+    features = [name for name in layer_names if name != "logits"]
+    if isinstance(model, SoftLabelTeacher):
+        if features:
+            raise ValueError(
+                f"A SoftLabelTeacher has no features, but the terms ask the "
+                f"{role} for {features}. Use logit terms only with it."
+            )
+        return None, {"probabilities": (None, model.num_classes)}
+    if not model.built:
+        raise ValueError(
+            f"The {role} model '{model.name}' is not built. Build it first "
+            f"(give it a keras.Input, call model.build(input_shape), or call "
+            f"it on a batch)."
+        )
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    if inputs is not None and outputs is not None:
+        if len(outputs) != 1:
+            raise ValueError(
+                f"The {role} model '{model.name}' has {len(outputs)} outputs; "
+                f"keras_kd expects one (the logits)."
+            )
+        available = [layer.name for layer in model.layers]
+        _check_names(features, available, role, model, "layer")
+        tapped = {"logits": outputs[0]}
+        tapped.update({name: model.get_layer(name).output for name in features})
+        tap = keras.Model(inputs, tapped, name=f"{model.name}_tap")
+        return tap, {name: tuple(t.shape) for name, t in tapped.items()}
+    # A subclassed model: it must return a dict of named outputs.
+    input_shape = (model.get_build_config() or {}).get("input_shape")
+    spec = None
+    if input_shape is not None:
+        spec = model.compute_output_spec(keras.KerasTensor(input_shape))
+    if not isinstance(spec, dict) or "logits" not in spec:
+        raise ValueError(
+            f"The {role} model '{model.name}' is a subclassed model whose "
+            f"outputs keras_kd cannot name. Make its call() return a dict of "
+            f"named outputs with a 'logits' entry (and one entry per feature "
+            f"the terms read), or rebuild it as a functional model."
+        )
+    _check_names(features, list(spec), role, model, "output")
+    return model, {name: tuple(t.shape) for name, t in spec.items()}
+
+
+def _check_names(names, available, role, model, kind):
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise ValueError(
+            f"The {role} model '{model.name}' has no {kind} named "
+            f"{', '.join(repr(n) for n in missing)}. Available {kind}s: "
+            f"{available}."
+        )
+
+
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training with an error naming the loss term that is NaN/Inf."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = names
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = {
+            name: float(logs[name])
+            for name in self.names
+            if name in (logs or {}) and not math.isfinite(float(logs[name]))
+        }
+        if bad:
+            raise FloatingPointError(
+                f"Non-finite loss at epoch {self.epoch + 1}, batch {batch + 1}:"
+                f" {bad}. Training stopped: the last update may already have "
+                f"written NaN into the weights, so restore them from a "
+                f"checkpoint. Check the inputs for NaN/Inf, lower the learning "
+                f"rate, or use a LossScaleOptimizer under mixed_float16."
+            )

@@ -1,0 +1,78 @@
+import keras
+from keras import ops
+
+
+class DistillationTerm(keras.layers.Layer):
+    """Base class of the knowledge terms a `keras_kd.Distiller` combines.
+
+    A term names the layers it reads (`teacher_layer_names`,
+    `student_layer_names`; the final outputs are always available as
+    `"logits"`), is built once from their shapes before training, and returns
+    a float32 loss: one value per sample (shape `(batch,)`, so the Distiller
+    can apply `sample_weight`) or a scalar for batch-level terms.
+
+    Terms are layers, so they may own trainable weights (aligners, heads)
+    that are optimised together with the student and are not part of it.
+
+    Subclasses implement `build(teacher_shapes, student_shapes)` where
+    `teacher_shapes` is a list (one entry per teacher) of `{name: shape}`
+    dicts and `student_shapes` a `{name: shape}` dict, and
+    `call(teacher_outputs, student_outputs, labels=None, teacher_weights=None)`
+    with outputs in the same structure and `teacher_weights` a list of floats
+    summing to 1.
+
+    Example:
+
+    ```python
+    class MeanLogitGap(kd.losses.DistillationTerm):
+        def call(self, teacher_outputs, student_outputs, labels=None,
+                 teacher_weights=None):
+            z_t = self.teacher_mean(teacher_outputs, "logits", teacher_weights)
+            z_s = ops.cast(student_outputs["logits"], "float32")
+            return ops.mean(ops.abs(z_t - z_s), axis=-1)
+    ```
+    """
+
+    #: Whether the term compares class scores, so teachers and student must
+    #: share the label space.
+    uses_logits = False
+    #: How many views of each image `transform_inputs` produces.
+    num_views = 1
+
+    def __init__(self, teacher_layer_names=(), student_layer_names=(), **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.teacher_layer_names = list(teacher_layer_names)
+        self.student_layer_names = list(student_layer_names)
+
+    def build(self, teacher_shapes, student_shapes):
+        pass
+
+    def transform_inputs(self, x, training=True):
+        """Expands a batch into `num_views` views (concatenated on axis 0)."""
+        return x
+
+    def teacher_mean(self, teacher_outputs, key, teacher_weights):
+        """Weighted mean over teachers of one output, in float32."""
+        values = [ops.cast(out[key], "float32") for out in teacher_outputs]
+        return sum(w * v for w, v in zip(teacher_weights, values))
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)
+        config.pop("trainable", None)
+        return config
+
+
+def teacher_probabilities(teacher_output, temperature):
+    """`softmax(z_t / T)`, or a label teacher's fixed probabilities as given."""
+    if "probabilities" in teacher_output:
+        return ops.cast(teacher_output["probabilities"], "float32")
+    logits = ops.cast(teacher_output["logits"], "float32")
+    return ops.softmax(logits / temperature, axis=-1)
+
+
+def per_sample_mean(x):
+    """Mean over every axis but the batch axis, in float32."""
+    x = ops.cast(x, "float32")
+    return ops.mean(ops.reshape(x, (ops.shape(x)[0], -1)), axis=-1)

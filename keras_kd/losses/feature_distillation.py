@@ -1,0 +1,82 @@
+import keras
+from keras import ops
+
+from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import per_sample_mean
+
+_LOSSES = ("mse", "mae", "cosine")
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class FeatureDistillation(DistillationTerm):
+    """Distance between same-shape teacher and student features.
+
+    The `keras.distillation.FeatureDistillation` counterpart: no trainable
+    weights, so the two layers must have identical shapes (use
+    `FeatureAlignment` otherwise). `None` names mean the final outputs.
+    `loss` is `"mse"`, `"mae"` or `"cosine"` (1 − cosine similarity of the
+    flattened features).
+
+    Example:
+
+    ```python
+    term = kd.losses.FeatureDistillation("stage3", "stage3", loss="mse")
+    ```
+    """
+
+    def __init__(self, teacher_layer_name=None, student_layer_name=None,
+                 loss="mse", **kwargs):
+        if loss not in _LOSSES:
+            raise ValueError(
+                f"Unknown loss '{loss}' for FeatureDistillation; "
+                f"use one of {_LOSSES}."
+            )
+        super().__init__(
+            [teacher_layer_name or "logits"],
+            [student_layer_name or "logits"],
+            **kwargs,
+        )
+        self.teacher_layer_name = teacher_layer_name
+        self.student_layer_name = student_layer_name
+        self.loss = loss
+
+    def build(self, teacher_shapes, student_shapes):
+        student_shape = tuple(student_shapes[self.student_layer_names[0]])
+        for shapes in teacher_shapes:
+            teacher_shape = tuple(shapes[self.teacher_layer_names[0]])
+            if teacher_shape[1:] != student_shape[1:]:
+                raise ValueError(
+                    f"FeatureDistillation needs features of the same shape, "
+                    f"but teacher layer '{self.teacher_layer_names[0]}' has "
+                    f"shape {teacher_shape} and student layer "
+                    f"'{self.student_layer_names[0]}' has shape "
+                    f"{student_shape}. Use kd.losses.FeatureAlignment, which "
+                    f"learns a mapping between different shapes."
+                )
+
+    def call(self, teacher_outputs, student_outputs, labels=None,
+             teacher_weights=None):
+        f_s = ops.cast(student_outputs[self.student_layer_names[0]], "float32")
+        total = 0.0
+        for w, out in zip(teacher_weights, teacher_outputs):
+            f_t = ops.cast(out[self.teacher_layer_names[0]], "float32")
+            total = total + w * self._distance(f_t, f_s)
+        return total
+
+    def _distance(self, f_t, f_s):
+        if self.loss == "mse":
+            return per_sample_mean(ops.square(f_s - f_t))
+        if self.loss == "mae":
+            return per_sample_mean(ops.abs(f_s - f_t))
+        batch = ops.shape(f_s)[0]
+        f_s = ops.normalize(ops.reshape(f_s, (batch, -1)), axis=-1)
+        f_t = ops.normalize(ops.reshape(f_t, (batch, -1)), axis=-1)
+        return 1.0 - ops.sum(f_s * f_t, axis=-1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "teacher_layer_name": self.teacher_layer_name,
+            "student_layer_name": self.student_layer_name,
+            "loss": self.loss,
+        }

@@ -1,0 +1,57 @@
+import keras
+from keras import ops
+
+from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import teacher_probabilities
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class LogitsDistillation(DistillationTerm):
+    """Hinton KD: `T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))` per sample.
+
+    Computed in float32 whatever the models' dtype policy. With several
+    teachers the target is the weighted mean of their tempered
+    probabilities; a `kd.SoftLabelTeacher` supplies its table rows as the
+    target directly (not re-tempered).
+
+    Unlike `keras.distillation.LogitsDistillation()` with its default
+    arguments, this is exactly the published formula.
+
+    Example:
+
+    ```python
+    distiller = kd.Distiller(teacher, student,
+                             kd.losses.LogitsDistillation(temperature=4.0),
+                             student_loss_weight=0.1)
+    ```
+    """
+
+    uses_logits = True
+
+    def __init__(self, temperature=4.0, **kwargs):
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(
+                f"temperature must be positive, got {temperature}."
+            )
+        self.temperature = float(temperature)
+
+    def call(self, teacher_outputs, student_outputs, labels=None,
+             teacher_weights=None):
+        t = self.temperature
+        target = sum(
+            w * teacher_probabilities(out, t)
+            for w, out in zip(teacher_weights, teacher_outputs)
+        )
+        z_s = ops.cast(student_outputs["logits"], "float32")
+        log_student = ops.log_softmax(z_s / t, axis=-1)
+        positive = target > 0
+        log_target = ops.log(ops.where(positive, target, 1.0))
+        kl = ops.sum(
+            ops.where(positive, target * (log_target - log_student), 0.0),
+            axis=-1,
+        )
+        return (t * t) * kl
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
