@@ -15,7 +15,10 @@ class Distiller(keras.Model):
 
     A drop-in superset of `keras.distillation.Distiller`: same constructor
     and `total = student_loss_weight · student_loss +
-    (1 − student_loss_weight) · Σ_i w_i · term_i`. Per training step the
+    (1 − student_loss_weight) · Σ_i w_i · term_i`; with
+    `weighting="additive"` the papers' form `total = student_loss_weight ·
+    student_loss + Σ_i w_i · term_i` (e.g. `CE + 0.9·KD + 100·FitNets`).
+    Per training step the
     student runs once and yields its logits and every feature the terms
     read; each teacher runs once, in inference mode, outside the gradient.
     `evaluate` and `predict` run the student alone.
@@ -29,8 +32,9 @@ class Distiller(keras.Model):
         distillation_losses: a term or list of terms from `kd.losses`
             (`keras.distillation` losses are wrapped and keep their meaning).
         distillation_loss_weights: one weight per term (default 1.0 each).
-        student_loss_weight: weight in [0, 1] of the supervised loss given to
-            `compile(loss=...)`.
+        student_loss_weight: weight of the supervised loss given to
+            `compile(loss=...)`; in [0, 1] for `"convex"` weighting.
+        weighting: `"convex"` (Keras' formula, the default) or `"additive"`.
         teacher_weights: one positive weight per teacher, normalised to sum
             to 1 (default equal).
 
@@ -62,6 +66,7 @@ class Distiller(keras.Model):
         distillation_loss_weights=None,
         student_loss_weight=0.5,
         teacher_weights=None,
+        weighting="convex",
         name="distiller",
         **kwargs,
     ):
@@ -99,13 +104,18 @@ class Distiller(keras.Model):
                 f"distillation_loss_weights for {len(terms)} "
                 f"distillation_losses; give one weight per term."
             )
+        if weighting not in ("convex", "additive"):
+            raise ValueError(
+                f"weighting must be 'convex' or 'additive', got {weighting!r}."
+            )
+        upper = 1.0 if weighting == "convex" else math.inf
         if (
             not isinstance(student_loss_weight, (int, float))
-            or not 0.0 <= student_loss_weight <= 1.0
+            or not 0.0 <= student_loss_weight <= upper
         ):
             raise ValueError(
-                f"student_loss_weight must be a number in [0, 1], got "
-                f"{student_loss_weight!r}."
+                f"student_loss_weight must be a number in [0, {upper}] with "
+                f"weighting='{weighting}', got {student_loss_weight!r}."
             )
         if teacher_weights is None:
             teacher_weights = [1.0] * len(teachers)
@@ -128,6 +138,7 @@ class Distiller(keras.Model):
         self.distillation_losses = terms
         self.distillation_loss_weights = [float(w) for w in distillation_loss_weights]
         self.student_loss_weight = float(student_loss_weight)
+        self.weighting = weighting
         total_weight = float(sum(teacher_weights))
         self.teacher_weights = [float(w) / total_weight for w in teacher_weights]
         self._teachers = teachers
@@ -135,10 +146,18 @@ class Distiller(keras.Model):
         self._num_views = view_terms[0].num_views if view_terms else 1
 
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
-        self.term_trackers = [keras.metrics.Mean(name=term.name) for term in terms]
+        # One tracker per term, and one per component of multi-part terms.
+        self.term_trackers = [
+            [keras.metrics.Mean(name=term.name)]
+            + [
+                keras.metrics.Mean(name=f"{term.name}_{part}")
+                for part in term.component_names
+            ]
+            for term in terms
+        ]
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
         self._tracker_names = {"student_loss", "total_loss"} | {
-            term.name for term in terms
+            tracker.name for trackers in self.term_trackers for tracker in trackers
         }
         self._build_taps_and_terms()
 
@@ -234,7 +253,7 @@ class Distiller(keras.Model):
                 "float32",
             )
         distillation_loss = ops.zeros((), "float32")
-        for term, weight, tracker in zip(
+        for term, weight, trackers in zip(
             self.distillation_losses,
             self.distillation_loss_weights,
             self.term_trackers,
@@ -246,13 +265,17 @@ class Distiller(keras.Model):
                 teacher_weights=self.teacher_weights,
                 training=training,
             )
-            value = self._reduce(value, sample_weight)
-            tracker.update_state(value)
-            distillation_loss = distillation_loss + weight * value
-        total_loss = (
-            self.student_loss_weight * student_loss
-            + (1.0 - self.student_loss_weight) * distillation_loss
-        )
+            parts = [value[part] for part in term.component_names]
+            if parts:
+                value = sum(parts)
+            for tracker, part in zip(trackers, [value] + parts):
+                tracker.update_state(self._reduce(part, sample_weight))
+            distillation_loss = distillation_loss + weight * self._reduce(
+                value, sample_weight
+            )
+        if self.weighting == "convex":
+            distillation_loss = (1.0 - self.student_loss_weight) * distillation_loss
+        total_loss = self.student_loss_weight * student_loss + distillation_loss
         for loss in self.losses:
             total_loss = total_loss + ops.cast(ops.sum(loss), "float32")
         self.student_loss_tracker.update_state(student_loss)
@@ -343,6 +366,7 @@ class Distiller(keras.Model):
                 "distillation_loss_weights": self.distillation_loss_weights,
                 "student_loss_weight": self.student_loss_weight,
                 "teacher_weights": self.teacher_weights,
+                "weighting": self.weighting,
             }
         )
         return config

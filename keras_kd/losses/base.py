@@ -19,7 +19,11 @@ class DistillationTerm(keras.layers.Layer):
     dicts and `student_shapes` a `{name: shape}` dict, and
     `call(teacher_outputs, student_outputs, labels=None, teacher_weights=None)`
     with outputs in the same structure and `teacher_weights` a list of floats
-    summing to 1.
+    summing to 1. `labels` are the batch's labels as given to `fit` (one per
+    original image; a term that sets `num_views > 1` expands its batch in
+    `transform_inputs` into views concatenated on axis 0, view 0 being the
+    original, and receives outputs for all views). A `kd.SoftLabelTeacher`'s
+    output is `{"probabilities": ...}` instead of logits.
 
     Example:
 
@@ -38,6 +42,10 @@ class DistillationTerm(keras.layers.Layer):
     uses_logits = False
     #: How many views of each image `transform_inputs` produces.
     num_views = 1
+    #: Names of the weighted parts of a multi-part term. When set, `call`
+    #: returns `{name: loss}`; the Distiller adds the parts up and reports
+    #: each as the metric `<term name>_<part>`.
+    component_names = ()
 
     def __init__(self, teacher_layer_names=(), student_layer_names=(), **kwargs):
         kwargs.setdefault("dtype", "float32")
