@@ -114,7 +114,7 @@ class Distiller(keras.Model):
             or not 0.0 <= student_loss_weight <= upper
         ):
             raise ValueError(
-                f"student_loss_weight must be a number in [0, {upper}] with "
+                f"student_loss_weight must be a number in [0, {upper:g}] with "
                 f"weighting='{weighting}', got {student_loss_weight!r}."
             )
         if teacher_weights is None:
@@ -146,14 +146,20 @@ class Distiller(keras.Model):
         self._num_views = view_terms[0].num_views if view_terms else 1
 
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
-        # One tracker per term, and one per component of multi-part terms.
+        # One tracker per term (repeated names get a suffix), and one per
+        # component of multi-part terms.
+        names = [term.name for term in terms]
+        names = [
+            name if names.count(name) == 1 else f"{name}_{names[:i].count(name)}"
+            for i, name in enumerate(names)
+        ]
         self.term_trackers = [
-            [keras.metrics.Mean(name=term.name)]
+            [keras.metrics.Mean(name=name)]
             + [
-                keras.metrics.Mean(name=f"{term.name}_{part}")
+                keras.metrics.Mean(name=f"{name}_{part}")
                 for part in term.component_names
             ]
-            for term in terms
+            for name, term in zip(names, terms)
         ]
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
         self._tracker_names = {"student_loss", "total_loss"} | {
@@ -221,7 +227,8 @@ class Distiller(keras.Model):
     # gradient, optimizer, loss-scaling and distribution logic.
     def call(self, inputs, training=None):
         if not training:
-            return self.student(inputs, training=training)
+            outputs = self.student(inputs, training=training)
+            return outputs["logits"] if isinstance(outputs, dict) else outputs
         for term in self._view_terms:
             inputs = term.transform_inputs(inputs, training=True)
         student_outputs = self._student_tap(inputs, training=True)

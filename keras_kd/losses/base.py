@@ -1,5 +1,6 @@
 import keras
 from keras import ops
+from keras.src.utils.naming import to_snake_case
 
 
 class DistillationTerm(keras.layers.Layer):
@@ -14,9 +15,10 @@ class DistillationTerm(keras.layers.Layer):
     Terms are layers, so they may own trainable weights (aligners, heads)
     that are optimised together with the student and are not part of it.
 
-    Subclasses implement `build(teacher_shapes, student_shapes)` where
-    `teacher_shapes` is a list (one entry per teacher) of `{name: shape}`
-    dicts and `student_shapes` a `{name: shape}` dict, and
+    Subclasses implement `build(teacher_outputs_shape, student_outputs_shape)`
+    where the first is a list (one entry per teacher) of `{name: shape}`
+    dicts and the second a `{name: shape}` dict (the names let Keras build a
+    term from its first call, as for any layer), and
     `call(teacher_outputs, student_outputs, labels=None, teacher_weights=None)`
     with outputs in the same structure and `teacher_weights` a list of floats
     summing to 1. `labels` are the batch's labels as given to `fit` (one per
@@ -48,12 +50,15 @@ class DistillationTerm(keras.layers.Layer):
     component_names = ()
 
     def __init__(self, teacher_layer_names=(), student_layer_names=(), **kwargs):
+        # Named after the class without Keras' global counter, so the
+        # metric keeps the same name across runs in one process.
+        kwargs.setdefault("name", to_snake_case(type(self).__name__))
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.teacher_layer_names = list(teacher_layer_names)
         self.student_layer_names = list(student_layer_names)
 
-    def build(self, teacher_shapes, student_shapes):
+    def build(self, teacher_outputs_shape, student_outputs_shape):
         pass
 
     def transform_inputs(self, x, training=True):

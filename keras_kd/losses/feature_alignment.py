@@ -82,10 +82,10 @@ class FeatureAlignment(DistillationTerm):
         self.student_layer_name = student_layer_name
         self.aligner = aligner
 
-    def build(self, teacher_shapes, student_shapes):
-        student_shape = tuple(student_shapes[self.student_layer_name])
+    def build(self, teacher_outputs_shape, student_outputs_shape):
+        student_shape = tuple(student_outputs_shape[self.student_layer_name])
         self.aligners = []
-        for i, shapes in enumerate(teacher_shapes):
+        for i, shapes in enumerate(teacher_outputs_shape):
             teacher_shape = tuple(shapes[self.teacher_layer_name])
             aligner = make_aligner(
                 student_shape, teacher_shape, self.aligner,

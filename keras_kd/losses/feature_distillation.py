@@ -40,9 +40,9 @@ class FeatureDistillation(DistillationTerm):
         self.student_layer_name = student_layer_name
         self.loss = loss
 
-    def build(self, teacher_shapes, student_shapes):
-        student_shape = tuple(student_shapes[self.student_layer_names[0]])
-        for shapes in teacher_shapes:
+    def build(self, teacher_outputs_shape, student_outputs_shape):
+        student_shape = tuple(student_outputs_shape[self.student_layer_names[0]])
+        for shapes in teacher_outputs_shape:
             teacher_shape = tuple(shapes[self.teacher_layer_names[0]])
             if teacher_shape[1:] != student_shape[1:]:
                 raise ValueError(
