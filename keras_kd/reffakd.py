@@ -114,8 +114,9 @@ def train_autoencoder(x_train, x_val, epochs, batch_size=128,
         epochs: training epochs.
 
     Returns:
-        `(autoencoder, cost)` with `cost = {"params": ..., "train_seconds":
-        ...}`, the compute to set against training a teacher.
+        `(autoencoder, cost)`: the autoencoder with its best weights, and
+        `cost = {"params", "train_seconds", "val_mse"}`, the compute to set
+        against training a teacher, and the kept epoch's validation MSE.
 
     Example:
 
@@ -142,6 +143,7 @@ def train_autoencoder(x_train, x_val, epochs, batch_size=128,
     cost = {
         "params": autoencoder.count_params(),
         "train_seconds": time.perf_counter() - start,
+        "val_mse": best.best,
     }
     return autoencoder, cost
 

@@ -1,0 +1,144 @@
+"""ReffAKD: autoencoder, class similarity, soft labels and the §5 loss."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+from conftest import numpy_log_softmax
+from conftest import numpy_softmax
+from conftest import small_cnn
+from conftest import sparse_ce
+from keras import ops
+
+import keras_kd as kd
+from keras_kd import reffakd
+
+
+@pytest.mark.parametrize(
+    "input_shape, code_shape, params",
+    [((32, 32, 3), (4, 4, 48), 47355), ((8, 8, 1), (1, 1, 48), 46585)],
+)
+def test_autoencoder_architecture(input_shape, code_shape, params):
+    autoencoder = reffakd.Autoencoder(input_shape)
+    assert autoencoder.encoder.output_shape[1:] == code_shape
+    assert autoencoder.count_params() == params
+    x = np.random.default_rng(0).uniform(size=(2,) + input_shape)
+    out = ops.convert_to_numpy(autoencoder(x))
+    assert out.shape == (2,) + input_shape and (out > 0).all() and (out < 1).all()
+    restored = reffakd.Autoencoder.from_config(autoencoder.get_config())
+    assert restored.count_params() == params
+
+
+def test_autoencoder_rejects_sizes_not_multiple_of_8():
+    with pytest.raises(ValueError, match="multiples of 8"):
+        reffakd.Autoencoder((28, 28, 1))
+
+
+def identity_encoder(dim):
+    """Codes as (1, 1, dim) maps, to check that they are flattened."""
+    return keras.Sequential([keras.Input((dim,)), keras.layers.Reshape((1, 1, dim))])
+
+
+def test_class_similarity_hand_computed():
+    """Class 0: e1, e2 (orthogonal); class 1: e1+e2, e1−e2 (orthogonal).
+
+    Within-class cosines are 0; the four cross pairs are 1/√2, 1/√2, 1/√2,
+    −1/√2, so the off-diagonal mean is 1/(2√2).
+    """
+    x = np.array([[1, 0], [1, 1], [0, 1], [1, -1]], "float32")
+    y = np.array([0, 1, 0, 1])
+    got = reffakd.class_similarity(identity_encoder(2), x, y, per_class=2)
+    off = 1 / (2 * np.sqrt(2))
+    np.testing.assert_allclose(got, [[0.0225, off], [off, 0.0225]], atol=1e-6)
+
+
+def test_class_similarity_matches_pairwise_loop():
+    """All images sampled: the mean over every unordered pair of each cell."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(15, 6)).astype("float32")
+    y = np.repeat([2, 0, 1], 5)
+    got = reffakd.class_similarity(identity_encoder(6), x, y, per_class=5,
+                                   diagonal_boost=0.1)
+    sums, counts = np.zeros((3, 3)), np.zeros((3, 3))
+    for i, j in itertools.combinations(range(15), 2):
+        cos = x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j])
+        for a, b in {(y[i], y[j]), (y[j], y[i])}:
+            sums[a, b] += cos
+            counts[a, b] += 1
+    np.testing.assert_allclose(got, sums / counts + 0.1 * np.eye(3), rtol=1e-5)
+    assert counts[0, 0] == 10 and counts[0, 1] == 25
+
+
+def test_class_similarity_sampling_is_seeded():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 4)).astype("float32")
+    y = np.repeat([0, 1, 2], 20)
+    encoder = identity_encoder(4)
+    first = reffakd.class_similarity(encoder, x, y, per_class=5, seed=3)
+    again = reffakd.class_similarity(encoder, x, y, per_class=5, seed=3)
+    other = reffakd.class_similarity(encoder, x, y, per_class=5, seed=4)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    np.testing.assert_allclose(first, first.T)
+    with pytest.raises(ValueError, match="per_class=25"):
+        reffakd.class_similarity(encoder, x, y, per_class=25)
+
+
+def test_soft_label_table_is_row_softmax():
+    similarity = np.random.default_rng(2).uniform(-1, 1, size=(5, 5))
+    table = reffakd.soft_label_table(similarity)
+    np.testing.assert_allclose(table, numpy_softmax(similarity), rtol=1e-6)
+    np.testing.assert_allclose(table.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha, temperature", [(0.9, 4.0), (0.3, 20.0)])
+def test_distiller_total_is_reffakd_loss(alpha, temperature):
+    """(1−α)·CE + α·T²·KL(P[y] ‖ softmax(z_s/T)), KL averaged over the batch."""
+    rng = np.random.default_rng(3)
+    table = reffakd.soft_label_table(rng.uniform(-1, 1, size=(4, 4)))
+    x = rng.normal(size=(8, 5)).astype("float32")
+    y = rng.integers(0, 4, size=8)
+    student = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)])
+    distiller = kd.Distiller(
+        kd.SoftLabelTeacher(table), student,
+        kd.losses.LogitsDistillation(temperature=temperature),
+        student_loss_weight=1.0 - alpha)
+    distiller.compile("sgd", sparse_ce())
+    y_pred = distiller(x, training=True)
+    total = float(distiller.compute_loss(x, y, y_pred))
+
+    z = ops.convert_to_numpy(y_pred["student"]["logits"]).astype("float64")
+    ce = -numpy_log_softmax(z)[np.arange(8), y].mean()
+    p = table[y].astype("float64")
+    kl = (p * (np.log(p) - numpy_log_softmax(z / temperature))).sum(-1).mean()
+    expected = (1 - alpha) * ce + alpha * temperature**2 * kl
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+
+
+def test_table_size_must_match_student_classes():
+    table = reffakd.soft_label_table(np.zeros((5, 5)))
+    with pytest.raises(ValueError, match="5 classes and the student 10"):
+        kd.Distiller(kd.SoftLabelTeacher(table), small_cnn(4),
+                     kd.losses.LogitsDistillation())
+
+
+def test_reffakd_end_to_end_on_digits(digits):
+    x_train, x_test, y_train, _ = digits
+    keras.utils.set_random_seed(0)
+    autoencoder, cost = reffakd.train_autoencoder(
+        x_train, x_test, epochs=2, learning_rate=0.05)
+    assert cost["params"] == 46585 and cost["train_seconds"] > 0
+    # The weights kept are those of the best validation epoch.
+    reconstruction = ops.convert_to_numpy(autoencoder(x_test))
+    np.testing.assert_allclose(
+        np.mean((reconstruction - x_test) ** 2), cost["val_mse"], rtol=1e-4)
+    similarity = reffakd.class_similarity(autoencoder.encoder, x_train, y_train)
+    assert similarity.shape == (10, 10)
+    table = reffakd.soft_label_table(similarity)
+    distiller = kd.Distiller(kd.SoftLabelTeacher(table), small_cnn(4),
+                             kd.losses.LogitsDistillation(temperature=4.0),
+                             student_loss_weight=0.1)
+    distiller.compile(keras.optimizers.Adam(3e-3), sparse_ce())
+    history = distiller.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
+    assert np.isfinite(history.history["logits_distillation"]).all()
