@@ -35,6 +35,10 @@ class Distiller(keras.Model):
         student_loss_weight: weight of the supervised loss given to
             `compile(loss=...)`; in [0, 1] for `"convex"` weighting.
         weighting: `"convex"` (Keras' formula, the default) or `"additive"`.
+        augmentation: an optional layer (e.g. `kd.data.RandomCropFlip()`)
+            applied to each training batch inside the compiled step, before
+            teachers and student, so both see the same augmented images and
+            the accelerator is not starved by a host pipeline.
         teacher_weights: one positive weight per teacher, normalised to sum
             to 1 (default equal).
 
@@ -67,6 +71,7 @@ class Distiller(keras.Model):
         student_loss_weight=0.5,
         teacher_weights=None,
         weighting="convex",
+        augmentation=None,
         name="distiller",
         **kwargs,
     ):
@@ -139,6 +144,7 @@ class Distiller(keras.Model):
         self.distillation_loss_weights = [float(w) for w in distillation_loss_weights]
         self.student_loss_weight = float(student_loss_weight)
         self.weighting = weighting
+        self.augmentation = augmentation
         total_weight = float(sum(teacher_weights))
         self.teacher_weights = [float(w) / total_weight for w in teacher_weights]
         self._teachers = teachers
@@ -229,6 +235,8 @@ class Distiller(keras.Model):
         if not training:
             outputs = self.student(inputs, training=training)
             return outputs["logits"] if isinstance(outputs, dict) else outputs
+        if self.augmentation is not None:
+            inputs = self.augmentation(inputs, training=True)
         for term in self._view_terms:
             inputs = term.transform_inputs(inputs, training=True)
         student_outputs = self._student_tap(inputs, training=True)
@@ -374,6 +382,7 @@ class Distiller(keras.Model):
                 "student_loss_weight": self.student_loss_weight,
                 "teacher_weights": self.teacher_weights,
                 "weighting": self.weighting,
+                "augmentation": serialize(self.augmentation),
             }
         )
         return config
@@ -389,6 +398,7 @@ class Distiller(keras.Model):
             else deserialize(teacher)
         )
         config["student"] = deserialize(config["student"])
+        config["augmentation"] = deserialize(config.get("augmentation"))
         config["distillation_losses"] = [
             deserialize(term) for term in config["distillation_losses"]
         ]

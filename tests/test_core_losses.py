@@ -9,6 +9,8 @@ from keras import ops
 
 import keras_kd as kd
 
+pytestmark = pytest.mark.multi_backend
+
 
 def np_kd(z_t_list, weights, z_s, t):
     """T² · KL(Σ_m w_m softmax(z_t^m/T) ‖ softmax(z_s/T)) per sample."""

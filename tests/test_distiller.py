@@ -13,6 +13,8 @@ from keras import ops
 
 import keras_kd as kd
 
+pytestmark = pytest.mark.multi_backend
+
 
 def compiled(distiller, **kwargs):
     distiller.compile(
