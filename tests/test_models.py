@@ -1,0 +1,158 @@
+import functools
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from keras_kd import data, models
+
+# On JAX (CPU) every new kernel shape compiles its own truncated-normal
+# sampler (about a second each), so the models with the most distinct shapes
+# are built on TensorFlow only; the architecture code is the same.
+JAX_SKIP = {"mobilenetv2", "vgg13"}
+CIFAR_MODELS = [name for name in models.MODELS if not name.startswith("digits")]
+NUM_BLOCKS = {
+    "resnet20": 9,
+    "resnet32": 15,
+    "resnet56": 27,
+    "resnet110": 54,
+    "resnet8x4": 3,
+    "resnet32x4": 15,
+    "wrn_16_2": 6,
+    "wrn_40_1": 18,
+    "wrn_40_2": 18,
+    "vgg8": 0,
+    "vgg13": 0,
+    "mobilenetv2": 17,
+}
+
+
+@functools.cache
+def build(name):
+    return models.get(name)
+
+
+def skip_heavy_on_jax(name):
+    if keras.backend.backend() == "jax" and name in JAX_SKIP:
+        pytest.skip(f"{name} is built on TensorFlow only (JAX compile time).")
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("resnet8x4", 1.23e6),
+        ("resnet32x4", 7.43e6),
+        ("wrn_16_2", 0.70e6),
+        ("wrn_40_2", 2.26e6),
+    ],
+)
+def test_parameter_counts(name, expected):
+    # Trainable parameters, as PyTorch counts them (no batch-norm statistics).
+    model = build(name)
+    count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert abs(count - expected) / expected < 0.01
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_forward_and_layer_names(name):
+    skip_heavy_on_jax(name)
+    model = build(name)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    logits = model(x, training=False)
+    assert tuple(logits.shape) == (2, 100)
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(logits)))
+
+    stages = models.stage_layer_names(model)
+    assert stages == ["stem"] + [f"stage{i}" for i in range(1, len(stages))]
+    assert len(stages) in (4, 5)
+    sizes = [model.get_layer(n).output.shape[1] for n in stages]
+    assert sizes == sorted(sizes, reverse=True)
+    assert len(model.get_layer("features").output.shape) == 2
+    assert model.get_layer("logits").dtype_policy.compute_dtype == "float32"
+
+    blocks = models.block_layer_names(model)
+    assert len(blocks) == NUM_BLOCKS[name]
+    for block in blocks:
+        model.get_layer(block)
+    if blocks:
+        last_stage = int(stages[-1][len("stage"):])
+        assert blocks[0] == "block1_1"
+        assert blocks[-1].startswith(f"block{last_stage}_")
+
+
+def test_resnet_block_names_follow_stages():
+    names = models.block_layer_names(build("resnet20"))
+    assert names == [f"block{s}_{i}" for s in (1, 2, 3) for i in (1, 2, 3)]
+    # Post-activation: the named output is the ReLU after the sum.
+    assert isinstance(build("resnet20").get_layer("block2_3"), layers.ReLU)
+
+
+def test_unknown_model_lists_available():
+    with pytest.raises(ValueError, match="resnet9000.*Available:.*resnet8x4"):
+        models.get("resnet9000")
+
+
+def test_get_passes_classes_and_input_shape():
+    model = models.get("digits_cnn_large", num_classes=3, input_shape=(16, 16, 1))
+    assert model.input_shape == (None, 16, 16, 1)
+    assert model.output_shape == (None, 3)
+    with pytest.raises(ValueError, match="6n\\+2"):
+        models.cifar_resnet(21)
+    with pytest.raises(ValueError, match="6n\\+4"):
+        models.wrn(20, 2)
+
+
+def test_block_names_of_any_functional_model():
+    conv = functools.partial(layers.Conv2D, 4, padding="same", use_bias=False,
+                             kernel_initializer="zeros")
+    inputs = keras.Input((8, 8, 4))
+    x = conv(3)(inputs)
+    x = layers.Add(name="add1")([inputs, x])
+    x = layers.ReLU(name="relu1")(x)  # Only consumer of add1: the output.
+    y = conv(3)(x)
+    y = layers.Add(name="add2")([x, y])  # Pre-activation style.
+    z = conv(1)(y)
+    z = layers.Add(name="add3")([y, z])
+    outputs = layers.Activation("relu", name="act3")(z)
+    model = keras.Model(inputs, [outputs, z])  # add3 also feeds the output.
+    assert models.block_layer_names(model) == ["relu1", "add2", "act3"]
+    with pytest.raises(ValueError, match="stage1"):
+        models.stage_layer_names(model)
+
+
+def test_weight_decay_is_coupled_l2():
+    model = models.get("digits_cnn_large", weight_decay=4e-4)
+    kernels = [w for w in model.trainable_weights if w.path.endswith("kernel")]
+    assert len(kernels) == 7  # Stem, 2 x 2 block convs, shortcut, classifier.
+    expected = 2e-4 * sum(np.sum(keras.ops.convert_to_numpy(w) ** 2) for w in kernels)
+    actual = sum(float(keras.ops.convert_to_numpy(loss)) for loss in model.losses)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5)
+    assert not models.get("digits_cnn_large").losses
+
+
+def test_mixed_bfloat16_keeps_float32_logits():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = models.get("digits_cnn_large")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("stage2").output.dtype == "bfloat16"
+    logits = model(np.ones((2, 8, 8, 1), "float32"), training=False)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert tuple(logits.shape) == (2, 10)
+
+
+def test_digits_teacher_trains():
+    keras.utils.set_random_seed(0)
+    (x, y), (x_test, y_test), info = data.load("digits")
+    model = models.get("digits_cnn_large")
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    # Whole batches only, so JAX compiles one train step.
+    n = len(x) // 64 * 64
+    model.fit(x[:n] / 255, y[:n], batch_size=64, epochs=4, verbose=0)
+    logits = model.predict(x_test / 255, batch_size=len(x_test), verbose=0)
+    assert np.mean(np.argmax(logits, axis=-1) == y_test) > 0.9
