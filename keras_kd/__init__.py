@@ -1,6 +1,9 @@
 """keras_kd: knowledge distillation for Keras 3."""
 
+from keras_kd import data
 from keras_kd import losses
+from keras_kd import models
+from keras_kd import reffakd
 from keras_kd.distiller import Distiller
 from keras_kd.soft_label_teacher import SoftLabelTeacher
 

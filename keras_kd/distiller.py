@@ -2,6 +2,8 @@ import math
 
 import keras
 from keras import ops
+from keras.src.losses.loss import scale_loss_for_distribution
+from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.utils.tracking import DotNotTrackScope
 
 from keras_kd.losses.base import DistillationTerm
@@ -259,13 +261,19 @@ class Distiller(keras.Model):
             model(self._view_labels(y)) if outputs is None else outputs
             for model, outputs in zip(self._teachers, y_pred["teachers"])
         ]
+        # Under `tf.distribute` Keras' compiled loss comes divided by the
+        # number of replicas (the gradients are summed across them); every
+        # term here is this replica's mean, so the total is scaled once, on
+        # return, and the trackers see per-replica means.
         student_loss = ops.zeros((), "float32")
         if self.student_loss_weight > 0.0:
-            student_loss = ops.cast(
-                self._compile_loss(
-                    y, self._labelled_logits(student_outputs), sample_weight
-                ),
-                "float32",
+            student_loss = unscale_loss_for_distribution(
+                ops.cast(
+                    self._compile_loss(
+                        y, self._labelled_logits(student_outputs), sample_weight
+                    ),
+                    "float32",
+                )
             )
         distillation_loss = ops.zeros((), "float32")
         for term, weight, trackers in zip(
@@ -295,7 +303,7 @@ class Distiller(keras.Model):
             total_loss = total_loss + ops.cast(ops.sum(loss), "float32")
         self.student_loss_tracker.update_state(student_loss)
         self.total_loss_tracker.update_state(total_loss)
-        return total_loss
+        return scale_loss_for_distribution(total_loss)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         training = _is_training_output(y_pred)

@@ -10,36 +10,10 @@ from conftest import sparse_ce
 from keras import layers
 from keras import ops
 from test_at import np_attention
+from test_at import tiny_resnet
 
 import keras_kd as kd
 from keras_kd.layers_util import residual_block_outputs
-
-
-def tiny_resnet(width, blocks, name, preactivation=False):
-    """Two stages (8×8, 4×4) of `blocks` residual blocks on 8×8×1 inputs.
-
-    Post-activation blocks end in `ReLU(name=block{stage}_{i})`; with
-    `preactivation` the `Add` (named so) is the block output.
-    """
-    inputs = keras.Input((8, 8, 1))
-    x = layers.Conv2D(width, 3, padding="same")(inputs)
-    for stage in (1, 2):
-        for i in range(1, blocks + 1):
-            strides, filters = (2 if stage == 2 and i == 1 else 1), width * stage
-            y = layers.BatchNormalization()(x) if preactivation else x
-            y = layers.Conv2D(filters, 3, strides, padding="same")(y)
-            y = layers.ReLU()(layers.BatchNormalization()(y))
-            y = layers.Conv2D(filters, 3, padding="same")(y)
-            shortcut = x
-            if strides != 1 or x.shape[-1] != filters:
-                shortcut = layers.Conv2D(filters, 1, strides)(x)
-            name_ = f"block{stage}_{i}"
-            if preactivation:
-                x = layers.Add(name=name_)([y, shortcut])
-            else:
-                x = layers.ReLU(name=name_)(layers.Add()([y, shortcut]))
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, layers.Dense(10, dtype="float32")(x), name=name)
 
 
 def test_residual_block_outputs():
@@ -238,31 +212,32 @@ def test_config_round_trip():
         assert restored.query_side == term.query_side
 
 
-@pytest.mark.parametrize("term_class", ["AttentionFeatureDistillation",
-                                        "RepresentativeTeacherKeys"])
-def test_trains_on_digits_meta_network_learns_teacher_frozen(digits, term_class):
+def test_trains_on_digits_meta_networks_learn_teacher_frozen(digits):
     x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(0)
     teacher = tiny_resnet(8, 2, "teacher")
     student = tiny_resnet(4, 1, "student")
-    term = getattr(kd.losses, term_class)(
-        residual_block_outputs(teacher), residual_block_outputs(student), qk_dim=16)
+    names = residual_block_outputs(teacher), residual_block_outputs(student)
+    terms = [kd.losses.AttentionFeatureDistillation(*names, qk_dim=16),
+             kd.losses.RepresentativeTeacherKeys(*names, qk_dim=16)]
     distiller = kd.Distiller(
-        teacher, student, [kd.losses.LogitsDistillation(4.0), term],
-        distillation_loss_weights=[0.9, 200.0], weighting="additive",
+        teacher, student, [kd.losses.LogitsDistillation(4.0)] + terms,
+        distillation_loss_weights=[0.9, 100.0, 100.0], weighting="additive",
         student_loss_weight=1.0)
     distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9), sparse_ce())
     teacher_before = [w.copy() for w in teacher.get_weights()]
-    meta_before = [ops.convert_to_numpy(w).copy() for w in term.trainable_weights]
+    meta_before = [[ops.convert_to_numpy(w).copy() for w in term.trainable_weights]
+                   for term in terms]
     history = distiller.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
-    assert np.isfinite(history.history[term.name]).all()
     for before, after in zip(teacher_before, teacher.get_weights()):
         np.testing.assert_array_equal(before, after)
-    # Dense biases before a BN, and the bilinear BN's beta (it shifts every
-    # key of a query alike, which the softmax ignores), get no gradient.
-    learning = [i for i, w in enumerate(term.trainable_weights)
-                if w.name in ("kernel", "gamma", "query_position", "key_position")]
-    assert len(learning) == 2 + 2 * (4 + 2 + 1)
-    for i in learning:
-        after = ops.convert_to_numpy(term.trainable_weights[i])
-        assert np.abs(after - meta_before[i]).max() > 1e-4, term.trainable_weights[i].path
+    for term, before in zip(terms, meta_before):
+        assert np.isfinite(history.history[term.name]).all()
+        # Dense biases before a BN, and the bilinear BN's beta (it shifts
+        # every key of a query alike, which the softmax ignores), get no
+        # gradient; every other meta-network weight must learn.
+        learning = [(w, b) for w, b in zip(term.trainable_weights, before)
+                    if w.name in ("kernel", "gamma", "query_position", "key_position")]
+        assert len(learning) == 2 + 2 * (4 + 2 + 1)
+        for w, b in learning:
+            assert np.abs(ops.convert_to_numpy(w) - b).max() > 1e-4, w.path

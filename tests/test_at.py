@@ -1,14 +1,41 @@
-"""Attention transfer against an independent NumPy computation."""
+"""Attention transfer against NumPy; the tiny residual nets other tests share."""
 
 import keras
 import numpy as np
 import pytest
-from conftest import small_cnn
 from conftest import sparse_ce
+from keras import layers
 from keras import ops
 
 import keras_kd as kd
 from keras_kd.losses.attention_transfer import spatial_attention
+
+
+def tiny_resnet(width, blocks, name, preactivation=False):
+    """Two stages (8×8, 4×4) of `blocks` residual blocks on 8×8×1 inputs.
+
+    Post-activation blocks end in `ReLU(name=block{stage}_{i})`; with
+    `preactivation` the `Add` (named so) is the block output.
+    """
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(width, 3, padding="same")(inputs)
+    for stage in (1, 2):
+        for i in range(1, blocks + 1):
+            strides, filters = (2 if stage == 2 and i == 1 else 1), width * stage
+            y = layers.BatchNormalization()(x) if preactivation else x
+            y = layers.Conv2D(filters, 3, strides, padding="same")(y)
+            y = layers.ReLU()(layers.BatchNormalization()(y))
+            y = layers.Conv2D(filters, 3, padding="same")(y)
+            shortcut = x
+            if strides != 1 or x.shape[-1] != filters:
+                shortcut = layers.Conv2D(filters, 1, strides)(x)
+            name_ = f"block{stage}_{i}"
+            if preactivation:
+                x = layers.Add(name=name_)([y, shortcut])
+            else:
+                x = layers.ReLU(name=name_)(layers.Add()([y, shortcut]))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(10, dtype="float32")(x), name=name)
 
 
 def np_adaptive_pool(maps, size):
@@ -110,9 +137,9 @@ def test_attention_transfer_config_round_trip():
 def test_attention_transfer_trains_on_digits(digits):
     x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(0)
-    teacher, student = small_cnn(8, name="teacher"), small_cnn(4, name="student")
+    teacher, student = tiny_resnet(8, 2, "teacher"), tiny_resnet(4, 1, "student")
     teacher_weights = [w.copy() for w in teacher.get_weights()]
-    at = kd.losses.AttentionTransfer(["stage1", "stage2"], ["stage1", "stage2"])
+    at = kd.losses.AttentionTransfer(["block1_2", "block2_2"], ["block1_1", "block2_1"])
     distiller = kd.Distiller(teacher, student, at,
                              distillation_loss_weights=[1000.0],
                              weighting="additive", student_loss_weight=1.0)
