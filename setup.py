@@ -12,6 +12,8 @@ setup(
         "tensorflow>=2.21,<2.22",
         "tensorflow-datasets>=4.9",
         "absl-py>=2.0",
+        # TensorBoard logs of the recipes (tf.summary needs it).
+        "tensorboard>=2.21,<2.22",
         # Provides the embedded offline dataset (load_digits) of the main job.
         "scikit-learn>=1.3",
         "numpy",
