@@ -1,6 +1,7 @@
 """keras_kd: knowledge distillation for Keras 3."""
 
 from keras_kd import data
+from keras_kd import export
 from keras_kd import distribute
 from keras_kd import losses
 from keras_kd import models

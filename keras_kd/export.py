@@ -1,0 +1,494 @@
+"""Export a distilled student to TensorFlow SavedModel and TFLite (LiteRT).
+
+Every artefact is reloaded right after it is written and run on
+`sample_inputs`; the largest absolute difference from the Keras model is
+reported and checked against a tolerance, so a broken conversion fails at
+export time instead of on the device.
+
+Tolerances (relative to the scale of the reference outputs,
+`scale = max|outputs|`, with an absolute floor of 1e-6):
+
+- float32 artefacts (SavedModel, TFLite without quantisation): `1e-4 · scale`.
+- `tflite_quantization="float16"` (float16 weights): `1e-2 · scale`.
+- `"dynamic_range"` and `"int8"`: no elementwise bound (int8 rounding moves
+  logits by a few percent); instead the top-1 agreement with the Keras model
+  on `sample_inputs` must reach `min_top1_agreement` (default 0.9).
+
+Mixed-precision students (`mixed_float16` / `mixed_bfloat16`) keep their
+policy in the SavedModel. The TFLite interpreter has no float16 kernels for
+ops such as `Conv2D` (they would become Flex ops it cannot run), so the TFLite
+graph is traced with float32 compute (the variables are float32 already) and
+its parity is checked against the Keras model run with float32 compute; the
+top-1 agreement with the model as trained (mixed compute) is reported too.
+Use `tflite_quantization="float16"` for a float16 TFLite model.
+
+Backends: TensorFlow is the reference backend. On JAX, the SavedModel is
+written by Keras through `jax2tf` and the TFLite model is converted from that
+SavedModel; the same parity checks apply. Other backends raise an error that
+says to export under `KERAS_BACKEND=tensorflow`.
+"""
+
+import os
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+from keras import tree
+
+FORMATS = ("saved_model", "tflite")
+TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_range", "int8")
+FLOAT32_RTOL = 1e-4
+FLOAT16_RTOL = 1e-2
+DEFAULT_MIN_TOP1_AGREEMENT = 0.9
+# Samples given to the int8 converter's calibration (representative dataset).
+NUM_CALIBRATION_SAMPLES = 200
+_ABS_FLOOR = 1e-6
+_BATCH_SIZE = 256
+
+
+class ExportParityError(RuntimeError):
+    """An exported artefact's outputs differ from the Keras model's."""
+
+
+def export(
+    model,
+    output_dir,
+    formats=("saved_model", "tflite"),
+    sample_inputs=None,
+    tflite_quantization=None,
+    sample_labels=None,
+    rtol=None,
+    min_top1_agreement=DEFAULT_MIN_TOP1_AGREEMENT,
+):
+    """Exports `model` and checks each artefact against it on `sample_inputs`.
+
+    Args:
+        model: a built `keras.Model` (the student), or a `keras_kd.Distiller`
+            whose `student` is exported (teachers and aligners are training
+            only and are not exported).
+        output_dir: directory for the artefacts (created if missing):
+            `saved_model/` and `model.tflite` (`model_<quantization>.tflite`
+            when quantised).
+        formats: any of `"saved_model"`, `"tflite"`.
+        sample_inputs: a batch shaped like the model's input (or a dict of
+            batches for a dict-input model) for the parity check and the int8
+            calibration. `None` uses 8 standard-normal samples, which checks
+            the conversion but says nothing about quantised accuracy; `"int8"`
+            requires real samples.
+        tflite_quantization: `None` (float32), `"float16"` (float16 weights),
+            `"dynamic_range"` (int8 weights, float activations) or `"int8"`
+            (int8 weights and activations, calibrated on up to 200 of
+            `sample_inputs`; float32 input and output).
+        sample_labels: optional integer labels for `sample_inputs`; adds the
+            `accuracy` of each artefact and of the Keras model
+            (`keras_accuracy`).
+        rtol: overrides the relative tolerance on the max abs difference
+            (default 1e-4 for float32, 1e-2 for float16 weights).
+        min_top1_agreement: lowest top-1 agreement with the Keras model
+            accepted for `"dynamic_range"` and `"int8"` models.
+
+    Returns:
+        A dict keyed by format, e.g. `{"saved_model": {"path", "max_abs_diff",
+        "tolerance", "size_bytes"}, "tflite": {"path", "max_abs_diff",
+        "tolerance", "size_bytes", "quantization", "top1_agreement"}}`.
+        `top1_agreement` (fraction of `sample_inputs` on which the artefact's
+        argmax equals the Keras model's) is given for classifier outputs.
+
+    Raises:
+        ExportParityError: an artefact's outputs are outside the tolerance
+            (the artefact is left in `output_dir` for inspection).
+
+    Example:
+
+    ```python
+    distiller.fit(x_train, y_train, epochs=10)
+    report = keras_kd.export.export(
+        distiller.student, "exported", sample_inputs=x_test[:256],
+        tflite_quantization="float16", sample_labels=y_test[:256])
+    report["tflite"]["max_abs_diff"], report["tflite"]["top1_agreement"]
+    ```
+    """
+    model = _student_of(model)
+    formats = _check_formats(formats)
+    if tflite_quantization not in TFLITE_QUANTIZATIONS:
+        raise ValueError(
+            f"Unknown tflite_quantization={tflite_quantization!r}. Valid "
+            f"values: {', '.join(repr(q) for q in TFLITE_QUANTIZATIONS)}."
+        )
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax"):
+        raise RuntimeError(
+            f"keras_kd.export needs the TensorFlow backend (the JAX backend "
+            f"also works through jax2tf); the active backend is {backend!r}. "
+            f"Save the model (`model.save('student.keras')`) and export it in "
+            f"a process started with KERAS_BACKEND=tensorflow."
+        )
+    _check_built(model)
+    output_dir = os.fspath(output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(
+            f"output_dir={output_dir!r} is an existing file; pass a directory "
+            f"path (it is created if missing)."
+        )
+    if tflite_quantization == "int8" and sample_inputs is None:
+        raise ValueError(
+            "tflite_quantization='int8' calibrates activation ranges on "
+            "sample_inputs; pass a batch of real inputs (a few hundred "
+            "samples), or use 'dynamic_range', which needs no data."
+        )
+    if sample_inputs is None:
+        sample_inputs = _random_inputs(model)
+    sample_inputs = tree.map_structure(
+        lambda x: np.asarray(x, dtype="float32"), sample_inputs
+    )
+    if sample_labels is not None:
+        sample_labels = np.asarray(sample_labels).reshape(-1)
+    os.makedirs(output_dir, exist_ok=True)
+
+    reference = _keras_outputs(model, sample_inputs)
+    results = {}
+    if "saved_model" in formats:
+        path = os.path.join(output_dir, "saved_model")
+        model.export(path, format="tf_saved_model", verbose=False)
+        outputs = _run_saved_model(path, sample_inputs)
+        entry = {"path": path, "size_bytes": _size(path)}
+        entry.update(
+            _compare("SavedModel", path, reference, outputs, rtol or FLOAT32_RTOL)
+        )
+        _add_classifier_metrics(entry, reference, outputs, sample_labels)
+        results["saved_model"] = entry
+
+    if "tflite" in formats:
+        suffix = f"_{tflite_quantization}" if tflite_quantization else ""
+        path = os.path.join(output_dir, f"model{suffix}.tflite")
+        mixed = _mixed_precision_layers(model)
+        with _float32_compute(mixed):
+            _export_tflite(model, path, tflite_quantization, sample_inputs)
+            tflite_reference = (
+                _keras_outputs(model, sample_inputs) if mixed else reference
+            )
+        outputs = _run_tflite(path, sample_inputs)
+        entry = {
+            "path": path,
+            "size_bytes": os.path.getsize(path),
+            "quantization": tflite_quantization,
+        }
+        if tflite_quantization in (None, "float16"):
+            default = FLOAT32_RTOL if tflite_quantization is None else FLOAT16_RTOL
+            entry.update(
+                _compare("TFLite", path, tflite_reference, outputs, rtol or default)
+            )
+        else:
+            entry["max_abs_diff"] = _max_abs_diff(tflite_reference, outputs)
+            entry["tolerance"] = None
+        # Agreement is measured against the model as trained (mixed compute).
+        _add_classifier_metrics(entry, reference, outputs, sample_labels)
+        if tflite_quantization in ("dynamic_range", "int8"):
+            agreement = entry.get("top1_agreement")
+            if agreement is not None and agreement < min_top1_agreement:
+                raise ExportParityError(
+                    f"The {tflite_quantization} TFLite model at {path} agrees "
+                    f"with the Keras model's top-1 prediction on only "
+                    f"{agreement:.3f} of sample_inputs (< min_top1_agreement="
+                    f"{min_top1_agreement}). Pass more representative "
+                    f"sample_inputs, or use tflite_quantization='float16' or "
+                    f"'dynamic_range'."
+                )
+        results["tflite"] = entry
+    return results
+
+
+def _student_of(model):
+    from keras_kd.distiller import Distiller
+
+    if isinstance(model, Distiller):
+        return model.student
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"export() takes a keras.Model or a keras_kd.Distiller; got "
+            f"{type(model).__name__}."
+        )
+    return model
+
+
+def _check_formats(formats):
+    if isinstance(formats, str):
+        formats = (formats,)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(
+            f"Unknown export format(s) {unknown or list(formats)}. Valid "
+            f"formats: {', '.join(repr(f) for f in FORMATS)}."
+        )
+    return tuple(formats)
+
+
+def _check_built(model):
+    if not model.built or not _has_input_shape(model):
+        raise ValueError(
+            f"Model {model.name!r} is not built, so its input signature is "
+            f"unknown. Call it on a batch (`model(x[:1])`) or "
+            f"`model.build(input_shape)` before exporting."
+        )
+
+
+def _has_input_shape(model):
+    try:
+        from keras.src.export.export_utils import get_input_signature
+
+        get_input_signature(model)
+        return True
+    except ValueError:
+        return False
+
+
+def _random_inputs(model):
+    from keras.src.export.export_utils import get_input_signature
+
+    rng = np.random.default_rng(0)
+
+    def sample(spec):
+        shape = [8] + [d if d is not None else 1 for d in spec.shape[1:]]
+        return rng.standard_normal(shape).astype("float32")
+
+    signature = get_input_signature(model)
+    structure = signature[0] if len(signature) == 1 else signature
+    return tree.map_structure(sample, structure)
+
+
+def _num_samples(inputs):
+    return tree.flatten(inputs)[0].shape[0]
+
+
+def _named_outputs(outputs):
+    """Flattens an output structure to {name: np.ndarray} (TFLite's names)."""
+    if isinstance(outputs, dict):
+        return {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in outputs.items()}
+    flat = tree.flatten(outputs)
+    return {
+        f"output_{i}": np.asarray(keras.ops.convert_to_numpy(v))
+        for i, v in enumerate(flat)
+    }
+
+
+def _keras_outputs(model, inputs):
+    """Runs the model eagerly in batches (not `predict`: its traced function
+    is cached and would ignore a temporary dtype-policy change)."""
+    n = _num_samples(inputs)
+    batches = []
+    for start in range(0, n, _BATCH_SIZE):
+        batch = tree.map_structure(lambda x: x[start : start + _BATCH_SIZE], inputs)
+        batches.append(_named_outputs(model(batch, training=False)))
+    return {
+        k: np.concatenate([b[k] for b in batches]).astype("float32")
+        for k in batches[0]
+    }
+
+
+def _run_saved_model(path, inputs):
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reloaded = tf.saved_model.load(path)
+    n = _num_samples(inputs)
+    batches = []
+    for start in range(0, n, _BATCH_SIZE):
+        batch = tree.map_structure(lambda x: x[start : start + _BATCH_SIZE], inputs)
+        batches.append(_named_outputs(reloaded.serve(batch)))
+    return {
+        k: np.concatenate([b[k] for b in batches]).astype("float32")
+        for k in batches[0]
+    }
+
+
+def _converter_kwargs(quantization, inputs):
+    import tensorflow as tf
+
+    if quantization is None:
+        # Builtin ops only: the artefact must run on a plain LiteRT runtime.
+        return {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    kwargs = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+    if quantization == "float16":
+        kwargs["target_spec"] = {
+            "supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS],
+            "supported_types": [tf.float16],
+        }
+    elif quantization == "dynamic_range":
+        kwargs["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
+    else:  # int8
+        count = min(NUM_CALIBRATION_SAMPLES, _num_samples(inputs))
+
+        def representative_dataset():
+            for i in range(count):
+                sample = tree.map_structure(lambda x: x[i : i + 1], inputs)
+                yield sample if isinstance(sample, dict) else tree.flatten(sample)
+
+        kwargs["representative_dataset"] = representative_dataset
+        kwargs["target_spec"] = {
+            "supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        }
+    return kwargs
+
+
+def _export_tflite(model, path, quantization, inputs):
+    kwargs = _converter_kwargs(quantization, inputs)
+    try:
+        if keras.backend.backend() == "tensorflow":
+            model.export(path, format="litert", verbose=False, **kwargs)
+        else:
+            _export_tflite_via_saved_model(model, path, kwargs)
+    except Exception as e:
+        hint = (
+            " Full-integer quantisation needs an int8 kernel for every op; "
+            "try tflite_quantization='dynamic_range'."
+            if quantization == "int8"
+            else ""
+        )
+        raise RuntimeError(
+            f"TFLite conversion of model {model.name!r} failed "
+            f"(tflite_quantization={quantization!r}): {e}.{hint}"
+        ) from e
+
+
+def _export_tflite_via_saved_model(model, path, kwargs):
+    """JAX backend: Keras writes a jax2tf SavedModel, TFLite converts it."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        model.export(saved_model_dir, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        for attr, value in kwargs.items():
+            if attr == "target_spec":
+                for key, spec_value in value.items():
+                    setattr(converter.target_spec, key, spec_value)
+            else:
+                setattr(converter, attr, value)
+        flatbuffer = converter.convert()
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+
+
+def _interpreter(path):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    with warnings.catch_warnings():
+        # tf.lite.Interpreter warns that it moves to ai_edge_litert.
+        warnings.simplefilter("ignore")
+        return Interpreter(model_path=path)
+
+
+def _run_tflite(path, inputs):
+    interpreter = _interpreter(path)
+    signatures = interpreter.get_signature_list()
+    key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+    names = signatures[key]["inputs"]
+    runner = interpreter.get_signature_runner(key)
+    if isinstance(inputs, dict):
+        if sorted(inputs) != sorted(names):
+            raise ValueError(
+                f"sample_inputs keys {sorted(inputs)} do not match the TFLite "
+                f"model's inputs {sorted(names)}."
+            )
+        feed = inputs
+    else:
+        flat = tree.flatten(inputs)
+        if len(flat) != len(names):
+            raise ValueError(
+                f"The TFLite model has {len(names)} inputs {names}; pass "
+                f"sample_inputs as a dict keyed by these names."
+            )
+        feed = dict(zip(names, flat))
+    outputs = runner(**feed)
+    return {k: np.asarray(v, dtype="float32") for k, v in outputs.items()}
+
+
+def _max_abs_diff(reference, outputs):
+    if sorted(reference) != sorted(outputs):
+        raise ExportParityError(
+            f"The artefact's outputs {sorted(outputs)} do not match the "
+            f"Keras model's outputs {sorted(reference)}."
+        )
+    return float(
+        max(np.max(np.abs(reference[k] - outputs[k])) for k in reference)
+    )
+
+
+def _compare(kind, path, reference, outputs, rtol):
+    diff = _max_abs_diff(reference, outputs)
+    scale = float(max(np.max(np.abs(v)) for v in reference.values()))
+    tolerance = rtol * scale + _ABS_FLOOR
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ExportParityError(
+            f"The {kind} at {path} differs from the Keras model by up to "
+            f"{diff:.3g} on sample_inputs (tolerance {tolerance:.3g} = "
+            f"{rtol:g} x output scale {scale:.3g}). The conversion changed "
+            f"the model's computation; check for training-only layers or "
+            f"ops the converter rewrites."
+        )
+    return {"max_abs_diff": diff, "tolerance": tolerance}
+
+
+def _classifier_output(outputs):
+    if "logits" in outputs:
+        return outputs["logits"]
+    if len(outputs) == 1:
+        value = next(iter(outputs.values()))
+        if value.ndim == 2 and value.shape[-1] > 1:
+            return value
+    return None
+
+
+def _add_classifier_metrics(entry, reference, outputs, labels):
+    keras_logits = _classifier_output(reference)
+    logits = _classifier_output(outputs)
+    if keras_logits is None or logits is None:
+        return
+    predictions = logits.argmax(-1)
+    entry["top1_agreement"] = float(np.mean(predictions == keras_logits.argmax(-1)))
+    if labels is not None:
+        if labels.shape[0] != predictions.shape[0]:
+            raise ValueError(
+                f"sample_labels has {labels.shape[0]} labels for "
+                f"{predictions.shape[0]} sample_inputs."
+            )
+        entry["accuracy"] = float(np.mean(predictions == labels))
+        entry["keras_accuracy"] = float(np.mean(keras_logits.argmax(-1) == labels))
+
+
+def _mixed_precision_layers(model):
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if layer.dtype_policy.name.startswith("mixed")
+    ]
+
+
+class _float32_compute:
+    """Temporarily gives mixed-precision layers the float32 policy (their
+    variables are float32 already), restoring the policies on exit."""
+
+    def __init__(self, layers):
+        self.layers = layers
+        self.policies = [layer.dtype_policy for layer in layers]
+
+    def __enter__(self):
+        for layer in self.layers:
+            layer.dtype_policy = "float32"
+
+    def __exit__(self, *exc_info):
+        for layer, policy in zip(self.layers, self.policies):
+            layer.dtype_policy = policy
+
+
+def _size(path):
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names
+    )
