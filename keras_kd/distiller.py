@@ -202,7 +202,11 @@ class Distiller(keras.Model):
                 teacher_classes = (
                     shapes.get("logits") or shapes["probabilities"]
                 )[-1]
-                if teacher_classes != num_classes:
+                # A term with `class_indices` compares the teacher's scores
+                # of those classes, in order, with the student's.
+                if getattr(term, "class_indices", None) is not None:
+                    _check_class_indices(term, model, shapes, num_classes)
+                elif teacher_classes != num_classes:
                     raise ValueError(
                         f"{type(term).__name__} compares class scores, but "
                         f"teacher '{model.name}' has {teacher_classes} "
@@ -217,6 +221,11 @@ class Distiller(keras.Model):
 
     def _check_input_shapes(self):
         student_shape = _input_shape(self.student)
+        if student_shape:
+            # A symbolic pass raises a view term's input errors (e.g.
+            # rotations of non-square images) before training.
+            for term in self._view_terms:
+                term.transform_inputs(keras.KerasTensor(student_shape))
         for model in self._teachers:
             teacher_shape = _input_shape(model)
             if student_shape and teacher_shape and any(
@@ -237,10 +246,11 @@ class Distiller(keras.Model):
         if not training:
             outputs = self.student(inputs, training=training)
             return outputs["logits"] if isinstance(outputs, dict) else outputs
-        if self.augmentation is not None:
-            inputs = self.augmentation(inputs, training=True)
+        # Views first, so each view is augmented independently.
         for term in self._view_terms:
             inputs = term.transform_inputs(inputs, training=True)
+        if self.augmentation is not None:
+            inputs = self.augmentation(inputs, training=True)
         student_outputs = self._student_tap(inputs, training=True)
         teacher_outputs = [
             None if tap is None
@@ -473,6 +483,31 @@ def _tap(model, layer_names, role):
         )
     _check_names(features, list(spec), role, model, "output")
     return model, {name: tuple(t.shape) for name, t in spec.items()}
+
+
+def _check_class_indices(term, model, shapes, num_classes):
+    indices = list(term.class_indices)
+    if "logits" not in shapes:
+        raise ValueError(
+            f"{type(term).__name__} restricts a teacher's logits to "
+            f"class_indices, but '{model.name}' is a label teacher that is "
+            f"fed the student's labels. Use a trained teacher model."
+        )
+    teacher_classes = shapes["logits"][-1]
+    if len(indices) != num_classes:
+        raise ValueError(
+            f"{type(term).__name__} has {len(indices)} class_indices but the "
+            f"student has {num_classes} classes; give one teacher class per "
+            f"student class, in the student's label order (e.g. "
+            f"mapping.original_ids from kd.data.class_subset)."
+        )
+    bad = [i for i in indices if not 0 <= i < teacher_classes]
+    if bad:
+        raise ValueError(
+            f"class_indices {bad} are out of range for teacher "
+            f"'{model.name}', which has {teacher_classes} classes "
+            f"(0..{teacher_classes - 1})."
+        )
 
 
 def _check_names(names, available, role, model, kind):
