@@ -1,0 +1,84 @@
+import keras
+from keras import ops
+
+from keras_kd.losses.base import DistillationTerm
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class SubsetLogitsDistillation(DistillationTerm):
+    """Logit KD on a class subset: the SKD baseline of methods.md §2.
+
+    The teacher covers more classes than the student, whose class `k` is
+    the teacher's class `class_indices[k]`. The target is the teacher's
+    softmax restricted to those classes and renormalised, which equals
+    `softmax(z_t[:, S] / T)`; per sample
+    `T² · KL(softmax(z_t[:, S]/T) ‖ softmax(z_s/T))`, in float32. With
+    several teachers the target is the weighted mean of their restricted
+    distributions.
+
+    The Distiller checks before training that there is one index per
+    student class and that every index is a class of each teacher.
+
+    Args:
+        class_indices: teacher class ids of the student's classes, in the
+            student's label order (e.g. `mapping.original_ids` from
+            `kd.data.class_subset`).
+        temperature: `T`.
+
+    Example:
+
+    ```python
+    (x, y), mapping = kd.data.class_subset((x, y), [3, 5, 8])
+    term = kd.losses.SubsetLogitsDistillation(mapping.original_ids, 4.0)
+    distiller = kd.Distiller(teacher_10_classes, student_3_classes, term,
+                             student_loss_weight=0.1)
+    ```
+    """
+
+    uses_logits = True
+
+    def __init__(self, class_indices, temperature=4.0, **kwargs):
+        super().__init__(**kwargs)
+        indices = [int(i) for i in class_indices]
+        if not indices or any(i != j for i, j in zip(indices, class_indices)):
+            raise ValueError(
+                f"class_indices must be a non-empty list of integer teacher "
+                f"class ids, got {class_indices!r}."
+            )
+        if min(indices) < 0 or len(set(indices)) != len(indices):
+            raise ValueError(
+                f"class_indices must be distinct non-negative teacher class "
+                f"ids, got {indices}."
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        self.class_indices = indices
+        self.temperature = float(temperature)
+
+    def call(self, teacher_outputs, student_outputs, labels=None,
+             teacher_weights=None):
+        t = self.temperature
+        target = sum(
+            w * ops.softmax(
+                ops.take(ops.cast(out["logits"], "float32"),
+                         self.class_indices, axis=-1) / t,
+                axis=-1,
+            )
+            for w, out in zip(teacher_weights, teacher_outputs)
+        )
+        z_s = ops.cast(student_outputs["logits"], "float32")
+        log_student = ops.log_softmax(z_s / t, axis=-1)
+        positive = target > 0
+        log_target = ops.log(ops.where(positive, target, 1.0))
+        kl = ops.sum(
+            ops.where(positive, target * (log_target - log_student), 0.0),
+            axis=-1,
+        )
+        return (t * t) * kl
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "class_indices": self.class_indices,
+            "temperature": self.temperature,
+        }
