@@ -1,0 +1,330 @@
+"""The recipes run as a user runs them: subprocesses on real data.
+
+TensorFlow backend (the recipes' subprocesses inherit the environment, and
+tests/run.sh runs this module on TensorFlow only). Digits runs use a couple
+of epochs; the figures asserted are recomputed here independently (test
+accuracy from the saved student and NumPy, class counts from the data).
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_kd import data as kd_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def recipe(name, *args, check=True, timeout=400):
+    """Runs `python recipes/<name>.py args...`; returns the CompletedProcess."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", f"{name}.py"), *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_accuracy(model_path, x, y, mean=0.0, std=255.0):
+    """Test accuracy of a saved model, recomputed with NumPy."""
+    model = keras.models.load_model(model_path, compile=False)
+    logits = model.predict((x.astype("float32") - mean) / std, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+test_accuracy.__test__ = False
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    (x, y), (x_test, y_test), _ = kd_data.load("digits")
+    return x, y, x_test, y_test
+
+
+@pytest.fixture(scope="module")
+def distill_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("distill") / "run")
+    args = ["--epochs=2", "--teacher_epochs=2", f"--output_dir={out}"]
+    result = recipe("distill", *args)
+    return out, args, result
+
+
+def test_distill_defaults_end_to_end(distill_run, digits_split):
+    out, _, result = distill_run
+    _, _, x_test, y_test = digits_split
+    results = read_json(os.path.join(out, "results.json"))
+    models = results["models"]
+    assert set(models) == {"teacher_0", "student_alone", "distilled"}
+    assert results["resolved"]["kd_temperature"] == 8.0
+    assert results["dataset"]["student_train_images"] == 100
+    # The table names each model with its accuracy and size.
+    for row in ("teacher_0", "student alone", "student + kd"):
+        assert row in result.stdout
+    assert f"{models['distilled']['params']:,}" in result.stdout
+    assert models["teacher_0"]["params"] > 10 * models["distilled"]["params"]
+    # The reported accuracy is the saved student's, recomputed here.
+    recomputed = test_accuracy(os.path.join(out, "student.keras"), x_test, y_test)
+    assert abs(recomputed - models["distilled"]["last_epoch_test_accuracy"]) < 1e-6
+    teacher_acc = test_accuracy(os.path.join(out, "teacher_0.keras"), x_test, y_test)
+    assert abs(teacher_acc - models["teacher_0"]["last_epoch_test_accuracy"]) < 1e-6
+    for name in models:
+        assert models[name]["images_per_second"] > 0
+        assert models[name]["best_epoch_test_accuracy"] >= (
+            models[name]["last_epoch_test_accuracy"])
+    # Logs: every loss term per epoch in CSV and TensorBoard.
+    log = read_csv(os.path.join(out, "distilled", "log.csv"))
+    assert len(log) == 2
+    assert {"kd", "student_loss", "total_loss", "val_accuracy"} <= set(log[0])
+    total = float(log[-1]["total_loss"])
+    assert total > 0 and np.isfinite(total)
+    events = os.listdir(os.path.join(out, "distilled", "tensorboard", "train"))
+    assert any(e.startswith("events.out.tfevents") for e in events)
+    # The TFLite student (the default export), parity-checked and printed.
+    tflite = results["export"]["tflite"]
+    assert os.path.exists(tflite["path"]) and tflite["path"] in result.stdout
+    assert tflite["max_abs_diff"] < 1e-3
+    assert read_json(os.path.join(out, "flags.json"))["epochs"] == 2
+
+
+def test_rerun_resumes_and_other_flags_are_refused(distill_run):
+    out, args, _ = distill_run
+    results_path = os.path.join(out, "results.json")
+    before = read_json(results_path)
+    refused = recipe("distill", *args[:-1], "--epochs=3", f"--output_dir={out}",
+                     check=False)
+    assert refused.returncode != 0
+    assert "different flags" in refused.stderr and "--epochs" in refused.stderr
+    assert "--overwrite" in refused.stderr
+    assert read_json(results_path) == before
+    assert read_json(os.path.join(out, "flags.json"))["epochs"] == 2
+    # The same command finds every phase finished and trains nothing.
+    again = recipe("distill", *args, "--export=")
+    assert again.stdout.count("already trained") == 3
+    models = read_json(results_path)["models"]
+    for name in models:
+        assert models[name]["last_epoch_test_accuracy"] == (
+            before["models"][name]["last_epoch_test_accuracy"])
+
+
+def test_train_teacher_then_distill_from_its_file(tmp_path, digits_split):
+    _, _, x_test, y_test = digits_split
+    teacher_dir = str(tmp_path / "teacher")
+    recipe("train_teacher", "--epochs=2", f"--output_dir={teacher_dir}")
+    teacher_path = os.path.join(teacher_dir, "model.keras")
+    trained = read_json(os.path.join(teacher_dir, "results.json"))["models"]["model"]
+    out = str(tmp_path / "fa")
+    recipe("distill", f"--teacher={teacher_path}", "--method=kd+fa",
+           "--nobaseline", "--epochs=1", "--export=", f"--output_dir={out}")
+    results = read_json(os.path.join(out, "results.json"))
+    assert set(results["models"]) == {"teacher_0", "distilled"}
+    loaded = results["models"]["teacher_0"]
+    assert loaded["loaded_from"] == teacher_path
+    expected = test_accuracy(teacher_path, x_test, y_test)
+    assert abs(loaded["last_epoch_test_accuracy"] - expected) < 1e-6
+    assert abs(trained["last_epoch_test_accuracy"] - expected) < 1e-6
+    # kd+fa: CE + 0.5·KD + 100·FA on digits (methods.md §1, digits KD weight).
+    assert results["resolved"]["term_weights"] == {"kd": 0.5, "fa": 100.0}
+    assert results["resolved"]["ce_weight"] == 1.0
+    log = read_csv(os.path.join(out, "distilled", "log.csv"))
+    assert {"kd", "feature_alignment"} <= set(log[0])
+
+
+def test_reffakd_recipe(tmp_path, digits_split):
+    out = str(tmp_path / "reffakd")
+    recipe("reffakd", "--epochs=2", "--reffakd_ae_epochs=2", "--export=",
+           f"--output_dir={out}")
+    table = np.load(os.path.join(out, "soft_labels.npy"))
+    assert table.shape == (10, 10)
+    np.testing.assert_allclose(table.sum(axis=1), 1.0, rtol=1e-5)
+    # A diagonal boost and positive cosine similarities: each class's own
+    # entry is its row's largest.
+    np.testing.assert_array_equal(np.argmax(table, axis=1), np.arange(10))
+    results = read_json(os.path.join(out, "results.json"))
+    assert results["resolved"]["ce_weight"] == pytest.approx(0.1)
+    # 40 images per class, or the smallest class of the 100 training images.
+    smallest = np.bincount(digits_split[1][:100]).min()
+    assert results["reffakd_autoencoder"]["per_class"] == min(40, smallest)
+    assert "teacher_0" not in results["models"]
+    log = read_csv(os.path.join(out, "distilled", "log.csv"))
+    assert "reffakd" in log[0]
+
+
+def test_specialize_recipe(tmp_path, digits_split):
+    _, _, x_test, y_test = digits_split
+    out = str(tmp_path / "skd")
+    recipe("specialize", "--epochs=2", "--teacher_epochs=1",
+           "--classes=3,5,8", "--baselines=scratch,subset_kd", "--export=",
+           f"--output_dir={out}")
+    results = read_json(os.path.join(out, "results.json"))
+    assert results["task"]["classes"] == [3, 5, 8]
+    assert results["task"]["train_images"] == 30
+    assert results["task"]["test_images"] == int(np.isin(y_test, [3, 5, 8]).sum())
+    assert set(results["models"]) == {"teacher", "scratch", "subset_kd", "skd"}
+    student = keras.models.load_model(os.path.join(out, "student.keras"))
+    assert student.outputs[0].shape[-1] == 3
+    log = read_csv(os.path.join(out, "skd", "log.csv"))
+    assert {"skd_stage1", "skd_stage2"} <= set(log[0])
+    assert "kd" not in log[0]  # SKD has no logit term.
+
+
+def write_npz_folder(path, digits_split, x_dtype="uint8", test_shape=None):
+    x, y, x_test, y_test = digits_split
+    os.makedirs(path)
+    np.savez(os.path.join(path, "train.npz"), x=x.astype(x_dtype), y=y)
+    if test_shape is not None:
+        x_test = np.zeros((len(x_test),) + test_shape, "uint8")
+    np.savez(os.path.join(path, "test.npz"), x=x_test, y=y_test)
+
+
+def test_npz_dataset(tmp_path, digits_split):
+    folder = str(tmp_path / "npz")
+    write_npz_folder(folder, digits_split)
+    out = str(tmp_path / "run")
+    recipe("train_teacher", f"--dataset=npz:{folder}", "--model=digits_cnn_small",
+           "--epochs=1", "--protocol=digits", f"--output_dir={out}")
+    results = read_json(os.path.join(out, "results.json"))
+    x, _, x_test, y_test = digits_split
+    assert results["dataset"]["num_classes"] == 10
+    assert results["models"]["model"]["train_images"] == len(x)
+    expected = test_accuracy(os.path.join(out, "model.keras"), x_test, y_test)
+    assert abs(results["models"]["model"]["last_epoch_test_accuracy"] - expected) < 1e-6
+
+
+TFDS_SCRIPT = """
+import runpy, sys
+import tensorflow_datasets as tfds
+sys.argv = ["train_teacher.py"] + sys.argv[1:]
+with tfds.testing.mock_data(num_examples=96):
+    runpy.run_path("recipes/train_teacher.py", run_name="__main__")
+"""
+
+
+def test_tfds_dataset_with_mock_data(tmp_path):
+    out = str(tmp_path / "run")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    result = subprocess.run(
+        [sys.executable, "-c", TFDS_SCRIPT, "--dataset=mnist",
+         "--model=digits_cnn_small", "--epochs=1", f"--output_dir={out}"],
+        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = read_json(os.path.join(out, "results.json"))
+    # CIFAR protocol for a tfds dataset; mnist's shape and classes.
+    assert results["resolved"]["protocol"] == "cifar"
+    assert results["resolved"]["optimizer"] == "sgd"
+    assert results["dataset"]["input_shape"] == [28, 28, 1]
+    assert results["dataset"]["num_classes"] == 10
+    assert results["models"]["model"]["train_images"] == 96
+
+
+BAD_INPUTS = {
+    "unknown_method": (["--method=kd+nope"], "Unknown method 'nope'"),
+    "unknown_model": (["--student=resnet1000"], "Unknown model --student=resnet1000"),
+    "unknown_dataset": (["--dataset=no_such_dataset_xyz"], "Unknown dataset"),
+    "bad_flag_value": (["--mixed_precision=float8"], "--mixed_precision"),
+    "unknown_flag": (["--epoch=3"], "Unknown command line flag 'epoch'"),
+    "teacher_file_missing": (["--teacher=/nonexistent/t.keras"], "no such file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_before_writing(case, tmp_path):
+    args, message = BAD_INPUTS[case]
+    out = str(tmp_path / "run")
+    result = recipe("distill", *args, f"--output_dir={out}", check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("case", ["missing_test", "float_images", "shape_mismatch"])
+def test_bad_npz_folder_is_refused(case, tmp_path, digits_split):
+    folder = str(tmp_path / "npz")
+    if case == "missing_test":
+        write_npz_folder(folder, digits_split)
+        os.remove(os.path.join(folder, "test.npz"))
+        message = "has neither test.npz"
+    elif case == "float_images":
+        write_npz_folder(folder, digits_split, x_dtype="float32")
+        message = "'x' must be uint8 images, got float32"
+    else:
+        write_npz_folder(folder, digits_split, test_shape=(9, 9, 1))
+        message = "test images (9, 9, 1)"
+    out = str(tmp_path / "run")
+    result = recipe("train_teacher", f"--dataset=npz:{folder}",
+                    f"--output_dir={out}", check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(out)
+
+
+def test_output_dir_with_other_files_is_refused(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        result = recipe("train_teacher", f"--output_dir={out}", *extra,
+                        check=False)
+        assert result.returncode != 0
+        assert "no flags.json" in result.stderr
+    assert os.listdir(out) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_the_same_weights(tmp_path):
+    args = ["--nobaseline", "--teacher_epochs=2", "--epochs=12", "--export="]
+    full = str(tmp_path / "full")
+    recipe("distill", *args, f"--output_dir={full}")
+
+    out = str(tmp_path / "killed")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "recipes", "distill.py"), *args,
+         f"--output_dir={out}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+    )
+    metadata = os.path.join(out, "distilled", "backup", "training_metadata.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(metadata):
+            try:
+                if read_json(metadata)["epoch"] >= 4:
+                    break
+            except (ValueError, KeyError):
+                pass  # Being written.
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(out, "results.json"))
+
+    resumed = recipe("distill", *args, f"--output_dir={out}")
+    assert "[distilled] resuming at epoch" in resumed.stdout
+    assert "[teacher_0] already trained" in resumed.stdout
+    a = keras.models.load_model(os.path.join(full, "student.keras"))
+    b = keras.models.load_model(os.path.join(out, "student.keras"))
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+    log = read_csv(os.path.join(out, "distilled", "log.csv"))
+    assert [int(r["epoch"]) for r in log] == list(range(12))
