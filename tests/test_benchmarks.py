@@ -1,0 +1,111 @@
+"""Smoke tests of benchmarks/: a few steps each, well-formed outputs only
+(no timing is asserted)."""
+
+import importlib.util
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(
+        f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    return _load("throughput")
+
+
+@pytest.mark.multi_backend
+def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
+    configs = ["keras_logits_feature", "kd_logits_feature", "torch_kd"]
+    try:
+        result = throughput.run_benchmark(
+            teacher="digits_cnn_large", student="digits_cnn_large",
+            batch_size=8, steps=2, repeats=2, warmup_steps=1,
+            input_shape=(8, 8, 1), num_classes=10, configs=configs,
+            output_dir=str(tmp_path), command="pytest", log=lambda _: None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    json_path, md_path = result["files"]
+    with open(json_path) as f:
+        saved = json.load(f)
+    assert saved["backend"] == keras.backend.backend()
+    assert saved["settings"]["feature_layer"] == "stage2"
+    rows = {row["config"]: row for row in saved["rows"]}
+    assert list(rows)[:3] == ["student", "teacher_forward", "fused_limit"]
+    assert set(rows) == {"student", "teacher_forward", "fused_limit",
+                         *configs}
+    # Zoo CNNs for digits have no PyTorch twin: the row says why.
+    assert "ResNets" in rows["torch_kd"]["skipped"]
+    timed = [r for r in rows.values() if "skipped" not in r]
+    for row in timed:
+        rates = row["per_repeat_images_per_s"]
+        assert len(rates) == 2 and all(r > 0 and math.isfinite(r)
+                                       for r in rates)
+        assert row["images_per_s"]["median"] == pytest.approx(
+            np.median(rates))
+    # The fused limit is 1 / (1/r_student + 1/r_teacher) per repeat.
+    student = np.array(rows["student"]["per_repeat_images_per_s"])
+    teacher = np.array(rows["teacher_forward"]["per_repeat_images_per_s"])
+    np.testing.assert_allclose(rows["fused_limit"]["per_repeat_images_per_s"],
+                               1 / (1 / student + 1 / teacher), rtol=1e-6)
+    kd_row = rows["kd_logits_feature"]
+    assert kd_row["keras_reference"] == "keras_logits_feature"
+    kd_rates = np.array(kd_row["per_repeat_images_per_s"])
+    assert kd_row["vs_fused_limit"] == pytest.approx(np.median(
+        kd_rates / rows["fused_limit"]["per_repeat_images_per_s"]))
+    assert kd_row["vs_keras"] == pytest.approx(np.median(
+        kd_rates / rows["keras_logits_feature"]["per_repeat_images_per_s"]))
+    assert kd_row["peak_rss_mb"] > 0
+    names = [t["name"] for t in saved["targets"]]
+    assert names == ["kd_logits vs keras_logits",
+                     "kd_logits_feature vs keras_logits_feature",
+                     "kd_logits_feature vs fused_limit"]
+    # Ratios whose rows did not run are reported as missing, not guessed.
+    assert saved["targets"][0]["ratio"] is None
+    assert saved["targets"][0]["met"] is None
+    assert saved["targets"][1]["ratio"] == pytest.approx(kd_row["vs_keras"])
+    assert saved["targets"][1]["met"] == (kd_row["vs_keras"] >= 1.25)
+    with open(md_path) as f:
+        table = f.read()
+    assert table.count("\n| ") == len(rows) + 1 + len(names) + 1
+    assert "Command: `pytest`" in table
+
+
+def test_throughput_rejects_unknown_configurations(throughput):
+    with pytest.raises(ValueError, match="kd_bogus"):
+        throughput.run_benchmark(configs=["kd_bogus"])
+
+
+def test_torch_twins_match_the_keras_zoo(throughput):
+    """The PyTorch row trains the same networks: same trainable sizes, and
+    one KD step runs."""
+    torch = pytest.importorskip("torch")
+    import keras_kd as kd
+
+    for name in ("resnet8x4", "resnet20"):
+        model = kd.models.get(name, num_classes=10, input_shape=(8, 8, 3))
+        twin = throughput._torch_resnet(name, 10)
+        expected = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        assert sum(p.numel() for p in twin.parameters()) == expected
+    runner = throughput.TorchRunner(
+        throughput._torch_resnet("resnet20", 10),
+        throughput._torch_resnet("resnet8x4", 10), mixed_precision=False)
+    before = [p.detach().clone() for p in runner.student.parameters()]
+    rng = np.random.default_rng(0)
+    seconds = runner(rng.normal(size=(4, 8, 8, 3)).astype("float32"),
+                     np.arange(4), batch_size=4)
+    assert seconds > 0
+    assert any(not torch.equal(a, b)
+               for a, b in zip(before, runner.student.parameters()))
