@@ -6,13 +6,14 @@ from keras.src.losses.loss import scale_loss_for_distribution
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.utils.tracking import DotNotTrackScope
 
+from keras_kd.distribute import MultiWorkerFitMixin
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
 from keras_kd.soft_label_teacher import SoftLabelTeacher
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class Distiller(keras.Model):
+class Distiller(MultiWorkerFitMixin, keras.Model):
     """Trains a student from one or more frozen teachers in one pass.
 
     A drop-in superset of `keras.distillation.Distiller`: same constructor

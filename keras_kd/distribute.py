@@ -168,3 +168,59 @@ def _set_synchronized(model, layers, value):
         layer.synchronized = value
     if layers and isinstance(model, keras.Model):
         model.train_function = None  # Retraced by the next `fit`.
+
+
+class MultiWorkerFitMixin:
+    """Lets a `keras.Model`'s `fit`/`evaluate` run under
+    `tf.distribute.MultiWorkerMirroredStrategy` (Keras 3.15).
+
+    Keras' TensorFlow trainer has two faults in multi-worker mode
+    (keras-team/keras#20585): it all-reduces the first batch with one
+    `strategy.reduce` call on a nested structure (rejected by the collective
+    strategy) only to read its shapes, and it reduces each scalar log with
+    `strategy.reduce("MEAN", value, axis=0)`, which needs an axis. This mixin
+    reads the shapes from this worker's share of the batch, and gives each
+    log a leading axis of length 1 in multi-worker mode (the logs are
+    synchronized metric results, so their mean over workers is the value).
+    Other strategies and backends are unaffected. `kd.Distiller` uses it:
+
+    ```python
+    class Distiller(MultiWorkerFitMixin, keras.Model): ...
+    ```
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Only called by the TensorFlow trainer.
+        if iterator is not None and self._distribute_strategy is not None:
+            import tensorflow as tf
+
+            local_results = self._distribute_strategy.experimental_local_results
+            for _, _, batches in iterator:
+                batch = next(batches)
+                break
+            data_batch = keras.tree.map_structure(
+                lambda v: local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues)
+                else v,
+                batch,
+            )
+        return super()._maybe_symbolic_build(data_batch=data_batch)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        results = super().compute_metrics(x, y, y_pred, sample_weight)
+        if _in_multi_worker_mode(self):
+            results = keras.tree.map_structure(
+                lambda v: keras.ops.expand_dims(v, 0), results
+            )
+        return results
+
+
+def _in_multi_worker_mode(model):
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    strategy = getattr(model, "_distribute_strategy", None)
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and strategy.extended._in_multi_worker_mode()
