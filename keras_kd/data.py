@@ -422,6 +422,13 @@ def class_subset(data, classes, max_per_class=None, seed=0, class_names=None):
     mapping.to_original([0, 1])  # array([3, 5])
     ```
     """
+    if max_per_class is not None and (
+        int(max_per_class) != max_per_class or max_per_class < 1
+    ):
+        raise ValueError(
+            f"max_per_class must be a positive integer or None, got "
+            f"{max_per_class!r}."
+        )
     is_dataset = isinstance(data, tf.data.Dataset)
     if is_dataset:
         spec = data.element_spec
@@ -445,6 +452,11 @@ def class_subset(data, classes, max_per_class=None, seed=0, class_names=None):
     keep = []
     for class_id in ids:
         index = np.flatnonzero(y == class_id)
+        if not len(index):
+            raise ValueError(
+                f"Class {class_id!r} has no examples in the data; present "
+                f"classes: {np.unique(y).tolist()}."
+            )
         if max_per_class is not None and len(index) > max_per_class:
             index = rng.choice(index, max_per_class, replace=False)
         keep.append(index)
