@@ -109,3 +109,97 @@ def test_torch_twins_match_the_keras_zoo(throughput):
     assert seconds > 0
     assert any(not torch.equal(a, b)
                for a, b in zip(before, runner.student.parameters()))
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    return _load("accuracy")
+
+
+def test_accuracy_summary_table_and_plot(accuracy, tmp_path):
+    rng = np.random.default_rng(0)
+    runs = []
+    for method in ("student", "kd"):
+        for seed in range(3):
+            runs.append({"method": method, "seed": seed,
+                         "last": rng.uniform(0.5, 0.9),
+                         "best": rng.uniform(0.5, 0.9),
+                         "train_seconds": rng.uniform(10, 20),
+                         "images_per_second": rng.uniform(100, 200),
+                         "curve": list(rng.uniform(0, 1, 5))})
+    runs.append({"method": "kd", "seed": 3, "failed": "boom", "command": ""})
+    summary = {row["method"]: row for row in accuracy.summarize(runs)}
+    kd_last = [r["last"] for r in runs if r["method"] == "kd" and "last" in r]
+    assert summary["kd"]["seeds"] == 3 and summary["kd"]["failed"] == 1
+    assert summary["kd"]["last"] == pytest.approx(np.mean(kd_last))
+    assert summary["kd"]["last_std"] == pytest.approx(np.std(kd_last))
+    report = {
+        "suite": "cpu", "date": "2026-01-01T00:00:00+00:00",
+        "machine": {"host": "h", "platform": "p", "cpu_count": 2,
+                    "device": "cpu"},
+        "backend": "tensorflow", "command": "cmd", "seeds": [0, 1, 2, 3],
+        "datasets": [{"key": "digits", "teacher": "t", "student": "s",
+                      "note": "n", "epochs": 5, "teacher_epochs": 5,
+                      "runs": runs, "summary": list(summary.values())}],
+    }
+    table = accuracy.format_markdown(report)
+    kd_line = next(line for line in table.splitlines()
+                   if line.startswith("| kd |"))
+    assert (f"{100 * np.mean(kd_last):.2f} ± {100 * np.std(kd_last):.2f}"
+            in kd_line)
+    assert "3 (1 failed)" in kd_line
+    # 5 epochs are fewer than the digits protocol's 80: flagged.
+    assert "**Shortened run**: 5 student / 5 teacher epochs" in table
+    accuracy.plot(report, str(tmp_path / "plot.png"))
+    with open(tmp_path / "plot.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fashion_subset_is_class_balanced_rows_of_the_source(accuracy,
+                                                             tmp_path):
+    rng = np.random.default_rng(0)
+    source = tmp_path / "source"
+    source.mkdir()
+    data = {}
+    for split, n in (("train", 200), ("test", 100)):
+        x = rng.integers(0, 256, size=(n, 4, 4, 1)).astype("uint8")
+        y = rng.integers(0, 4, size=n)
+        np.savez(source / f"{split}.npz", x=x, y=y)
+        data[split] = (x, y)
+    out = accuracy.fashion_subset(str(source), str(tmp_path / "work"), 40, 20)
+    for split, count in (("train", 40), ("test", 20)):
+        subset = np.load(os.path.join(out, f"{split}.npz"))
+        assert np.bincount(subset["y"]).tolist() == [count // 4] * 4
+        x, y = data[split]
+        for image, label in zip(subset["x"], subset["y"]):
+            matches = np.flatnonzero((x == image).all(axis=(1, 2, 3)))
+            assert label in y[matches]
+
+
+def test_accuracy_cpu_suite_runs_the_recipes(tmp_path):
+    """One seed, one epoch, KD only: the teacher, student and KD rows."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="tensorflow",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "accuracy.py"),
+         "--suite=cpu", "--datasets=digits", "--methods=kd", "--seeds=0",
+         "--epochs=1", "--teacher_epochs=1", f"--output_dir={tmp_path}",
+         f"--work_dir={tmp_path / 'work'}"],
+        check=True, env=env, capture_output=True)
+    stem = [f[:-5] for f in os.listdir(tmp_path) if f.endswith(".json")]
+    assert len(stem) == 1
+    with open(tmp_path / f"{stem[0]}.json") as f:
+        report = json.load(f)
+    (dataset,) = report["datasets"]
+    rows = {row["method"]: row for row in dataset["summary"]}
+    assert set(rows) == {"teacher", "student", "kd"}
+    for row in rows.values():
+        assert row["seeds"] == 1 and 0.0 <= row["last"] <= 1.0
+    assert all(len(r["curve"]) == 1 for r in dataset["runs"]
+               if r["method"] != "teacher")
+    assert os.path.getsize(tmp_path / f"{stem[0]}.png") > 0
+    with open(tmp_path / f"{stem[0]}.md") as f:
+        assert "| kd |" in f.read()

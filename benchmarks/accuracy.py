@@ -1,0 +1,462 @@
+"""Accuracy of every distillation method, over seeds, through the recipes.
+
+Runs `recipes/distill.py` (`recipes/reffakd.py` for ReffAKD) for each
+method and seed, each in its own process and `--work_dir` folder (rerunning resumes finished and interrupted
+runs), and writes to `--output_dir`:
+
+- `accuracy_<suite>_<backend>_<date>.md`: per dataset, the test accuracy
+  (mean ± std over seeds) at the last and the best epoch, wall time per
+  run and training images/s;
+- `.json`: every run's numbers, the settings and the commands;
+- `.png`: accuracy per method and the mean learning curves.
+
+For each seed, the KD run trains the teacher (zoo model, seeded by the
+recipe) and the student alone (`--baseline`, same protocol and seed); the
+other methods of that seed distil from that teacher's file (`fa_multi`
+takes the teachers of this and the next seed).
+
+Suites:
+
+- `cpu`: scikit-learn's digits (the recipes' `digits` protocol: Adam 3e-3,
+  80 epochs, student on 100 images) and, with `--fashion_mnist=PATH`, a
+  class-balanced Fashion-MNIST subset written to `--work_dir` (never into
+  the repository), sized to finish in about 30 minutes on 2 CPU cores with
+  two seeds.
+- `cifar`: methods.md §6 (SGD 0.05, ×0.1 at 62.5/75/87.5% of the epochs,
+  batch 64, coupled L2 5e-4, crop+flip) for resnet32x4 → resnet8x4 and
+  wrn_40_2 → wrn_16_2 on `--cifar_dataset` (e.g. `cifar100` with
+  `--data_dir`, or `npz:/path/cifar10_jpeg`); `--epochs` scales the
+  schedule (240 is the published protocol).
+
+Usage:
+
+```
+python benchmarks/accuracy.py --suite=cpu \
+    --fashion_mnist=../shared/data/fashion_mnist --seeds=0,1
+python benchmarks/accuracy.py --suite=cifar --cifar_dataset=cifar100 \
+    --data_dir=/data/tfds --epochs=240 --seeds=0,1,2
+```
+"""
+
+import csv
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from keras_kd import recipes_lib  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command-line flags (defined only when run as a script, so the
+    module can be imported beside other absl programs)."""
+    flags.DEFINE_enum("suite", "cpu", ["cpu", "cifar"], "Which suite to run.")
+    flags.DEFINE_list(
+        "methods", None,
+        "Methods (recipes' --method names; default: every method the recipes "
+        "know). The student alone is always reported, from the kd runs.")
+    flags.DEFINE_list("seeds", ["0", "1"], "Seeds; each method runs once each.")
+    flags.DEFINE_integer(
+        "epochs", None,
+        "Student epochs (default: the protocol's, 80 digits, 240 cifar; the "
+        "Fashion-MNIST subset uses --fashion_epochs).")
+    flags.DEFINE_integer(
+        "teacher_epochs", None,
+        "Teacher epochs (default: 30 digits, --epochs cifar).")
+    flags.DEFINE_list(
+        "datasets", ["digits", "fashion_mnist"],
+        "cpu suite: which of digits, fashion_mnist to run.")
+    flags.DEFINE_string(
+        "fashion_mnist", None,
+        "cpu suite: folder with Fashion-MNIST's train.npz/test.npz (e.g. "
+        "../shared/data/fashion_mnist); omitted: digits only.")
+    flags.DEFINE_integer("fashion_train", 3000,
+                         "Fashion-MNIST subset: training images (teacher).")
+    flags.DEFINE_integer("fashion_test", 1000,
+                         "Fashion-MNIST subset: test images.")
+    flags.DEFINE_integer("fashion_student_images", 500,
+                         "Fashion-MNIST subset: the students' training images.")
+    flags.DEFINE_integer("fashion_epochs", 15, "Fashion-MNIST student epochs.")
+    flags.DEFINE_integer("fashion_teacher_epochs", 10,
+                         "Fashion-MNIST teacher epochs.")
+    flags.DEFINE_string(
+        "cifar_dataset", None,
+        "cifar suite: the recipes' --dataset (cifar100, or npz:PATH).")
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory.")
+    flags.DEFINE_string("output_dir", os.path.join(ROOT, "benchmarks", "results"),
+                        "Where the table, JSON and plot go.")
+    flags.DEFINE_string("work_dir", "/tmp/keras_kd_accuracy",
+                        "Where the runs (checkpoints, logs) go.")
+    flags.DEFINE_list("extra_flags", [],
+                      "More flags for every recipe run, e.g. --jit_compile.")
+    flags.DEFINE_string(
+        "report_from", None,
+        "Rewrite the table and plot of an earlier run's JSON and exit.")
+
+
+def default_methods():
+    return sorted(recipes_lib.METHODS)
+
+
+def suite_datasets(suite):
+    """`[(key, recipe flags, teacher, student, note), ...]` of a suite."""
+    if suite == "cpu":
+        unknown = set(FLAGS.datasets) - {"digits", "fashion_mnist"}
+        if unknown:
+            raise app.UsageError(f"Unknown --datasets {sorted(unknown)}.")
+        datasets = [{
+            "key": "digits",
+            "flags": ["--dataset=digits", "--protocol=digits"],
+            "epochs": FLAGS.epochs or 80,
+            "teacher_epochs": FLAGS.teacher_epochs or 30,
+            "teacher": "digits_cnn_large", "student": "digits_cnn_small",
+            "protocol_epochs": [80, 30],
+            "note": "scikit-learn digits, 1347 train / 450 test; student on "
+                    "the first 100 training images (recipes' digits "
+                    "protocol)",
+        }] if "digits" in FLAGS.datasets else []
+        if FLAGS.fashion_mnist and "fashion_mnist" in FLAGS.datasets:
+            path = fashion_subset(FLAGS.fashion_mnist, FLAGS.work_dir,
+                                  FLAGS.fashion_train, FLAGS.fashion_test)
+            datasets.append({
+                "key": "fashion_mnist_subset",
+                "flags": [f"--dataset=npz:{path}", "--protocol=digits",
+                          f"--train_limit={FLAGS.fashion_student_images}",
+                          "--reffakd_diagonal=0.008"],
+                "epochs": FLAGS.fashion_epochs,
+                "teacher_epochs": FLAGS.fashion_teacher_epochs,
+                "teacher": "digits_cnn_large", "student": "digits_cnn_small",
+                "note": f"Fashion-MNIST, a class-balanced subset of "
+                        f"{FLAGS.fashion_train} train / {FLAGS.fashion_test} "
+                        f"test images; students on the first "
+                        f"{FLAGS.fashion_student_images}; digits protocol "
+                        f"(Adam 3e-3, no augmentation)",
+            })
+        return datasets
+    if not FLAGS.cifar_dataset:
+        raise app.UsageError("--suite=cifar needs --cifar_dataset.")
+    extra = [f"--dataset={FLAGS.cifar_dataset}", "--protocol=cifar"]
+    if FLAGS.data_dir:
+        extra.append(f"--data_dir={FLAGS.data_dir}")
+    epochs = FLAGS.epochs or 240
+    return [
+        {"key": f"{FLAGS.cifar_dataset}_{t}_{s}".replace(":", "_").replace(
+            "/", "_"), "flags": extra, "epochs": epochs,
+         "teacher_epochs": FLAGS.teacher_epochs or epochs, "teacher": t,
+         "student": s, "protocol_epochs": [240, 240],
+         "note": f"methods.md §6 protocol, {epochs} epochs (240 published)"}
+        for t, s in (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"))
+    ]
+
+
+def fashion_subset(source, work_dir, train, test):
+    """Writes a class-balanced, shuffled subset of an npz dataset folder
+    (`train` and `test` images) under `work_dir`; returns its folder."""
+    out = os.path.join(work_dir, f"fashion_mnist_{train}_{test}")
+    if os.path.exists(os.path.join(out, "test.npz")):
+        return out
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("test", test)):
+        data = np.load(os.path.join(source, f"{split}.npz"))
+        x, y = data["x"], data["y"]
+        classes = np.unique(y)
+        per_class = count // len(classes)
+        picked = np.concatenate([
+            rng.choice(np.flatnonzero(y == c), per_class, replace=False)
+            for c in classes])
+        picked = rng.permutation(picked)  # Mixed classes in every prefix.
+        np.savez(os.path.join(out, f"{split}.npz"), x=x[picked], y=y[picked])
+    meta = os.path.join(source, "meta.json")
+    if os.path.exists(meta):
+        with open(meta) as f:
+            classes = json.load(f).get("classes")
+        if classes:
+            with open(os.path.join(out, "meta.json"), "w") as f:
+                json.dump({"classes": classes}, f)
+    return out
+
+
+def run_recipe(script, args, log_path):
+    """Runs one recipe; returns `(returncode, seconds, command)`."""
+    command = [sys.executable, os.path.join(ROOT, "recipes", script)] + args
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
+                               cwd=ROOT)
+    return code, time.perf_counter() - start, " ".join(command[1:])
+
+
+def _tail(path, lines=5):
+    with open(path) as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def _curve(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return [float(row["val_accuracy"]) for row in csv.DictReader(f)]
+
+
+def run_dataset(dataset, methods, seeds, log):
+    """Trains the teachers and every (method, seed); returns the runs."""
+    work = os.path.join(FLAGS.work_dir, dataset["key"])
+    os.makedirs(work, exist_ok=True)
+    common = dataset["flags"] + FLAGS.extra_flags
+    runs, teachers = [], {}
+    # The kd runs come first: for seed s, the kd run trains the teacher
+    # (seeded by the recipe) and the student alone; every other method of
+    # seed s distils from that teacher file.
+    for method in ["kd"] + [m for m in methods if m != "kd"]:
+        spec = recipes_lib.METHODS[method]
+        for seed in seeds:
+            out = os.path.join(work, f"{method}_s{seed}")
+            args = common + [
+                f"--method={method}", f"--seed={seed}",
+                f"--student={dataset['student']}",
+                f"--epochs={dataset['epochs']}", f"--output_dir={out}",
+                "--export=", "--baseline" if method == "kd" else "--nobaseline",
+            ]
+            if method == "kd":
+                args += [f"--teacher={dataset['teacher']}",
+                         f"--teacher_epochs={dataset['teacher_epochs']}"]
+            elif spec.teacher == "model":
+                # Several teachers: those of the next seeds, in turn.
+                order = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
+                picked = [teachers[order[i % len(order)]]
+                          for i in range(max(spec.min_teachers, 1))]
+                if None in picked:
+                    runs.append({"method": method, "seed": seed,
+                                 "failed": "its kd run (teacher) failed",
+                                 "command": ""})
+                    continue
+                args.append("--teacher=" + ",".join(picked))
+            script = "reffakd.py" if spec.teacher == "soft_labels" else (
+                "distill.py")
+            log_path = os.path.join(work, f"{method}_s{seed}.log")
+            code, seconds, command = run_recipe(script, args, log_path)
+            if code != 0:
+                runs.append({"method": method, "seed": seed,
+                             "failed": _tail(log_path), "command": command})
+                if method == "kd":
+                    teachers[seed] = None
+                log(f"[{dataset['key']}] {method} seed {seed}: FAILED "
+                    f"(see {log_path})")
+                continue
+            with open(os.path.join(out, "results.json")) as f:
+                models = json.load(f)["models"]
+            phases = [("distilled", method)]
+            if method == "kd":
+                teachers[seed] = os.path.join(out, "teacher_0.keras")
+                phases += [("teacher_0", "teacher"),
+                           ("student_alone", "student")]
+            for phase, name in phases:
+                result = models[phase]
+                runs.append({
+                    "method": name, "seed": seed,
+                    "last": result["last_epoch_test_accuracy"],
+                    "best": result["best_epoch_test_accuracy"],
+                    "best_epoch": result.get("best_epoch"),
+                    "epochs": result.get("epochs"),
+                    "train_seconds": result.get("train_seconds"),
+                    "images_per_second": result.get("images_per_second"),
+                    "curve": _curve(os.path.join(out, phase, "log.csv")),
+                    "command": command,
+                })
+            log(f"[{dataset['key']}] {method} seed {seed}: "
+                f"{models['distilled']['last_epoch_test_accuracy']:.4f} "
+                f"({seconds:.0f} s)")
+    return runs
+
+
+def summarize(runs):
+    """Per method: mean ± std (population over seeds) of every number."""
+    table = {}
+    for run in runs:
+        table.setdefault(run["method"], []).append(run)
+    rows = []
+    for method, items in table.items():
+        done = [r for r in items if "failed" not in r]
+        row = {"method": method, "seeds": len(done),
+               "failed": len(items) - len(done)}
+        for key in ("last", "best", "train_seconds", "images_per_second"):
+            values = [r[key] for r in done if r.get(key) is not None]
+            if values:
+                row[key] = float(np.mean(values))
+                row[key + "_std"] = float(np.std(values))
+        rows.append(row)
+    return rows
+
+
+# Published schedules (student, teacher epochs), to flag shortened runs.
+PROTOCOL_EPOCHS = {"digits": [80, 30]}
+
+
+def format_markdown(report):
+    lines = [
+        f"# Accuracy, suite `{report['suite']}`",
+        "",
+        f"- date: {report['date']}",
+        f"- machine: {report['machine']['host']}, "
+        f"{report['machine']['platform']}, {report['machine']['cpu_count']} "
+        f"CPUs ({report['machine']['device']})",
+        f"- backend: {report['backend']}",
+        f"- command: `{report['command']}`",
+        f"- seeds: {', '.join(map(str, report['seeds']))}; mean ± std "
+        f"(population) over seeds; accuracy on the test split.",
+        "",
+    ]
+    for dataset in report["datasets"]:
+        lines += [
+            f"## {dataset['key']}: {dataset['teacher']} → "
+            f"{dataset['student']}",
+            "",
+            f"{dataset['note']}; {dataset['epochs']} student epochs, "
+            f"teachers {dataset['teacher_epochs']}.",
+            "",
+        ]
+        protocol = dataset.get("protocol_epochs") or PROTOCOL_EPOCHS.get(
+            dataset["key"])
+        if protocol and [dataset["epochs"], dataset["teacher_epochs"]] != (
+                list(protocol)):
+            lines += [
+                f"**Shortened run**: {dataset['epochs']} student / "
+                f"{dataset['teacher_epochs']} teacher epochs instead of the "
+                f"protocol's {protocol[0]} / {protocol[1]}; the numbers are "
+                f"not the protocol's.",
+                "",
+            ]
+        lines += [
+            "| method | last-epoch acc % | best-epoch acc % | runs | "
+            "train s / run | images/s (recipes' timer) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in dataset["summary"]:
+            def pm(key, scale=1.0, fmt=".2f"):
+                if key not in row:
+                    return "–"
+                return (f"{scale * row[key]:{fmt}} ± "
+                        f"{scale * row[key + '_std']:{fmt}}")
+
+            runs = f"{row['seeds']}" + (
+                f" ({row['failed']} failed)" if row["failed"] else "")
+            lines.append(
+                f"| {row['method']} | {pm('last', 100)} | {pm('best', 100)} "
+                f"| {runs} | {pm('train_seconds', 1, '.0f')} | "
+                f"{pm('images_per_second', 1, '.0f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = report["datasets"]
+    fig, axes = plt.subplots(len(datasets), 2,
+                             figsize=(12, 4 * len(datasets)), squeeze=False)
+    for (bars, curves), dataset in zip(axes, datasets):
+        rows = [r for r in dataset["summary"] if "last" in r]
+        names = [r["method"] for r in rows]
+        bars.bar(names, [100 * r["last"] for r in rows],
+                 yerr=[100 * r["last_std"] for r in rows], capsize=3)
+        bars.set_ylabel("last-epoch test accuracy %")
+        bars.set_title(f"{dataset['key']}: {dataset['teacher']} → "
+                       f"{dataset['student']}")
+        bars.tick_params(axis="x", rotation=45)
+        low = min(100 * r["last"] for r in rows) if rows else 0
+        bars.set_ylim(max(0, low - 10), 100)
+        for method in names:
+            curves_ = [r["curve"] for r in dataset["runs"]
+                       if r["method"] == method and r.get("curve")]
+            if not curves_:
+                continue
+            length = min(map(len, curves_))
+            mean = np.mean([c[:length] for c in curves_], axis=0)
+            curves.plot(np.arange(1, length + 1), 100 * mean, label=method)
+        curves.set_xlabel("epoch")
+        curves.set_ylabel("test accuracy % (mean over seeds)")
+        curves.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_report(report, stem):
+    markdown = format_markdown(report) + (
+        f"\nTotal wall time: {report['wall_seconds'] / 60:.1f} min.\n")
+    with open(stem + ".md", "w") as f:
+        f.write(markdown)
+    plot(report, stem + ".png")
+    print(markdown)
+    print(f"Wrote {stem}.md, .json, .png")
+
+
+def main(argv):
+    del argv
+    import keras
+
+    if FLAGS.report_from:
+        with open(FLAGS.report_from) as f:
+            write_report(json.load(f), FLAGS.report_from[:-len(".json")])
+        return
+
+    methods = FLAGS.methods or default_methods()
+    unknown = [m for m in methods if m not in recipes_lib.METHODS]
+    if unknown:
+        raise app.UsageError(
+            f"Unknown methods {unknown}; the recipes know "
+            f"{default_methods()}.")
+    if "kd" not in methods:
+        # Its runs train the teachers and the student alone.
+        methods = ["kd"] + methods
+    seeds = [int(s) for s in FLAGS.seeds]
+    start = time.perf_counter()
+    report = {
+        "suite": FLAGS.suite,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+        "machine": {"host": socket.gethostname(),
+                    "platform": platform.platform(),
+                    "cpu_count": os.cpu_count(),
+                    "device": "cpu" if FLAGS.suite == "cpu" else "see runs"},
+        "backend": keras.backend.backend(),
+        "command": " ".join([f"KERAS_BACKEND={keras.backend.backend()}",
+                             "python"] + sys.argv),
+        "seeds": seeds,
+        "methods": methods,
+        "datasets": [],
+    }
+    for dataset in suite_datasets(FLAGS.suite):
+        runs = run_dataset(dataset, methods, seeds, print)
+        report["datasets"].append(dict(dataset, runs=runs,
+                                       summary=summarize(runs)))
+    report["wall_seconds"] = time.perf_counter() - start
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    stem = os.path.join(FLAGS.output_dir, "accuracy_{}_{}_{}_{}".format(
+        FLAGS.suite, "_".join(d["key"] for d in report["datasets"]),
+        report["backend"], report["date"][:10]))
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    write_report(report, stem)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
