@@ -152,35 +152,42 @@ def test_evaluate_measures_the_student_alone(digits):
 def test_digits_distillation_beats_student_alone(digits, trained_teacher):
     """KD from a trained teacher beats the same student trained alone.
 
-    Same seeds (0-3), epochs (80), optimiser and data budget: the first 100
-    training images (10 per class on average); the teacher (98.1 % test
-    accuracy) saw the whole training split. Mean test accuracy over the four
-    seeds measured on this machine: TensorFlow backend, student alone 0.709,
-    KD (T=8, student_loss_weight=0.5) 0.738 (+2.9 points; per seed
-    0.731/0.685/0.706/0.715 vs 0.770/0.772/0.670/0.741); JAX backend: see
-    the closing note of the Distiller core issue.
+    Same seeds (0-3), epochs (120), optimiser and data budget: the first 100
+    training images (10 per class on average); the teacher (`small_cnn(32)`,
+    98.0 % test accuracy on TF, 96.7 % on JAX) saw the whole training split,
+    the student is `small_cnn(16)`. Mean test accuracy over the four seeds,
+    measured on this machine (2 CPU cores):
+
+    - TensorFlow: alone 0.814 (0.839/0.806/0.785/0.826), KD (T=4,
+      student_loss_weight=0.5) 0.861 (0.865/0.861/0.869/0.850): +4.7 points;
+    - JAX: alone 0.780 (0.746/0.789/0.776/0.807), KD 0.861
+      (0.848/0.865/0.856/0.876): +8.1 points.
+
+    Every distilled seed beat every student-alone seed on both backends. In
+    the same regime a width-8 student gained nothing (KD -3.5 points at
+    n=100): too small to fit the softened targets in 320 steps.
     """
     x_train, x_test, y_train, y_test = digits
     assert trained_teacher.evaluate(x_test, y_test, verbose=0)[1] > 0.95
 
     def accuracy(seed, distill):
         keras.utils.set_random_seed(seed)
-        student = small_cnn(8, name="student")
+        student = small_cnn(16, name="student")
         model = student
         if distill:
             model = kd.Distiller(
                 trained_teacher,
                 student,
-                kd.losses.LogitsDistillation(temperature=8.0),
+                kd.losses.LogitsDistillation(temperature=4.0),
                 student_loss_weight=0.5,
             )
         model.compile(keras.optimizers.Adam(3e-3), sparse_ce(), metrics=["accuracy"])
-        model.fit(x_train[:100], y_train[:100], batch_size=32, epochs=80, verbose=0)
+        model.fit(x_train[:100], y_train[:100], batch_size=32, epochs=120, verbose=0)
         return model.evaluate(x_test, y_test, verbose=0)[1]
 
     alone = np.mean([accuracy(seed, False) for seed in range(4)])
     distilled = np.mean([accuracy(seed, True) for seed in range(4)])
-    assert distilled - alone > 0.01, (alone, distilled)
+    assert distilled - alone > 0.02, (alone, distilled)
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
