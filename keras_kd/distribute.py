@@ -10,7 +10,9 @@ aligners) inside the strategy's scope, then `fit` on the global batch.
   its share of the batch and the gradients are summed, so the Distiller's
   loss and one optimizer step equal those of one device on the whole batch.
   BatchNormalization normalises with each replica's own share unless made
-  to use the global batch (`synchronized_batch_norm`).
+  to use the global batch (`synchronized_batch_norm`). Keras 3.15's `fit`
+  fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585); the
+  Distiller includes `MultiWorkerFitMixin`, which works around it.
 - JAX backend: `keras.distribution.DataParallel` (the batch is sharded, the
   variables replicated) or `keras.distribution.ModelParallel` (variables
   sharded too, e.g. a teacher too large for one device):
