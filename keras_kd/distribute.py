@@ -15,7 +15,9 @@ aligners) inside the strategy's scope, then `fit` on the global batch.
   Distiller includes `MultiWorkerFitMixin`, which works around it.
 - JAX backend: `keras.distribution.DataParallel` (the batch is sharded, the
   variables replicated) or `keras.distribution.ModelParallel` (variables
-  sharded too, e.g. a teacher too large for one device):
+  sharded too, e.g. a teacher too large for one device). Every batch, the
+  last one included, must divide evenly over the batch axis's devices
+  (`drop_remainder=True`, or arrays trimmed to a multiple of the batch):
 
 ```python
 devices = keras.distribution.list_devices()
