@@ -97,6 +97,9 @@ _VOLATILE_FLAGS = {"overwrite", "verbose", "export", "tflite_quantization",
                    "output_dir", "data_dir"}
 
 
+_STRATEGY = [None]
+
+
 class RecipeError(ValueError):
     """A bad flag value or input, reported without a traceback."""
 
@@ -184,6 +187,14 @@ def define_common_flags(default_output_dir):
         "Post-training quantisation of the TFLite export (default: none, "
         "float32); int8 is calibrated on test images.")
     flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0, 1, 2).")
+    flags.DEFINE_enum(
+        "distribution", "none",
+        ["none", "mirrored", "multi_worker", "data_parallel"],
+        "Train across devices (keras_kd.distribute): mirrored (every device "
+        "of this machine, TensorFlow), multi_worker (TF_CONFIG, TensorFlow), "
+        "data_parallel (keras.distribution, JAX). --batch_size is per "
+        "replica; the learning rate is scaled linearly with the global "
+        "batch.")
 
 
 def define_teacher_flags(multiple=True):
@@ -327,7 +338,7 @@ class Method:
 def _kd_term(ctx):
     import keras_kd as kd
 
-    return ("kd", kd.losses.LogitsDistillation(ctx.kd_temperature),
+    return ("kd", kd.losses.LogitsDistillation(ctx.kd_temperature, name="kd"),
             ctx.kd_weight)
 
 
@@ -367,7 +378,7 @@ def _at_terms(ctx):
     ]
     count = min(map(len, stages))
     return [("at", kd.losses.AttentionTransfer(stages[0][-count:],
-                                               stages[1][-count:]),
+                                               stages[1][-count:], name="at"),
              FLAGS.at_weight)]
 
 
@@ -376,7 +387,8 @@ def _fa_terms(ctx):
 
     t, s = _feature_layers(ctx)
     return [_kd_term(ctx),
-            ("fa", kd.losses.FeatureAlignment(t, s, aligner=FLAGS.fa_aligner),
+            ("fa", kd.losses.FeatureAlignment(t, s, aligner=FLAGS.fa_aligner,
+                                            name="fa"),
              FLAGS.fa_weight)]
 
 
@@ -389,10 +401,11 @@ def _afd_terms(ctx, rtk=False):
     if rtk:
         term = kd.losses.RepresentativeTeacherKeys(
             blocks[0], blocks[1], qk_dim=FLAGS.afd_qk_dim,
-            num_keys=FLAGS.rtk_num_keys, query_side=FLAGS.rtk_query_side)
+            num_keys=FLAGS.rtk_num_keys, query_side=FLAGS.rtk_query_side,
+            name="rtk")
     else:
         term = kd.losses.AttentionFeatureDistillation(
-            blocks[0], blocks[1], qk_dim=FLAGS.afd_qk_dim)
+            blocks[0], blocks[1], qk_dim=FLAGS.afd_qk_dim, name="afd")
     return [_kd_term(ctx), ("rtk" if rtk else "afd", term, FLAGS.afd_weight)]
 
 
@@ -429,7 +442,7 @@ def _dlkd_terms(ctx):
         "features", "features",
         correlation_weight=FLAGS.dlkd_correlation_weight,
         contrastive_weight=FLAGS.dlkd_contrastive_weight,
-        alignment_weight=FLAGS.dlkd_alignment_weight)
+        alignment_weight=FLAGS.dlkd_alignment_weight, name="dlkd")
     return [("dlkd", term, 1.0)]
 
 
@@ -506,11 +519,18 @@ def resolve_protocol():
     for name in ("optimizer", "momentum", "epochs", "batch_size",
                  "weight_decay", "augment", "train_limit"):
         cfg[name] = pick(name)
+    teacher_epochs = getattr(FLAGS, "teacher_epochs", None)
     cfg["teacher_epochs"] = (
-        FLAGS.teacher_epochs if FLAGS.teacher_epochs is not None
+        teacher_epochs if teacher_epochs is not None
         else defaults["teacher_epochs"] if protocol == "digits"
         else cfg["epochs"])
     cfg["normalize"] = defaults["normalize"]
+    cfg["replicas"] = 1
+    if _STRATEGY[0] is not None:
+        from keras_kd import distribute
+
+        cfg["replicas"] = distribute.num_replicas(_STRATEGY[0])
+        cfg["batch_size"] *= cfg["replicas"]
     if FLAGS.lr_decay_epochs is None:
         cfg["lr_decay_epochs"] = [
             int(round(f * cfg["epochs"])) for f in defaults["lr_decay_fractions"]
@@ -534,13 +554,22 @@ def resolve_protocol():
 
 
 def _lr(cfg, student_name, defaults):
+    """The learning rate, scaled linearly with the number of replicas."""
     if FLAGS.lr is not None:
         if FLAGS.lr <= 0:
             raise RecipeError(f"--lr must be positive, got {FLAGS.lr}.")
-        return FLAGS.lr
-    if cfg["protocol"] == "cifar" and student_name == "mobilenetv2":
-        return 0.01
-    return defaults["lr"]
+        lr = FLAGS.lr
+    elif cfg["protocol"] == "cifar" and student_name == "mobilenetv2":
+        lr = 0.01
+    else:
+        lr = defaults["lr"]
+    if cfg["replicas"] > 1:
+        from keras_kd import distribute
+
+        per_replica = cfg["batch_size"] // cfg["replicas"]
+        _, lr = distribute.scale_batch_and_learning_rate(
+            per_replica, lr, per_replica, _STRATEGY[0])
+    return lr
 
 
 # Data and models.
@@ -551,8 +580,12 @@ def load_data(cfg):
     from keras_kd import data
 
     try:
-        (x, y), (x_test, y_test), info = data.load(FLAGS.dataset,
-                                                   FLAGS.data_dir)
+        if FLAGS.dataset == "digits" or FLAGS.dataset.startswith("npz:"):
+            (x, y), (x_test, y_test), info = data.load(FLAGS.dataset,
+                                                       FLAGS.data_dir)
+        else:
+            (x, y), (x_test, y_test), info = _load_tfds(FLAGS.dataset,
+                                                        FLAGS.data_dir)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise RecipeError(f"--dataset={FLAGS.dataset}: {e}") from None
     except ImportError as e:
@@ -569,6 +602,44 @@ def load_data(cfg):
         mean = np.zeros(x.shape[-1], "float32")
         std = np.full(x.shape[-1], 255.0, "float32")
     return Data(x, y, x_test, y_test, info, mean, std)
+
+
+def _load_tfds(name, data_dir):
+    """A tensorflow-datasets dataset as NumPy arrays, read in batches.
+
+    Unlike `keras_kd.data.load`, does not ask TFDS for whole splits
+    (`batch_size=-1`), which `tfds.testing.mock_data` cannot serve.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        (train, test), builder_info = tfds.load(
+            name, split=["train", "test"], data_dir=data_dir,
+            as_supervised=True, with_info=True)
+    except tfds.core.DatasetNotFoundError as e:
+        raise ValueError(
+            f"Unknown dataset '{name}': use 'digits', 'npz:PATH' (a folder "
+            f"of train/test .npz files) or a tensorflow-datasets name, and "
+            f"'{name}' is not a known tensorflow-datasets name.") from e
+
+    def arrays(ds):
+        xs, ys = [], []
+        for images, labels in tfds.as_numpy(ds.batch(4096)):
+            xs.append(images)
+            ys.append(labels)
+        x, y = np.concatenate(xs), np.concatenate(ys).astype("int64")
+        return (x[..., None] if x.ndim == 3 else x), y
+
+    (x, y), (x_test, y_test) = arrays(train), arrays(test)
+    if x.dtype != np.uint8:
+        raise ValueError(f"'{name}' images are {x.dtype}; the recipes take "
+                         f"uint8 images.")
+    label = builder_info.features[builder_info.supervised_keys[1]]
+    info = {"num_classes": int(label.num_classes),
+            "class_names": list(label.names),
+            "input_shape": tuple(int(d) for d in x.shape[1:]),
+            "source": f"tensorflow_datasets:{name}"}
+    return (x, y), (x_test, y_test), info
 
 
 @dataclasses.dataclass
@@ -1044,7 +1115,15 @@ def run(main):
                 f"Unexpected arguments {argv[1:]}; every option is a "
                 f"--flag (see --helpfull).")
         try:
-            main(argv)
+            from keras_kd import distribute
+
+            try:
+                _STRATEGY[0] = distribute.strategy_from_flag(
+                    FLAGS.distribution)
+            except ValueError as e:
+                raise RecipeError(f"--distribution: {e}") from None
+            with distribute.scope(_STRATEGY[0]):
+                main(argv)
         except RecipeError as e:
             print(f"Error: {e}", file=sys.stderr)
             sys.exit(2)
@@ -1347,8 +1426,11 @@ def _print_config(cfg, lr, method_names, terms, ce_weight, data, x,
           f"batch {cfg['batch_size']}, weight decay {cfg['weight_decay']:g}, "
           f"lr ×0.1 at {cfg['lr_decay_epochs'] or 'never'}, augment "
           f"{cfg['augment']}.")
-    print(f"Teachers {teacher_specs or 'none'} → student {student_name}; "
-          f"loss {weights}.")
+    if teacher_specs is None:
+        print(f"Model {student_name}; loss {weights}.")
+    else:
+        print(f"Teachers {teacher_specs or 'none (soft labels)'} → student "
+              f"{student_name}; loss {weights}.")
 
 
 def train_teacher_main(argv):
@@ -1369,7 +1451,7 @@ def train_teacher_main(argv):
             f"dataset has {data.info['num_classes']} classes.")
     lr = _lr(cfg, spec, defaults)
     prepare_output_dir("train_teacher")
-    _print_config(cfg, lr, [], {}, 1.0, data, data.x, spec, [])
+    _print_config(cfg, lr, [], {}, 1.0, data, data.x, spec, None)
     result = train_plain("model", model, data, data.x, data.y, cfg, lr,
                          FLAGS.seed, FLAGS.output_dir)
     path = os.path.join(FLAGS.output_dir, "model.keras")
