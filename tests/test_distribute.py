@@ -154,7 +154,7 @@ def test_mirrored_two_replicas_match_one_device(tmp_path):
     assert r["sync_bn_restored"]
 
 
-@pytest.mark.slow  # Two TensorFlow processes with gRPC: ~45 s on 2 busy cores.
+@pytest.mark.slow  # Two TensorFlow processes with gRPC: 28-62 s on 2 cores.
 @tensorflow_only
 def test_multi_worker_matches_single_worker(tmp_path):
     import distribute_worker
