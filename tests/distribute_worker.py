@@ -36,7 +36,6 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import keras_kd as kd  # noqa: E402
-import keras_kd.distribute  # noqa: E402, F401
 from keras_kd.losses.base import per_sample_mean  # noqa: E402
 
 BATCH = 16
