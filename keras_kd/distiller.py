@@ -524,11 +524,6 @@ def _check_names(names, available, role, model, kind):
 class _StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops training with an error naming the loss term that is NaN/Inf."""
 
-    # Run in Keras' callback thread: reading the logs then does not block
-    # the training loop on every step (a host-device sync); the error is
-    # raised at the next step's dispatch or at the epoch's end.
-    async_safe = True
-
     def __init__(self, names):
         super().__init__()
         self.names = names
