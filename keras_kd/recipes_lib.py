@@ -8,10 +8,13 @@ training protocol with checkpoint/resume, CSV and TensorBoard logs,
 
 Training settings come from a protocol chosen by the dataset (`--protocol`):
 
-- `digits` (scikit-learn's digits, the offline main job): Adam 3e-3, 80
-  epochs, batch 64, no weight decay or augmentation; the student trains on
-  the first 100 training images (the teacher on all of them), KD at T=8
-  with `0.5·CE + 0.5·KD`, a setting where distillation visibly helps.
+- `digits` (scikit-learn's digits, the offline main job): Adam 3e-3, 200
+  epochs, batch 32, no weight decay or augmentation; the student trains on
+  the first 100 training images (the teacher, 30 epochs, on all of them),
+  KD at T=4 with `0.5·CE + 0.5·KD`. Measured over 4 seeds (TensorFlow,
+  digits_cnn_large → digits_cnn_small): student alone 0.687, KD 0.711
+  mean test accuracy; at 80 epochs KD did not help (0.667 alone, 0.609 KD
+  at T=4, 0.600 at T=8).
 - `cifar` (methods.md §6, any other dataset): SGD momentum 0.9, lr 0.05
   (0.01 for MobileNetV2 students), ×0.1 at 62.5/75/87.5% of the epochs
   (150/180/210 of 240), batch 64, coupled L2 weight decay 5e-4, random crop
@@ -58,9 +61,9 @@ PROTOCOLS = {
         "optimizer": "adam",
         "lr": 3e-3,
         "momentum": 0.9,
-        "epochs": 80,
+        "epochs": 200,
         "teacher_epochs": 30,
-        "batch_size": 64,
+        "batch_size": 32,
         "weight_decay": 0.0,
         "lr_decay_fractions": [],
         "augment": False,
@@ -68,7 +71,7 @@ PROTOCOLS = {
         "teacher": ["digits_cnn_large"],
         "student": "digits_cnn_small",
         "train_limit": 100,
-        "kd_temperature": 8.0,
+        "kd_temperature": 4.0,
         "kd_weight": 0.5,
         "kd_ce_weight": 0.5,
     },
@@ -121,7 +124,7 @@ def define_common_flags(default_output_dir):
     flags.DEFINE_enum(
         "protocol", "auto", ["auto", "digits", "cifar"],
         "Training protocol giving the defaults of unset training flags: "
-        "'digits' (Adam 3e-3, 80 epochs, low-data student), 'cifar' "
+        "'digits' (Adam 3e-3, 200 epochs, low-data student), 'cifar' "
         "(methods.md §6: SGD 0.05, step schedule, L2 5e-4, crop+flip). "
         "'auto': 'digits' for --dataset=digits, 'cifar' otherwise.")
     flags.DEFINE_string(
@@ -134,10 +137,11 @@ def define_common_flags(default_output_dir):
         "overwrite", False,
         "Delete what --output_dir holds and start over.")
     flags.DEFINE_integer(
-        "epochs", None, "Training epochs (protocol default: 80 digits, 240 "
+        "epochs", None, "Training epochs (protocol default: 200 digits, 240 "
         "cifar).")
     flags.DEFINE_integer(
-        "batch_size", None, "Batch size (protocol default: 64).")
+        "batch_size", None,
+        "Batch size (protocol default: 32 digits, 64 cifar).")
     flags.DEFINE_enum(
         "optimizer", None, ["sgd", "adam"],
         "Optimizer (protocol default: adam digits, sgd cifar).")
@@ -300,7 +304,7 @@ def define_method_flags(default_method="kd"):
 def define_kd_flags():
     flags.DEFINE_float(
         "kd_temperature", None,
-        "Hinton KD temperature T (protocol default: 4 cifar, 8 digits).")
+        "Hinton KD temperature T (protocol default: 4).")
 
 
 def define_skd_flags():
@@ -866,6 +870,8 @@ def train_phase(name, model, data, x, y, cfg, lr, seed, out_dir,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=FLAGS.jit_compile,
+        # Several steps per call cut the per-step overhead of small models.
+        steps_per_execution=min(steps, 8),
         **compile_kwargs,
     )
     if os.path.exists(result_path):
@@ -1228,7 +1234,7 @@ def _soft_label_table(data, x, y, cfg, seed):
         print(f"[reffakd] sampling {per_class} images per class (the "
               f"smallest class has {int(counts.min())}).")
     epochs = FLAGS.reffakd_ae_epochs or (
-        30 if cfg["protocol"] == "digits" else 200)
+        30 if cfg["protocol"] == "digits" else 200)  # The paper: 200.
     unit = x.astype("float32") / 255.0
     val = max(1, len(unit) // 10)
     autoencoder, cost = reffakd.train_autoencoder(

@@ -75,7 +75,7 @@ def test_distill_defaults_end_to_end(distill_run, digits_split):
     results = read_json(os.path.join(out, "results.json"))
     models = results["models"]
     assert set(models) == {"teacher_0", "student_alone", "distilled"}
-    assert results["resolved"]["kd_temperature"] == 8.0
+    assert results["resolved"]["kd_temperature"] == 4.0
     assert results["dataset"]["student_train_images"] == 100
     # The table names each model with its accuracy and size.
     for row in ("teacher_0", "student alone", "student + kd"):
