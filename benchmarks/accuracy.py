@@ -1,8 +1,9 @@
 """Accuracy of every distillation method, over seeds, through the recipes.
 
 Runs `recipes/distill.py` (`recipes/reffakd.py` for ReffAKD) for each
-method and seed, each in its own process and `--work_dir` folder (rerunning resumes finished and interrupted
-runs), and writes to `--output_dir`:
+method and seed, each in its own process and `--work_dir` folder
+(rerunning resumes finished and interrupted runs), and writes to
+`--output_dir`:
 
 - `accuracy_<suite>_<backend>_<date>.md`: per dataset, the test accuracy
   (mean ± std over seeds) at the last and the best epoch, wall time per
@@ -212,7 +213,7 @@ def _curve(path):
         return [float(row["val_accuracy"]) for row in csv.DictReader(f)]
 
 
-def run_dataset(dataset, methods, seeds, log):
+def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None):
     """Trains the teachers and every (method, seed); returns the runs."""
     work = os.path.join(FLAGS.work_dir, dataset["key"])
     os.makedirs(work, exist_ok=True)
@@ -220,66 +221,71 @@ def run_dataset(dataset, methods, seeds, log):
     runs, teachers = [], {}
     # The kd runs come first: for seed s, the kd run trains the teacher
     # (seeded by the recipe) and the student alone; every other method of
-    # seed s distils from that teacher file.
-    for method in ["kd"] + [m for m in methods if m != "kd"]:
+    # seed s distils from that teacher file. Then seed by seed, so that an
+    # interrupted suite has complete seeds.
+    order = [("kd", seed) for seed in seeds] + [
+        (method, seed) for seed in seeds for method in methods
+        if method != "kd"]
+    for method, seed in order:
         spec = recipes_lib.METHODS[method]
-        for seed in seeds:
-            out = os.path.join(work, f"{method}_s{seed}")
-            args = common + [
-                f"--method={method}", f"--seed={seed}",
-                f"--student={dataset['student']}",
-                f"--epochs={dataset['epochs']}", f"--output_dir={out}",
-                "--export=", "--baseline" if method == "kd" else "--nobaseline",
-            ]
-            if method == "kd":
-                args += [f"--teacher={dataset['teacher']}",
-                         f"--teacher_epochs={dataset['teacher_epochs']}"]
-            elif spec.teacher == "model":
-                # Several teachers: those of the next seeds, in turn.
-                order = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
-                picked = [teachers[order[i % len(order)]]
-                          for i in range(max(spec.min_teachers, 1))]
-                if None in picked:
-                    runs.append({"method": method, "seed": seed,
-                                 "failed": "its kd run (teacher) failed",
-                                 "command": ""})
-                    continue
-                args.append("--teacher=" + ",".join(picked))
-            script = "reffakd.py" if spec.teacher == "soft_labels" else (
-                "distill.py")
-            log_path = os.path.join(work, f"{method}_s{seed}.log")
-            code, seconds, command = run_recipe(script, args, log_path)
-            if code != 0:
+        out = os.path.join(work, f"{method}_s{seed}")
+        args = common + [
+            f"--method={method}", f"--seed={seed}",
+            f"--student={dataset['student']}",
+            f"--epochs={dataset['epochs']}", f"--output_dir={out}",
+            "--export=", "--baseline" if method == "kd" else "--nobaseline",
+        ]
+        if method == "kd":
+            args += [f"--teacher={dataset['teacher']}",
+                     f"--teacher_epochs={dataset['teacher_epochs']}"]
+        elif spec.teacher == "model":
+            # Several teachers: those of the next seeds, in turn.
+            rotation = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
+            picked = [teachers.get(rotation[i % len(rotation)])
+                      for i in range(max(spec.min_teachers, 1))]
+            if None in picked:
                 runs.append({"method": method, "seed": seed,
-                             "failed": _tail(log_path), "command": command})
-                if method == "kd":
-                    teachers[seed] = None
-                log(f"[{dataset['key']}] {method} seed {seed}: FAILED "
-                    f"(see {log_path})")
+                             "failed": "its kd run (teacher) failed",
+                             "command": ""})
                 continue
-            with open(os.path.join(out, "results.json")) as f:
-                models = json.load(f)["models"]
-            phases = [("distilled", method)]
+            args.append("--teacher=" + ",".join(picked))
+        script = "reffakd.py" if spec.teacher == "soft_labels" else (
+            "distill.py")
+        log_path = os.path.join(work, f"{method}_s{seed}.log")
+        code, seconds, command = run_recipe(script, args, log_path)
+        if code != 0:
+            runs.append({"method": method, "seed": seed,
+                         "failed": _tail(log_path), "command": command})
             if method == "kd":
-                teachers[seed] = os.path.join(out, "teacher_0.keras")
-                phases += [("teacher_0", "teacher"),
-                           ("student_alone", "student")]
-            for phase, name in phases:
-                result = models[phase]
-                runs.append({
-                    "method": name, "seed": seed,
-                    "last": result["last_epoch_test_accuracy"],
-                    "best": result["best_epoch_test_accuracy"],
-                    "best_epoch": result.get("best_epoch"),
-                    "epochs": result.get("epochs"),
-                    "train_seconds": result.get("train_seconds"),
-                    "images_per_second": result.get("images_per_second"),
-                    "curve": _curve(os.path.join(out, phase, "log.csv")),
-                    "command": command,
-                })
-            log(f"[{dataset['key']}] {method} seed {seed}: "
-                f"{models['distilled']['last_epoch_test_accuracy']:.4f} "
-                f"({seconds:.0f} s)")
+                teachers[seed] = None
+            log(f"[{dataset['key']}] {method} seed {seed}: FAILED "
+                f"(see {log_path})")
+            on_update(runs)
+            continue
+        with open(os.path.join(out, "results.json")) as f:
+            models = json.load(f)["models"]
+        phases = [("distilled", method)]
+        if method == "kd":
+            teachers[seed] = os.path.join(out, "teacher_0.keras")
+            phases += [("teacher_0", "teacher"),
+                       ("student_alone", "student")]
+        for phase, name in phases:
+            result = models[phase]
+            runs.append({
+                "method": name, "seed": seed,
+                "last": result["last_epoch_test_accuracy"],
+                "best": result["best_epoch_test_accuracy"],
+                "best_epoch": result.get("best_epoch"),
+                "epochs": result.get("epochs"),
+                "train_seconds": result.get("train_seconds"),
+                "images_per_second": result.get("images_per_second"),
+                "curve": _curve(os.path.join(out, phase, "log.csv")),
+                "command": command,
+            })
+        log(f"[{dataset['key']}] {method} seed {seed}: "
+            f"{models['distilled']['last_epoch_test_accuracy']:.4f} "
+            f"({seconds:.0f} s)")
+        on_update(runs)
     return runs
 
 
@@ -320,6 +326,9 @@ def format_markdown(report):
         f"(population) over seeds; accuracy on the test split.",
         "",
     ]
+    if report.get("interrupted"):
+        lines += ["**Interrupted suite**: only the runs counted in `runs` "
+                  "finished.", ""]
     for dataset in report["datasets"]:
         lines += [
             f"## {dataset['key']}: {dataset['teacher']} → "
@@ -443,17 +452,33 @@ def main(argv):
         "methods": methods,
         "datasets": [],
     }
-    for dataset in suite_datasets(FLAGS.suite):
-        runs = run_dataset(dataset, methods, seeds, print)
+    datasets = suite_datasets(FLAGS.suite)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    stem = os.path.join(FLAGS.output_dir, "accuracy_{}_{}_{}_{}".format(
+        FLAGS.suite, "_".join(d["key"] for d in datasets),
+        report["backend"], report["date"][:10]))
+    partial = stem + ".partial.json"
+
+    def save_partial(dataset, runs):
+        # After every run, so an interrupted suite can still be reported
+        # (--report_from=<this file>).
+        done = dict(dataset, runs=runs, summary=summarize(runs))
+        snapshot = dict(report, datasets=report["datasets"] + [done],
+                        wall_seconds=time.perf_counter() - start,
+                        interrupted=True)
+        with open(partial, "w") as f:
+            json.dump(snapshot, f, indent=1)
+
+    for dataset in datasets:
+        runs = run_dataset(dataset, methods, seeds, print,
+                           lambda runs, d=dataset: save_partial(d, runs))
         report["datasets"].append(dict(dataset, runs=runs,
                                        summary=summarize(runs)))
     report["wall_seconds"] = time.perf_counter() - start
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.output_dir, "accuracy_{}_{}_{}_{}".format(
-        FLAGS.suite, "_".join(d["key"] for d in report["datasets"]),
-        report["backend"], report["date"][:10]))
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1)
+    if os.path.exists(partial):
+        os.remove(partial)
     write_report(report, stem)
 
 
