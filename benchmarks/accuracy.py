@@ -18,11 +18,12 @@ takes the teachers of this and the next seed).
 
 Suites:
 
-- `cpu`: scikit-learn's digits (the recipes' `digits` protocol: Adam 3e-3,
-  80 epochs, student on 100 images) and, with `--fashion_mnist=PATH`, a
-  class-balanced Fashion-MNIST subset written to `--work_dir` (never into
-  the repository), sized to finish in about 30 minutes on 2 CPU cores with
-  two seeds.
+- `cpu`: scikit-learn's digits (the recipes' `digits` protocol: Adam,
+  student on 100 images; its epochs and batch size are read from
+  `recipes_lib.PROTOCOLS` and the batch size is pinned for the whole suite)
+  and, with `--fashion_mnist=PATH`, a class-balanced Fashion-MNIST subset
+  written to `--work_dir` (never into the repository), sized to finish in
+  about 30 minutes on 2 idle CPU cores with two seeds.
 - `cifar`: methods.md §6 (SGD 0.05, ×0.1 at 62.5/75/87.5% of the epochs,
   batch 64, coupled L2 5e-4, crop+flip) for resnet32x4 → resnet8x4 and
   wrn_40_2 → wrn_16_2 on `--cifar_dataset` (e.g. `cifar100` with
@@ -72,7 +73,7 @@ def define_flags():
     flags.DEFINE_list("seeds", ["0", "1"], "Seeds; each method runs once each.")
     flags.DEFINE_integer(
         "epochs", None,
-        "Student epochs (default: the protocol's, 80 digits, 240 cifar; the "
+        "Student epochs (default: the recipes' protocol's, 240 cifar; the "
         "Fashion-MNIST subset uses --fashion_epochs).")
     flags.DEFINE_integer(
         "teacher_epochs", None,
@@ -106,6 +107,10 @@ def define_flags():
     flags.DEFINE_string(
         "report_from", None,
         "Rewrite the table and plot of an earlier run's JSON and exit.")
+    flags.DEFINE_string(
+        "note", None,
+        "With --report_from: a note to add to the JSON and the table (e.g. "
+        "what changed during the run).")
 
 
 def default_methods():
@@ -114,17 +119,21 @@ def default_methods():
 
 def suite_datasets(suite):
     """`[(key, recipe flags, teacher, student, note), ...]` of a suite."""
+    digits = recipes_lib.PROTOCOLS["digits"]
+    # The batch size is pinned so that every run of a suite uses the same
+    # one even if the recipes' defaults change meanwhile.
+    digits_batch = f"--batch_size={digits['batch_size']}"
     if suite == "cpu":
         unknown = set(FLAGS.datasets) - {"digits", "fashion_mnist"}
         if unknown:
             raise app.UsageError(f"Unknown --datasets {sorted(unknown)}.")
         datasets = [{
             "key": "digits",
-            "flags": ["--dataset=digits", "--protocol=digits"],
-            "epochs": FLAGS.epochs or 80,
-            "teacher_epochs": FLAGS.teacher_epochs or 30,
+            "flags": ["--dataset=digits", "--protocol=digits", digits_batch],
+            "epochs": FLAGS.epochs or digits["epochs"],
+            "teacher_epochs": FLAGS.teacher_epochs or digits["teacher_epochs"],
             "teacher": "digits_cnn_large", "student": "digits_cnn_small",
-            "protocol_epochs": [80, 30],
+            "protocol_epochs": [digits["epochs"], digits["teacher_epochs"]],
             "note": "scikit-learn digits, 1347 train / 450 test; student on "
                     "the first 100 training images (recipes' digits "
                     "protocol)",
@@ -135,6 +144,7 @@ def suite_datasets(suite):
             datasets.append({
                 "key": "fashion_mnist_subset",
                 "flags": [f"--dataset=npz:{path}", "--protocol=digits",
+                          digits_batch,
                           f"--train_limit={FLAGS.fashion_student_images}",
                           "--reffakd_diagonal=0.008"],
                 "epochs": FLAGS.fashion_epochs,
@@ -149,15 +159,18 @@ def suite_datasets(suite):
         return datasets
     if not FLAGS.cifar_dataset:
         raise app.UsageError("--suite=cifar needs --cifar_dataset.")
-    extra = [f"--dataset={FLAGS.cifar_dataset}", "--protocol=cifar"]
+    cifar = recipes_lib.PROTOCOLS["cifar"]
+    extra = [f"--dataset={FLAGS.cifar_dataset}", "--protocol=cifar",
+             f"--batch_size={cifar['batch_size']}"]
     if FLAGS.data_dir:
         extra.append(f"--data_dir={FLAGS.data_dir}")
-    epochs = FLAGS.epochs or 240
+    epochs = FLAGS.epochs or cifar["epochs"]
     return [
         {"key": f"{FLAGS.cifar_dataset}_{t}_{s}".replace(":", "_").replace(
             "/", "_"), "flags": extra, "epochs": epochs,
          "teacher_epochs": FLAGS.teacher_epochs or epochs, "teacher": t,
-         "student": s, "protocol_epochs": [240, 240],
+         "student": s, "protocol_epochs": [cifar["epochs"],
+                                           cifar["teacher_epochs"]],
          "note": f"methods.md §6 protocol, {epochs} epochs (240 published)"}
         for t, s in (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"))
     ]
@@ -308,10 +321,6 @@ def summarize(runs):
     return rows
 
 
-# Published schedules (student, teacher epochs), to flag shortened runs.
-PROTOCOL_EPOCHS = {"digits": [80, 30]}
-
-
 def format_markdown(report):
     lines = [
         f"# Accuracy, suite `{report['suite']}`",
@@ -338,8 +347,7 @@ def format_markdown(report):
             f"teachers {dataset['teacher_epochs']}.",
             "",
         ]
-        protocol = dataset.get("protocol_epochs") or PROTOCOL_EPOCHS.get(
-            dataset["key"])
+        protocol = dataset.get("protocol_epochs")
         if protocol and [dataset["epochs"], dataset["teacher_epochs"]] != (
                 list(protocol)):
             lines += [
@@ -410,6 +418,8 @@ def plot(report, path):
 def write_report(report, stem):
     markdown = format_markdown(report) + (
         f"\nTotal wall time: {report['wall_seconds'] / 60:.1f} min.\n")
+    for note in report.get("notes", []):
+        markdown += f"\nNote: {note}\n"
     with open(stem + ".md", "w") as f:
         f.write(markdown)
     plot(report, stem + ".png")
@@ -423,7 +433,12 @@ def main(argv):
 
     if FLAGS.report_from:
         with open(FLAGS.report_from) as f:
-            write_report(json.load(f), FLAGS.report_from[:-len(".json")])
+            report = json.load(f)
+        if FLAGS.note:
+            report.setdefault("notes", []).append(FLAGS.note)
+            with open(FLAGS.report_from, "w") as f:
+                json.dump(report, f, indent=1)
+        write_report(report, FLAGS.report_from[:-len(".json")])
         return
 
     methods = FLAGS.methods or default_methods()

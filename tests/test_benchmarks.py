@@ -140,6 +140,7 @@ def test_accuracy_summary_table_and_plot(accuracy, tmp_path):
         "backend": "tensorflow", "command": "cmd", "seeds": [0, 1, 2, 3],
         "datasets": [{"key": "digits", "teacher": "t", "student": "s",
                       "note": "n", "epochs": 5, "teacher_epochs": 5,
+                      "protocol_epochs": [80, 30],
                       "runs": runs, "summary": list(summary.values())}],
     }
     table = accuracy.format_markdown(report)
@@ -148,7 +149,7 @@ def test_accuracy_summary_table_and_plot(accuracy, tmp_path):
     assert (f"{100 * np.mean(kd_last):.2f} ± {100 * np.std(kd_last):.2f}"
             in kd_line)
     assert "3 (1 failed)" in kd_line
-    # 5 epochs are fewer than the digits protocol's 80: flagged.
+    # 5 epochs are fewer than the protocol's 80: flagged.
     assert "**Shortened run**: 5 student / 5 teacher epochs" in table
     accuracy.plot(report, str(tmp_path / "plot.png"))
     with open(tmp_path / "plot.png", "rb") as f:
