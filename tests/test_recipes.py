@@ -126,27 +126,55 @@ def test_rerun_resumes_and_other_flags_are_refused(distill_run):
             before["models"][name]["last_epoch_test_accuracy"])
 
 
-def test_train_teacher_then_distill_from_its_file(tmp_path, digits_split):
-    _, _, x_test, y_test = digits_split
+def test_train_teacher_on_npz_then_distill_from_its_file(tmp_path, digits_split):
+    """An npz folder (digits written out) for the teacher, its file reused."""
+    x, _, x_test, y_test = digits_split
+    folder = str(tmp_path / "npz")
+    write_npz_folder(folder, digits_split)
     teacher_dir = str(tmp_path / "teacher")
-    recipe("train_teacher", "--epochs=2", f"--output_dir={teacher_dir}")
+    recipe("train_teacher", f"--dataset=npz:{folder}", "--protocol=digits",
+           "--epochs=2", f"--output_dir={teacher_dir}")
     teacher_path = os.path.join(teacher_dir, "model.keras")
-    trained = read_json(os.path.join(teacher_dir, "results.json"))["models"]["model"]
+    teacher_results = read_json(os.path.join(teacher_dir, "results.json"))
+    assert teacher_results["dataset"]["num_classes"] == 10
+    trained = teacher_results["models"]["model"]
+    assert trained["train_images"] == len(x)
     out = str(tmp_path / "fa")
-    recipe("distill", f"--teacher={teacher_path}", "--method=kd+fa",
-           "--nobaseline", "--epochs=1", "--export=", f"--output_dir={out}")
+    # Two teachers (the same file twice) for fa_multi, one aligner each.
+    recipe("distill", f"--teacher={teacher_path},{teacher_path}",
+           "--method=fa_multi", "--nobaseline", "--epochs=1", "--export=",
+           f"--output_dir={out}")
     results = read_json(os.path.join(out, "results.json"))
-    assert set(results["models"]) == {"teacher_0", "distilled"}
+    assert set(results["models"]) == {"teacher_0", "teacher_1", "distilled"}
     loaded = results["models"]["teacher_0"]
     assert loaded["loaded_from"] == teacher_path
     expected = test_accuracy(teacher_path, x_test, y_test)
     assert abs(loaded["last_epoch_test_accuracy"] - expected) < 1e-6
     assert abs(trained["last_epoch_test_accuracy"] - expected) < 1e-6
-    # kd+fa: CE + 0.5·KD + 100·FA on digits (methods.md §1, digits KD weight).
+    # fa_multi: CE + 0.5·KD + 100·FA on digits (methods.md §1, digits KD weight).
     assert results["resolved"]["term_weights"] == {"kd": 0.5, "fa": 100.0}
     assert results["resolved"]["ce_weight"] == 1.0
     log = read_csv(os.path.join(out, "distilled", "log.csv"))
     assert {"kd", "fa"} <= set(log[0])
+
+
+def test_every_method_in_one_run(tmp_path):
+    """Each method's terms in one run, with the methods.md weights."""
+    out = str(tmp_path / "all")
+    recipe("distill", "--method=fitnets+at+fa+afd+rtk+dlkd+skd",
+           "--epochs=1", "--teacher_epochs=1", "--nobaseline", "--export=",
+           f"--output_dir={out}")
+    results = read_json(os.path.join(out, "results.json"))
+    assert results["resolved"]["term_weights"] == {
+        "fitnets": 100.0, "at": 1000.0, "kd": 0.5, "fa": 100.0, "afd": 200.0,
+        "rtk": 200.0, "dlkd": 1.0, "skd_stage1": 100.0, "skd_stage2": 100.0,
+    }
+    assert set(results["models"]) == {"teacher_0", "distilled"}
+    log = read_csv(os.path.join(out, "distilled", "log.csv"))
+    terms = set(results["resolved"]["term_weights"])
+    parts = {"dlkd_correlation", "dlkd_contrastive", "dlkd_alignment"}
+    assert terms | parts <= set(log[0])
+    assert all(np.isfinite(float(log[0][name])) for name in terms | parts)
 
 
 def test_reffakd_recipe(tmp_path, digits_split):
@@ -196,20 +224,6 @@ def write_npz_folder(path, digits_split, x_dtype="uint8", test_shape=None):
     np.savez(os.path.join(path, "test.npz"), x=x_test, y=y_test)
 
 
-def test_npz_dataset(tmp_path, digits_split):
-    folder = str(tmp_path / "npz")
-    write_npz_folder(folder, digits_split)
-    out = str(tmp_path / "run")
-    recipe("train_teacher", f"--dataset=npz:{folder}", "--model=digits_cnn_small",
-           "--epochs=1", "--protocol=digits", f"--output_dir={out}")
-    results = read_json(os.path.join(out, "results.json"))
-    x, _, x_test, y_test = digits_split
-    assert results["dataset"]["num_classes"] == 10
-    assert results["models"]["model"]["train_images"] == len(x)
-    expected = test_accuracy(os.path.join(out, "model.keras"), x_test, y_test)
-    assert abs(results["models"]["model"]["last_epoch_test_accuracy"] - expected) < 1e-6
-
-
 TFDS_SCRIPT = """
 import runpy, sys
 import tensorflow_datasets as tfds
@@ -237,60 +251,80 @@ def test_tfds_dataset_with_mock_data(tmp_path):
     assert results["models"]["model"]["train_images"] == 96
 
 
+# Bad inputs: (recipe, flags, expected message). `{npz}` is a folder
+# prepared per case, `{busy}` a non-empty folder that is not a run.
 BAD_INPUTS = {
-    "unknown_method": (["--method=kd+nope"], "Unknown method 'nope'"),
-    "unknown_model": (["--student=resnet1000"], "Unknown model --student=resnet1000"),
-    "unknown_dataset": (["--dataset=no_such_dataset_xyz"], "Unknown dataset"),
-    "bad_flag_value": (["--mixed_precision=float8"], "--mixed_precision"),
-    "unknown_flag": (["--epoch=3"], "Unknown command line flag 'epoch'"),
-    "teacher_file_missing": (["--teacher=/nonexistent/t.keras"], "no such file"),
-    "distribution_backend": (["--distribution=data_parallel"],
+    "unknown_method": ("distill", ["--method=kd+nope"], "Unknown method 'nope'"),
+    "unknown_model": ("distill", ["--student=resnet1000"],
+                      "Unknown model --student=resnet1000"),
+    "unknown_dataset": ("distill", ["--dataset=no_such_dataset_xyz"],
+                        "Unknown dataset"),
+    "bad_flag_value": ("distill", ["--mixed_precision=float8"],
+                       "--mixed_precision"),
+    "unknown_flag": ("distill", ["--epoch=3"], "Unknown command line flag 'epoch'"),
+    "teacher_file_missing": ("distill", ["--teacher=/nonexistent/t.keras"],
+                             "no such file"),
+    "distribution_backend": ("distill", ["--distribution=data_parallel"],
                              "needs KERAS_BACKEND=jax"),
+    "npz_missing_test": ("train_teacher", ["--dataset=npz:{npz}"],
+                         "has neither test.npz"),
+    "npz_float_images": ("train_teacher", ["--dataset=npz:{npz}"],
+                         "'x' must be uint8 images, got float32"),
+    "npz_shape_mismatch": ("train_teacher", ["--dataset=npz:{npz}"],
+                           "test images (9, 9, 1)"),
+    "dir_not_a_run": ("train_teacher", ["--output_dir={busy}"], "no flags.json"),
+    "dir_not_a_run_overwrite": ("train_teacher",
+                                ["--output_dir={busy}", "--overwrite"],
+                                "no flags.json"),
 }
 
 
+def prepare_bad_case(case, root, digits_split):
+    root.mkdir()
+    npz = root / "npz"
+    if case == "npz_missing_test":
+        write_npz_folder(str(npz), digits_split)
+        os.remove(npz / "test.npz")
+    elif case == "npz_float_images":
+        write_npz_folder(str(npz), digits_split, x_dtype="float32")
+    elif case == "npz_shape_mismatch":
+        write_npz_folder(str(npz), digits_split, test_shape=(9, 9, 1))
+    busy = root / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    return {"npz": str(npz), "busy": str(busy)}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory, digits_split):
+    """Every bad-input case, run three at a time (each is mostly imports)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("bad")
+
+    def run_case(case):
+        name, args, _ = BAD_INPUTS[case]
+        paths = prepare_bad_case(case, root / case, digits_split)
+        out = str(root / case / "run")
+        args = [a.format(**paths) for a in args]
+        if not any(a.startswith("--output_dir") for a in args):
+            args.append(f"--output_dir={out}")
+        return case, recipe(name, *args, check=False), out, paths
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(run_case, sorted(BAD_INPUTS)))
+    return {case: (result, out, paths) for case, result, out, paths in results}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_refused_before_writing(case, tmp_path):
-    args, message = BAD_INPUTS[case]
-    out = str(tmp_path / "run")
-    result = recipe("distill", *args, f"--output_dir={out}", check=False)
+def test_bad_input_is_refused_before_writing(case, bad_runs):
+    result, out, paths = bad_runs[case]
+    message = BAD_INPUTS[case][2]
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not os.path.exists(out)
-
-
-@pytest.mark.parametrize("case", ["missing_test", "float_images", "shape_mismatch"])
-def test_bad_npz_folder_is_refused(case, tmp_path, digits_split):
-    folder = str(tmp_path / "npz")
-    if case == "missing_test":
-        write_npz_folder(folder, digits_split)
-        os.remove(os.path.join(folder, "test.npz"))
-        message = "has neither test.npz"
-    elif case == "float_images":
-        write_npz_folder(folder, digits_split, x_dtype="float32")
-        message = "'x' must be uint8 images, got float32"
-    else:
-        write_npz_folder(folder, digits_split, test_shape=(9, 9, 1))
-        message = "test images (9, 9, 1)"
-    out = str(tmp_path / "run")
-    result = recipe("train_teacher", f"--dataset=npz:{folder}",
-                    f"--output_dir={out}", check=False)
-    assert result.returncode != 0
-    assert message in result.stderr, result.stderr[-2000:]
-    assert not os.path.exists(out)
-
-
-def test_output_dir_with_other_files_is_refused(tmp_path):
-    out = tmp_path / "busy"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    for extra in ([], ["--overwrite"]):
-        result = recipe("train_teacher", f"--output_dir={out}", *extra,
-                        check=False)
-        assert result.returncode != 0
-        assert "no flags.json" in result.stderr
-    assert os.listdir(out) == ["notes.txt"]
+    assert os.listdir(paths["busy"]) == ["notes.txt"]
 
 
 @pytest.mark.slow
