@@ -13,8 +13,8 @@ import re
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
+from keras.src.utils.module_utils import tensorflow as tf
 
 # Loading.
 
@@ -429,7 +429,9 @@ def class_subset(data, classes, max_per_class=None, seed=0, class_names=None):
             f"max_per_class must be a positive integer or None, got "
             f"{max_per_class!r}."
         )
-    is_dataset = isinstance(data, tf.data.Dataset)
+    is_dataset = not isinstance(data, (tuple, list)) and isinstance(
+        data, tf.data.Dataset
+    )
     if is_dataset:
         spec = data.element_spec
         if not (isinstance(spec, tuple) and len(spec) == 2
