@@ -901,7 +901,10 @@ def train_phase(name, model, data, x, y, cfg, lr, seed, out_dir,
         validation_data=test,
         validation_batch_size=256,
         callbacks=[
-            keras.callbacks.BackupAndRestore(backup_dir),
+            # Two checkpoints, so a kill while one is written falls back
+            # to the previous epoch's.
+            keras.callbacks.BackupAndRestore(backup_dir,
+                                             double_checkpoint=True),
             keras.callbacks.CSVLogger(log_path, append=True),
             keras.callbacks.TensorBoard(
                 os.path.join(phase_dir, "tensorboard"), write_graph=False),
