@@ -1064,6 +1064,18 @@ def check_export_flags():
         raise RecipeError(
             f"Unknown --export format(s) {bad}; use saved_model, tflite or "
             f"both (comma-separated).")
+    import keras
+
+    backend = keras.backend.backend()
+    if "tflite" in formats and backend != "tensorflow":
+        if FLAGS["export"].present:
+            raise RecipeError(
+                f"--export=tflite needs the TensorFlow backend (the backend "
+                f"is {backend!r}): run with KERAS_BACKEND=tensorflow, or "
+                f"--export=saved_model.")
+        print(f"Note: no TFLite export on the {backend!r} backend (it needs "
+              f"TensorFlow); the student is saved as student.keras.")
+        formats = [f for f in formats if f != "tflite"]
     return tuple(formats)
 
 
