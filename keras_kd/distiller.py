@@ -286,6 +286,11 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                     "float32",
                 )
             )
+        # Trackers are weighted by batch size like Keras' own `loss`, so the
+        # epoch means of `loss` and `total_loss` agree.
+        batch_size = ops.shape(
+            next(i for i in keras.tree.flatten(x) if i is not None)
+        )[0]
         distillation_loss = ops.zeros((), "float32")
         for term, weight, trackers in zip(
             self.distillation_losses,
@@ -303,7 +308,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             if parts:
                 value = sum(parts)
             for tracker, part in zip(trackers, [value] + parts):
-                tracker.update_state(self._reduce(part, sample_weight))
+                tracker.update_state(
+                    self._reduce(part, sample_weight), sample_weight=batch_size
+                )
             distillation_loss = distillation_loss + weight * self._reduce(
                 value, sample_weight
             )
@@ -312,8 +319,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         total_loss = self.student_loss_weight * student_loss + distillation_loss
         for loss in self.losses:
             total_loss = total_loss + ops.cast(ops.sum(loss), "float32")
-        self.student_loss_tracker.update_state(student_loss)
-        self.total_loss_tracker.update_state(total_loss)
+        self.student_loss_tracker.update_state(
+            student_loss, sample_weight=batch_size
+        )
+        self.total_loss_tracker.update_state(total_loss, sample_weight=batch_size)
         return scale_loss_for_distribution(total_loss)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
