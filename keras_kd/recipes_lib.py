@@ -8,13 +8,14 @@ training protocol with checkpoint/resume, CSV and TensorBoard logs,
 
 Training settings come from a protocol chosen by the dataset (`--protocol`):
 
-- `digits` (scikit-learn's digits, the offline main job): Adam 3e-3, 200
+- `digits` (scikit-learn's digits, the offline main job): Adam 3e-3, 120
   epochs, batch 32, no weight decay or augmentation; the student trains on
   the first 100 training images (the teacher, 30 epochs, on all of them),
-  KD at T=4 with `0.5·CE + 0.5·KD`. Measured over 4 seeds (TensorFlow,
-  digits_cnn_large → digits_cnn_small): student alone 0.687, KD 0.711
-  mean test accuracy; at 80 epochs KD did not help (0.667 alone, 0.609 KD
-  at T=4, 0.600 at T=8).
+  KD at T=4 with `0.5·CE + 0.5·KD`. Measured over seeds 0-3 (TensorFlow,
+  digits_cnn_large, 99.6 %, → digits_cnn_small, 5,266 parameters): student
+  alone 0.803, KD 0.834 mean test accuracy, KD ahead on every seed; a
+  1,454-parameter student gained less (0.687 → 0.711 at 200 epochs, and
+  KD hurt at 80 epochs: 0.667 → 0.609).
 - `cifar` (methods.md §6, any other dataset): SGD momentum 0.9, lr 0.05
   (0.01 for MobileNetV2 students), ×0.1 at 62.5/75/87.5% of the epochs
   (150/180/210 of 240), batch 64, coupled L2 weight decay 5e-4, random crop
@@ -61,7 +62,7 @@ PROTOCOLS = {
         "optimizer": "adam",
         "lr": 3e-3,
         "momentum": 0.9,
-        "epochs": 200,
+        "epochs": 120,
         "teacher_epochs": 30,
         "batch_size": 32,
         "weight_decay": 0.0,
@@ -124,7 +125,7 @@ def define_common_flags(default_output_dir):
     flags.DEFINE_enum(
         "protocol", "auto", ["auto", "digits", "cifar"],
         "Training protocol giving the defaults of unset training flags: "
-        "'digits' (Adam 3e-3, 200 epochs, low-data student), 'cifar' "
+        "'digits' (Adam 3e-3, 120 epochs, low-data student), 'cifar' "
         "(methods.md §6: SGD 0.05, step schedule, L2 5e-4, crop+flip). "
         "'auto': 'digits' for --dataset=digits, 'cifar' otherwise.")
     flags.DEFINE_string(
@@ -137,7 +138,7 @@ def define_common_flags(default_output_dir):
         "overwrite", False,
         "Delete what --output_dir holds and start over.")
     flags.DEFINE_integer(
-        "epochs", None, "Training epochs (protocol default: 200 digits, 240 "
+        "epochs", None, "Training epochs (protocol default: 120 digits, 240 "
         "cifar).")
     flags.DEFINE_integer(
         "batch_size", None,

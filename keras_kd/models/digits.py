@@ -21,6 +21,10 @@ def digits_cnn_large(num_classes=10, input_shape=(8, 8, 1), weight_decay=0.0):
 
 
 def digits_cnn_small(num_classes=10, input_shape=(8, 8, 1), weight_decay=0.0):
-    """Student for digits: the teacher's layout at 4, 4 and 8 channels."""
-    return residual_net(1, [4, 4, 8], (1, 2), num_classes, input_shape,
+    """Student for digits: the teacher's layout at 8, 8 and 16 channels.
+
+    5,266 parameters, 15x fewer than `digits_cnn_large`. At 4, 4 and 8
+    channels (1,454 parameters) KD gained less and not on every seed.
+    """
+    return residual_net(1, [8, 8, 16], (1, 2), num_classes, input_shape,
                         weight_decay, name="digits_cnn_small")
