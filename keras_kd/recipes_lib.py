@@ -899,6 +899,7 @@ def train_phase(name, model, data, x, y, cfg, lr, seed, out_dir,
         train_ds,
         epochs=cfg["epochs"],
         steps_per_epoch=steps,
+        shuffle=False,  # train_ds shuffles itself, deterministically.
         validation_data=test,
         validation_batch_size=256,
         callbacks=[
