@@ -568,7 +568,7 @@ def _lr(cfg, student_name, defaults):
         lr = 0.01
     else:
         lr = defaults["lr"]
-    if cfg["replicas"] > 1:
+    if _STRATEGY[0] is not None:
         from keras_kd import distribute
 
         per_replica = cfg["batch_size"] // cfg["replicas"]
@@ -728,7 +728,7 @@ def make_train_dataset(data, x, y, cfg, first_epoch, seed, host_augment):
                           seed)
     x_const, y_const = tf.constant(x), tf.constant(y)
     mean, std = tf.constant(data.mean), tf.constant(data.std)
-    steps = steps_per_epoch(len(x), batch_size)
+    steps = steps_per_epoch(len(x), cfg)
     batches = []
     for epoch, perm in zip(range(first_epoch, cfg["epochs"]), perms):
         for step in range(steps):
@@ -779,8 +779,12 @@ def _host_crop_flip(images, seed, step, padding=4):
                      fn_output_signature=tf.float32)
 
 
-def steps_per_epoch(n, batch_size):
-    return max(1, math.ceil(n / batch_size))
+def steps_per_epoch(n, cfg):
+    if cfg["replicas"] > 1:
+        # Every batch must split evenly over the replicas (JAX's
+        # DataParallel refuses otherwise): drop each epoch's partial batch.
+        return max(1, n // cfg["batch_size"])
+    return max(1, math.ceil(n / cfg["batch_size"]))
 
 
 def make_optimizer(cfg, lr, steps):
@@ -865,7 +869,7 @@ def train_phase(name, model, data, x, y, cfg, lr, seed, out_dir,
     result_path = os.path.join(phase_dir, "result.json")
     weights_path = os.path.join(phase_dir, "weights.weights.h5")
     os.makedirs(phase_dir, exist_ok=True)
-    steps = steps_per_epoch(len(x), cfg["batch_size"])
+    steps = steps_per_epoch(len(x), cfg)
     model.compile(
         optimizer=make_optimizer(cfg, lr, steps),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

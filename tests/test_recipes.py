@@ -357,3 +357,21 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
         np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
     log = read_csv(os.path.join(out, "distilled", "log.csv"))
     assert [int(r["epoch"]) for r in log] == list(range(12))
+
+
+@pytest.mark.slow
+def test_data_parallel_on_two_jax_devices(tmp_path):
+    """`--distribution=data_parallel` on 2 XLA host devices: the global batch
+    and scaled learning rate are printed, and epochs with a partial last
+    batch (100 and 1347 images) train, each batch split evenly."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="jax",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "distill.py"),
+         "--distribution=data_parallel", "--epochs=1", "--teacher_epochs=1",
+         f"--output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Global batch 64 = 32 per replica × 2 replica(s)" in result.stdout
+    assert read_json(tmp_path / "results.json")
