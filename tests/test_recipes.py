@@ -151,23 +151,24 @@ def test_train_teacher_on_npz_then_distill_from_its_file(tmp_path, digits_split)
     expected = test_accuracy(teacher_path, x_test, y_test)
     assert abs(loaded["last_epoch_test_accuracy"] - expected) < 1e-6
     assert abs(trained["last_epoch_test_accuracy"] - expected) < 1e-6
-    # fa_multi: CE + 0.5·KD + 100·FA on digits (methods.md §1, digits KD weight).
-    assert results["resolved"]["term_weights"] == {"kd": 0.5, "fa": 100.0}
+    # fa_multi: CE + 0.5·KD + 10·FA (the digits protocol's KD and FA weights).
+    assert results["resolved"]["term_weights"] == {"kd": 0.5, "fa": 10.0}
     assert results["resolved"]["ce_weight"] == 1.0
     log = read_csv(os.path.join(out, "distilled", "log.csv"))
     assert {"kd", "fa"} <= set(log[0])
 
 
 def test_every_method_in_one_run(tmp_path):
-    """Each method's terms in one run, with the methods.md weights."""
+    """Each method's terms in one run, with the digits protocol's weights
+    (methods.md's / 10) where no flag overrides them."""
     out = str(tmp_path / "all")
     recipe("distill", "--method=fitnets+at+fa+afd+rtk+dlkd+skd",
-           "--epochs=1", "--teacher_epochs=1", "--nobaseline", "--export=",
-           f"--output_dir={out}")
+           "--fitnets_weight=100", "--epochs=1", "--teacher_epochs=1",
+           "--nobaseline", "--export=", f"--output_dir={out}")
     results = read_json(os.path.join(out, "results.json"))
     assert results["resolved"]["term_weights"] == {
-        "fitnets": 100.0, "at": 1000.0, "kd": 0.5, "fa": 100.0, "afd": 200.0,
-        "rtk": 200.0, "dlkd": 1.0, "skd_stage1": 100.0, "skd_stage2": 100.0,
+        "fitnets": 100.0, "at": 100.0, "kd": 0.5, "fa": 10.0, "afd": 20.0,
+        "rtk": 20.0, "dlkd": 1.0, "skd_stage1": 10.0, "skd_stage2": 10.0,
     }
     assert set(results["models"]) == {"teacher_0", "distilled"}
     log = read_csv(os.path.join(out, "distilled", "log.csv"))
