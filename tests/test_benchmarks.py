@@ -34,7 +34,8 @@ def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
             teacher="digits_cnn_large", student="digits_cnn_large",
             batch_size=8, steps=2, repeats=2, warmup_steps=1,
             input_shape=(8, 8, 1), num_classes=10, configs=configs,
-            output_dir=str(tmp_path), command="pytest", log=lambda _: None)
+            output_dir=str(tmp_path), command="pytest", clock="cpu",
+            log=lambda _: None)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     json_path, md_path = result["files"]
@@ -42,6 +43,9 @@ def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
         saved = json.load(f)
     assert saved["backend"] == keras.backend.backend()
     assert saved["settings"]["feature_layer"] == "stage2"
+    assert saved["settings"]["clock"] == "cpu"
+    with open(md_path) as f:
+        assert "cpu clock" in f.read().splitlines()[0]
     rows = {row["config"]: row for row in saved["rows"]}
     assert list(rows)[:3] == ["student", "teacher_forward", "fused_limit"]
     assert set(rows) == {"student", "teacher_forward", "fused_limit",
