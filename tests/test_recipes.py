@@ -160,15 +160,15 @@ def test_train_teacher_on_npz_then_distill_from_its_file(tmp_path, digits_split)
 
 def test_every_method_in_one_run(tmp_path):
     """Each method's terms in one run, with the digits protocol's weights
-    (methods.md's / 10) where no flag overrides them."""
+    (FitNets, AT, FA, SKD at methods.md's / 10) unless a flag sets one."""
     out = str(tmp_path / "all")
     recipe("distill", "--method=fitnets+at+fa+afd+rtk+dlkd+skd",
            "--fitnets_weight=100", "--epochs=1", "--teacher_epochs=1",
            "--nobaseline", "--export=", f"--output_dir={out}")
     results = read_json(os.path.join(out, "results.json"))
     assert results["resolved"]["term_weights"] == {
-        "fitnets": 100.0, "at": 100.0, "kd": 0.5, "fa": 10.0, "afd": 20.0,
-        "rtk": 20.0, "dlkd": 1.0, "skd_stage1": 10.0, "skd_stage2": 10.0,
+        "fitnets": 100.0, "at": 100.0, "kd": 0.5, "fa": 10.0, "afd": 200.0,
+        "rtk": 200.0, "dlkd": 1.0, "skd_stage1": 10.0, "skd_stage2": 10.0,
     }
     assert set(results["models"]) == {"teacher_0", "distilled"}
     log = read_csv(os.path.join(out, "distilled", "log.csv"))
