@@ -85,6 +85,23 @@ def teacher_probabilities(teacher_output, temperature):
     return ops.softmax(logits / temperature, axis=-1)
 
 
+def tempered_kl(target, student_output, temperature):
+    """`T² · KL(target ‖ softmax(z_s / T))` per sample, in float32.
+
+    Classes where `target` is 0 contribute 0 (the limit of `p log p`).
+    """
+    t = temperature
+    z_s = ops.cast(student_output["logits"], "float32")
+    log_student = ops.log_softmax(z_s / t, axis=-1)
+    positive = target > 0
+    log_target = ops.log(ops.where(positive, target, 1.0))
+    kl = ops.sum(
+        ops.where(positive, target * (log_target - log_student), 0.0),
+        axis=-1,
+    )
+    return (t * t) * kl
+
+
 def per_sample_mean(x):
     """Mean over every axis but the batch axis, in float32."""
     x = ops.cast(x, "float32")

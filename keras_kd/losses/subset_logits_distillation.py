@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import tempered_kl
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -66,15 +67,7 @@ class SubsetLogitsDistillation(DistillationTerm):
             )
             for w, out in zip(teacher_weights, teacher_outputs)
         )
-        z_s = ops.cast(student_outputs["logits"], "float32")
-        log_student = ops.log_softmax(z_s / t, axis=-1)
-        positive = target > 0
-        log_target = ops.log(ops.where(positive, target, 1.0))
-        kl = ops.sum(
-            ops.where(positive, target * (log_target - log_student), 0.0),
-            axis=-1,
-        )
-        return (t * t) * kl
+        return tempered_kl(target, student_outputs, t)
 
     def get_config(self):
         return {
