@@ -208,3 +208,8 @@ def test_accuracy_cpu_suite_runs_the_recipes(tmp_path):
     assert os.path.getsize(tmp_path / f"{stem[0]}.png") > 0
     with open(tmp_path / f"{stem[0]}.md") as f:
         assert "| kd |" in f.read()
+
+
+def test_throughput_rejects_an_unknown_clock(throughput):
+    with pytest.raises(ValueError, match="clock must be one of"):
+        throughput.run_benchmark(clock="gpu", log=lambda _: None)
