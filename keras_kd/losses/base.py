@@ -106,3 +106,33 @@ def per_sample_mean(x):
     """Mean over every axis but the batch axis, in float32."""
     x = ops.cast(x, "float32")
     return ops.mean(ops.reshape(x, (ops.shape(x)[0], -1)), axis=-1)
+
+
+def flat_features(outputs, name):
+    """The output `name` flattened to `(batch, features)`, in float32."""
+    x = ops.cast(outputs[name], "float32")
+    return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+def check_batch_sizes(term, teacher_outputs_shape, student_outputs_shape):
+    """ValueError unless the term's tapped outputs share one batch size.
+
+    Batch-level terms compare samples of one batch with each other, so every
+    teacher and the student must see the same batch. Unknown (`None`) batch
+    sizes pass; they come from one batch in a `kd.Distiller`.
+    """
+    sizes = {
+        f"student '{name}'": student_outputs_shape[name][0]
+        for name in term.student_layer_names
+    }
+    for i, shapes in enumerate(teacher_outputs_shape):
+        sizes.update({
+            f"teacher {i} '{name}'": shapes[name][0]
+            for name in term.teacher_layer_names
+        })
+    if len({size for size in sizes.values() if size is not None}) > 1:
+        raise ValueError(
+            f"{type(term).__name__} compares the samples of one batch, but "
+            f"its inputs have different batch sizes: {sizes}. Feed teachers "
+            f"and student the same batch."
+        )

@@ -1,0 +1,117 @@
+import keras
+from keras import ops
+
+from keras_kd.losses.attention_transfer import adaptive_pool_matrix
+from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import check_batch_sizes
+from keras_kd.losses.similarity_preserving import paired_layer_names
+
+
+def selectivity_maps(feature, size):
+    """`(batch, H·W, C)`: each channel's spatial map, L2-normalised.
+
+    An NHWC map larger than `size` is first adaptive-average-pooled to it.
+    """
+    f = ops.cast(feature, "float32")
+    height, width = f.shape[1:3]
+    if tuple(size) != (height, width):
+        rows = adaptive_pool_matrix(height, size[0])
+        cols = adaptive_pool_matrix(width, size[1])
+        f = ops.einsum("ih,bhwc,jw->bijc", rows, f, cols)
+    f = ops.reshape(f, (ops.shape(f)[0], size[0] * size[1], f.shape[-1]))
+    # As torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
+    return ops.normalize(f, axis=1, epsilon=1e-24)
+
+
+def _map_size(shapes, name, role):
+    shape = tuple(shapes[name])
+    if len(shape) != 4:
+        raise ValueError(
+            f"NeuronSelectivityTransfer needs feature maps (batch, H, W, C), "
+            f"but the {role} output '{name}' has shape {shape}. Pick "
+            f"convolutional layers (e.g. the zoo models' 'stage1'...)."
+        )
+    return shape[1:3]
+
+
+def _mean_poly_kernel(a, b):
+    """Per sample, the mean of `(a_iᵀ b_j)²` over channel pairs (i, j)."""
+    return ops.mean(ops.square(ops.einsum("bpi,bpj->bij", a, b)), axis=(1, 2))
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class NeuronSelectivityTransfer(DistillationTerm):
+    """NST (Huang & Wang, 2017): MMD between channel-activation distributions.
+
+    Each channel's spatial map, flattened and L2-normalised, is one sample
+    of a distribution; per image, the squared MMD with the polynomial kernel
+    `k(x, y) = (xᵀy)²` (d = 2, c = 0) is
+    `mean k(t, t') + mean k(s, s') − 2 mean k(s, t)` over the channel
+    pairs, summed over the layer pairs. The loss is per sample (its batch
+    mean is the official value). Channel counts may differ; when the
+    spatial sizes differ the larger map is adaptive-average-pooled to the
+    smaller one, as in the official code. With several teachers the loss is
+    `Σ_m w_m · L(teacher m)`. The official weight of 50 is the Distiller
+    weight.
+
+    Args:
+        teacher_layer_names: teacher layer names (NHWC maps; official: each
+            stage's output).
+        student_layer_names: student layer names, paired in order.
+
+    Example:
+
+    ```python
+    nst = kd.losses.NeuronSelectivityTransfer(
+        ["stage1", "stage2", "stage3"], ["stage1", "stage2", "stage3"])
+    distiller = kd.Distiller(teacher, student, nst,
+                             distillation_loss_weights=[50.0],
+                             weighting="additive", student_loss_weight=1.0)
+    ```
+    """
+
+    def __init__(self, teacher_layer_names, student_layer_names, **kwargs):
+        teacher_layer_names, student_layer_names = paired_layer_names(
+            type(self).__name__, teacher_layer_names, student_layer_names
+        )
+        super().__init__(teacher_layer_names, student_layer_names, **kwargs)
+
+    def build(self, teacher_outputs_shape, student_outputs_shape):
+        check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
+        student_sizes = [
+            _map_size(student_outputs_shape, name, "student")
+            for name in self.student_layer_names
+        ]
+        # Per teacher, per pair: the common H×W both maps are pooled to.
+        self.pair_sizes = [
+            [
+                tuple(map(min, _map_size(shapes, name, "teacher"), size))
+                for name, size in zip(self.teacher_layer_names, student_sizes)
+            ]
+            for shapes in teacher_outputs_shape
+        ]
+
+    def call(self, teacher_outputs, student_outputs, labels=None,
+             teacher_weights=None):
+        total = 0.0
+        for w, out, sizes in zip(teacher_weights, teacher_outputs,
+                                 self.pair_sizes):
+            for t_name, s_name, size in zip(
+                self.teacher_layer_names, self.student_layer_names, sizes
+            ):
+                t = selectivity_maps(out[t_name], size)
+                s = selectivity_maps(student_outputs[s_name], size)
+                mmd = (
+                    _mean_poly_kernel(t, t)
+                    + _mean_poly_kernel(s, s)
+                    - 2.0 * _mean_poly_kernel(s, t)
+                )
+                total = total + w * mmd
+        return total
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "teacher_layer_names": self.teacher_layer_names,
+            "student_layer_names": self.student_layer_names,
+        }

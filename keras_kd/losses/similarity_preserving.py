@@ -1,0 +1,89 @@
+import keras
+from keras import ops
+
+from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import check_batch_sizes
+from keras_kd.losses.base import flat_features
+
+
+def paired_layer_names(term_name, teacher_layer_names, student_layer_names):
+    """Two equal-length, non-empty lists of layer names, or a ValueError."""
+    as_list = lambda names: [names] if isinstance(names, str) else list(names)
+    teacher_layer_names = as_list(teacher_layer_names)
+    student_layer_names = as_list(student_layer_names)
+    if len(teacher_layer_names) != len(student_layer_names) or not (
+        teacher_layer_names
+    ):
+        raise ValueError(
+            f"{term_name} pairs teacher and student layers in order, so it "
+            f"needs two non-empty lists of the same length; got "
+            f"{len(teacher_layer_names)} teacher layers {teacher_layer_names} "
+            f"and {len(student_layer_names)} student layers "
+            f"{student_layer_names}."
+        )
+    return teacher_layer_names, student_layer_names
+
+
+def similarity_matrix(f):
+    """SP's `G = F·Fᵀ` of a `(batch, features)` matrix, rows L2-normalised."""
+    gram = ops.matmul(f, ops.transpose(f))
+    # As torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
+    return ops.normalize(gram, axis=1, epsilon=1e-24)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class SimilarityPreserving(DistillationTerm):
+    """SP (Tung & Mori, ICCV 2019): match the batch's similarity matrices.
+
+    For each pair of layers, with `G` the row-L2-normalised Gram matrix
+    `F·Fᵀ` of the batch's flattened features (`similarity_matrix`), the loss
+    is `‖G_t − G_s‖²_F / b²`, summed over the pairs. A batch-level term: it
+    returns a scalar (`sample_weight` does not apply to it). The Gram matrix
+    is `b × b`, so the maps may differ in channels and spatial size; only
+    the batch must be shared. With several teachers the loss is
+    `Σ_m w_m · L(teacher m)`. The official weight of 3000 is the Distiller
+    weight.
+
+    Args:
+        teacher_layer_names: teacher layer names (official: the last stage).
+        student_layer_names: student layer names, paired in order.
+
+    Example:
+
+    ```python
+    sp = kd.losses.SimilarityPreserving("stage3", "stage3")
+    distiller = kd.Distiller(teacher, student, sp,
+                             distillation_loss_weights=[3000.0],
+                             weighting="additive", student_loss_weight=1.0)
+    ```
+    """
+
+    def __init__(self, teacher_layer_names, student_layer_names, **kwargs):
+        teacher_layer_names, student_layer_names = paired_layer_names(
+            type(self).__name__, teacher_layer_names, student_layer_names
+        )
+        super().__init__(teacher_layer_names, student_layer_names, **kwargs)
+
+    def build(self, teacher_outputs_shape, student_outputs_shape):
+        check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
+
+    def call(self, teacher_outputs, student_outputs, labels=None,
+             teacher_weights=None):
+        g_s = [
+            similarity_matrix(flat_features(student_outputs, name))
+            for name in self.student_layer_names
+        ]
+        total = 0.0
+        for w, out in zip(teacher_weights, teacher_outputs):
+            for name, g in zip(self.teacher_layer_names, g_s):
+                g_t = similarity_matrix(flat_features(out, name))
+                batch = ops.cast(ops.shape(g)[0], "float32")
+                total = total + w * ops.sum(ops.square(g_t - g)) / (batch * batch)
+        return total
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "teacher_layer_names": self.teacher_layer_names,
+            "student_layer_names": self.student_layer_names,
+        }
