@@ -19,6 +19,26 @@ def small_cnn(width, num_classes=10, name=None, input_shape=(8, 8, 1)):
     return keras.Model(inputs, outputs, name=name)
 
 
+def gradient(fn, variable):
+    """NumPy gradient of the scalar `fn(x)` at a `keras.Variable`'s value."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = fn(variable)
+        return tape.gradient(loss, variable).numpy()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(fn)(variable.value))
+    import torch
+
+    x = variable.value.detach().clone().requires_grad_(True)
+    fn(x).backward()
+    return x.grad.numpy()
+
+
 def sparse_ce():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

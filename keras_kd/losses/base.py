@@ -136,3 +136,13 @@ def check_batch_sizes(term, teacher_outputs_shape, student_outputs_shape):
             f"its inputs have different batch sizes: {sizes}. Feed teachers "
             f"and student the same batch."
         )
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+    """`x / max(‖x‖, eps)` along `axis`, as `torch.nn.functional.normalize`.
+
+    Unlike `keras.ops.normalize`, the gradient at an all-zero vector is
+    finite (0) on every backend.
+    """
+    square = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x / ops.sqrt(ops.maximum(square, eps * eps))

@@ -8,6 +8,7 @@ from keras import ops
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import check_batch_sizes
 from keras_kd.losses.base import flat_features
+from keras_kd.losses.base import l2_normalize
 
 _FORMULATIONS = ("gaussian", "repdistiller")
 
@@ -19,7 +20,7 @@ def taylor_rbf_correlation(e, gamma=0.4, order=2):
     For unit vectors `exp(−γ‖x − y‖²) = exp(−2γ) · exp(2γ·xᵀy)`, and the
     second factor is expanded to `Σ_{p=0..P} (2γ)^p / p! · (xᵀy)^p`.
     """
-    e = ops.normalize(e, axis=-1, epsilon=1e-24)
+    e = l2_normalize(e, axis=-1)
     similarity = ops.matmul(e, ops.transpose(e))
     correlation = ops.zeros_like(similarity)
     for p in range(order + 1):

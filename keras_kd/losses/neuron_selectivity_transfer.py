@@ -4,6 +4,7 @@ from keras import ops
 from keras_kd.losses.attention_transfer import adaptive_pool_matrix
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import check_batch_sizes
+from keras_kd.losses.base import l2_normalize
 from keras_kd.losses.similarity_preserving import paired_layer_names
 
 
@@ -19,8 +20,7 @@ def selectivity_maps(feature, size):
         cols = adaptive_pool_matrix(width, size[1])
         f = ops.einsum("ih,bhwc,jw->bijc", rows, f, cols)
     f = ops.reshape(f, (ops.shape(f)[0], size[0] * size[1], f.shape[-1]))
-    # As torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
-    return ops.normalize(f, axis=1, epsilon=1e-24)
+    return l2_normalize(f, axis=1)
 
 
 def _map_size(shapes, name, role):

@@ -4,6 +4,7 @@ from keras import ops
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import check_batch_sizes
 from keras_kd.losses.base import flat_features
+from keras_kd.losses.base import l2_normalize
 
 
 def pairwise_distances(e, squared=False, eps=1e-12):
@@ -33,8 +34,7 @@ def _normalised_distances(e, squared, eps):
 def _angles(e):
     """`(batch, batch, batch)` cosines of the angle at vertex i of (j, i, k)."""
     diff = e[None, :, :] - e[:, None, :]
-    # As torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
-    unit = ops.normalize(diff, axis=-1, epsilon=1e-24)
+    unit = l2_normalize(diff, axis=-1)
     return ops.einsum("ijd,ikd->ijk", unit, unit)
 
 

@@ -4,6 +4,7 @@ from keras import ops
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import check_batch_sizes
 from keras_kd.losses.base import flat_features
+from keras_kd.losses.base import l2_normalize
 
 
 def paired_layer_names(term_name, teacher_layer_names, student_layer_names):
@@ -27,8 +28,7 @@ def paired_layer_names(term_name, teacher_layer_names, student_layer_names):
 def similarity_matrix(f):
     """SP's `G = F·Fᵀ` of a `(batch, features)` matrix, rows L2-normalised."""
     gram = ops.matmul(f, ops.transpose(f))
-    # As torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
-    return ops.normalize(gram, axis=1, epsilon=1e-24)
+    return l2_normalize(gram, axis=1)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")

@@ -5,6 +5,7 @@ pooling of the larger map."""
 import keras
 import numpy as np
 import pytest
+from conftest import gradient
 from keras import ops
 
 import keras_kd as kd
@@ -68,6 +69,22 @@ def test_nst_zero_for_the_same_maps():
     f = rng.normal(size=(3, 4, 4, 5)).astype("float32")
     term = kd.losses.NeuronSelectivityTransfer("f", "f")
     np.testing.assert_allclose(call(term, [{"f": f}], {"f": 3.0 * f}, [1.0]), 0.0, atol=1e-6)
+
+
+def test_nst_dead_channel_keeps_gradients_finite():
+    """An all-zero (dead ReLU) channel normalises to 0 with a finite gradient."""
+    rng = np.random.default_rng(3)
+    f_t = rng.normal(size=(2, 4, 4, 3)).astype("float32")
+    f_s = np.abs(rng.normal(size=(2, 4, 4, 4))).astype("float32")
+    f_s[..., 1] = 0.0
+    term = kd.losses.NeuronSelectivityTransfer("f", "f")
+    np.testing.assert_allclose(call(term, [{"f": f_t}], {"f": f_s}, [1.0]),
+                               np_nst_pair(f_t, f_s), rtol=1e-5)
+    teacher = ops.convert_to_tensor(f_t)
+    grad = gradient(lambda x: ops.sum(term([{"f": teacher}], {"f": x},
+                                           teacher_weights=[1.0])),
+                    keras.Variable(f_s))
+    assert np.isfinite(grad).all() and np.abs(grad).max() > 0
 
 
 def test_nst_float16_features_give_float32_loss():

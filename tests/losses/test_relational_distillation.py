@@ -4,6 +4,7 @@ reductions (distances over the mean of non-zero pairs, smooth-L1 means)."""
 import keras
 import numpy as np
 import pytest
+from conftest import gradient
 from keras import ops
 
 import keras_kd as kd
@@ -101,27 +102,8 @@ def test_rkd_zero_for_a_scaled_copy_and_finite_gradients_for_equal_rows():
         out = term([{"f": teacher}], {"f": x}, teacher_weights=[1.0])
         return out["distance"] + out["angle"]
 
-    grad = _gradient(loss_fn, student)
+    grad = gradient(loss_fn, student)
     assert np.isfinite(grad).all() and np.abs(grad).max() > 0
-
-
-def _gradient(fn, variable):
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            loss = fn(variable)
-        return tape.gradient(loss, variable).numpy()
-    if backend == "jax":
-        import jax
-
-        return np.asarray(jax.grad(fn)(variable.value))
-    import torch
-
-    x = variable.value.detach().clone().requires_grad_(True)
-    fn(x).backward()
-    return x.grad.numpy()
 
 
 def test_rkd_float16_features_give_float32_loss():
