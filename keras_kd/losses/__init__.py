@@ -10,9 +10,15 @@ from keras_kd.losses.feature_alignment import FeatureAlignment
 from keras_kd.losses.feature_distillation import FeatureDistillation
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
 from keras_kd.losses.logits_distillation import LogitsDistillation
+from keras_kd.losses.overhaul_feature_distillation import (
+    OverhaulFeatureDistillation,
+)
 from keras_kd.losses.representative_teacher_keys import (
     RepresentativeTeacherKeys,
 )
 from keras_kd.losses.subset_logits_distillation import (
     SubsetLogitsDistillation,
+)
+from keras_kd.losses.variational_information_distillation import (
+    VariationalInformationDistillation,
 )
