@@ -27,7 +27,7 @@ def margin_from_batch_norm(layer):
     margin_from_batch_norm(teacher.get_layer("block3_1_2_bn"))  # (C,)
     ```
     """
-    channels = layer.input.shape[-1]
+    channels = layer.moving_mean.shape[0]
     gamma = np.ones(channels) if layer.gamma is None else np.asarray(
         ops.convert_to_numpy(layer.gamma), "float64")
     beta = np.zeros(channels) if layer.beta is None else np.asarray(
