@@ -224,7 +224,7 @@ def test_ofd_preset_trains_connectors_not_the_teacher(digits):
     before = [ops.convert_to_numpy(v).copy() for v in term_vars]
     distiller.compile(keras.optimizers.Adam(1e-2),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = distiller.fit(x_train[:256], y_train[:256], epochs=2,
+    history = distiller.fit(x_train[:128], y_train[:128], epochs=2,
                             batch_size=64, verbose=0)
     losses = history.history["ofd"]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]

@@ -145,7 +145,7 @@ def test_vid_trains_regressors_and_variances_not_the_teacher(digits):
     before = [ops.convert_to_numpy(v).copy() for v in term_vars]
     distiller.compile(keras.optimizers.Adam(1e-2),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = distiller.fit(x_train[:256], y_train[:256], epochs=2,
+    history = distiller.fit(x_train[:128], y_train[:128], epochs=2,
                             batch_size=64, verbose=0)
     losses = history.history["variational_information_distillation"]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
@@ -170,7 +170,7 @@ def _preset_module():
 
 def test_vid_preset_pairs_the_stages_after_the_stem():
     vid = _preset_module()
-    teacher = kd.models.get("resnet32x4", num_classes=10)
+    teacher = kd.models.get("resnet20", num_classes=10)
     student = kd.models.get("resnet8x4", num_classes=10)
     [(key, term, weight)] = vid._vid([teacher], student, vid_weight=1.0,
                                      init_pred_var=5.0)
