@@ -237,3 +237,24 @@ def test_ofd_preset_trains_connectors_not_the_teacher(digits):
                      kd.losses.OverhaulFeatureDistillation.from_teacher(
                          teacher, ofd.teacher_layer_names,
                          ofd.student_layer_names))
+
+
+def test_ofd_and_vid_combine_and_survive_save_and_load(tmp_path):
+    teacher = kd.models.digits_cnn_large()
+    student = kd.models.digits_cnn_small()
+    ofd = kd.losses.OverhaulFeatureDistillation.from_teacher(
+        teacher, preactivation_layer_names(teacher),
+        preactivation_layer_names(student))
+    vid = kd.losses.VariationalInformationDistillation(
+        ["stage1", "stage2"], ["stage1", "stage2"])
+    distiller = kd.Distiller(teacher, student, [ofd, vid], [1e-3, 1.0],
+                             weighting="additive", student_loss_weight=1.0)
+    for v in ofd.weights + vid.weights:
+        v.assign(np.random.default_rng(0).normal(size=v.shape))
+    distiller.save(tmp_path / "d.keras")
+    restored = keras.saving.load_model(tmp_path / "d.keras")
+    r_ofd, r_vid = restored.distillation_losses
+    assert r_ofd.margins == ofd.margins
+    for a, b in zip(ofd.weights + vid.weights, r_ofd.weights + r_vid.weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a),
+                                      ops.convert_to_numpy(b))
