@@ -3,6 +3,8 @@
 import keras
 from keras import layers
 
+from keras_kd.models import stage_layer_names
+
 
 def residual_block_outputs(model):
     """Names of the residual-block outputs of a functional model, in order.
@@ -60,8 +62,6 @@ def preactivation_layer_names(model):
     # ['block1_1_add', 'block2_1_add', 'block3_1_add']
     ```
     """
-    from keras_kd.models import stage_layer_names
-
     producers, consumers = _graph(model)
     names = []
     for name in stage_layer_names(model):
