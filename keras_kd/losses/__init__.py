@@ -5,6 +5,10 @@ from keras_kd.losses.attention_feature_distillation import (
 )
 from keras_kd.losses.attention_transfer import AttentionTransfer
 from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.curriculum_temperature import (
+    CurriculumTemperatureDistillation,
+)
+from keras_kd.losses.decoupled_distillation import DecoupledDistillation
 from keras_kd.losses.dual_level_distillation import DualLevelDistillation
 from keras_kd.losses.feature_alignment import FeatureAlignment
 from keras_kd.losses.feature_distillation import FeatureDistillation
