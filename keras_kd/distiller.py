@@ -385,9 +385,14 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, stopping with an error on a NaN or Inf loss."""
+        """`keras.Model.fit`, stopping with an error on a NaN or Inf loss.
+
+        Each term's `on_epoch_begin(epoch)` is called before every epoch
+        (from `initial_epoch` on, so a resumed run continues its schedules).
+        """
         callbacks = list(callbacks or []) + [
-            _StopOnNonFiniteLoss(sorted(self._tracker_names) + ["loss"])
+            _TermEpochs(self.distillation_losses),
+            _StopOnNonFiniteLoss(sorted(self._tracker_names) + ["loss"]),
         ]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
@@ -528,6 +533,18 @@ def _check_names(names, available, role, model, kind):
             f"{', '.join(repr(n) for n in missing)}. Available {kind}s: "
             f"{available}."
         )
+
+
+class _TermEpochs(keras.callbacks.Callback):
+    """Tells every term the epoch about to start (`term.on_epoch_begin`)."""
+
+    def __init__(self, terms):
+        super().__init__()
+        self.terms = terms
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for term in self.terms:
+            term.on_epoch_begin(epoch)
 
 
 class _StopOnNonFiniteLoss(keras.callbacks.Callback):

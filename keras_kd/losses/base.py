@@ -61,6 +61,12 @@ class DistillationTerm(keras.layers.Layer):
     def build(self, teacher_outputs_shape, student_outputs_shape):
         pass
 
+    def on_epoch_begin(self, epoch):
+        """Called by `Distiller.fit` before each epoch (0-based, counting
+        from `initial_epoch`). A term whose loss follows the epoch (a warm-up,
+        a schedule) stores it in a non-trainable variable here and reads the
+        variable in `call`, so the compiled step sees each new value."""
+
     def transform_inputs(self, x, training=True):
         """Expands a batch into `num_views` views (concatenated on axis 0)."""
         return x
@@ -100,6 +106,35 @@ def tempered_kl(target, student_output, temperature):
         axis=-1,
     )
     return (t * t) * kl
+
+
+def standardize_logits(logits):
+    """Z-scores logits per sample over the class axis, in float32.
+
+    `(z − mean(z)) / (1e-7 + std(z))` with the unbiased standard deviation
+    (divisor `C − 1`), as the logit standardization code (Sun et al., CVPR
+    2024) computes it with `torch.std`.
+    """
+    z = ops.cast(logits, "float32")
+    num_classes = ops.shape(z)[-1]
+    centred = z - ops.mean(z, axis=-1, keepdims=True)
+    variance = ops.sum(ops.square(centred), axis=-1, keepdims=True) / (
+        ops.cast(num_classes, "float32") - 1.0
+    )
+    return centred / (1e-7 + ops.sqrt(variance))
+
+
+def check_standardizable(term, teacher_outputs_shape):
+    """Raises if `term.standardize` is set for a label teacher's table."""
+    if term.standardize and any(
+        "probabilities" in shapes for shapes in teacher_outputs_shape
+    ):
+        raise ValueError(
+            f"{type(term).__name__}(standardize=True) z-scores teacher "
+            f"logits, but a kd.SoftLabelTeacher gives probabilities, whose "
+            f"z-score has no meaning. Use standardize=False with a label "
+            f"teacher, or a trained teacher model."
+        )
 
 
 def per_sample_mean(x):

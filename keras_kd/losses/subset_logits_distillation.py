@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import standardize_logits
 from keras_kd.losses.base import tempered_kl
 
 
@@ -25,6 +26,9 @@ class SubsetLogitsDistillation(DistillationTerm):
             student's label order (e.g. `mapping.original_ids` from
             `kd.data.class_subset`).
         temperature: `T`.
+        standardize: z-score the teacher's restricted logits `z_t[:, S]`
+            and the student's logits per sample before the temperature
+            (logit standardization, Sun et al., CVPR 2024).
 
     Example:
 
@@ -38,7 +42,8 @@ class SubsetLogitsDistillation(DistillationTerm):
 
     uses_logits = True
 
-    def __init__(self, class_indices, temperature=4.0, **kwargs):
+    def __init__(self, class_indices, temperature=4.0, standardize=False,
+                 **kwargs):
         super().__init__(**kwargs)
         indices = [int(i) for i in class_indices]
         if not indices or any(i != j for i, j in zip(indices, class_indices)):
@@ -55,23 +60,30 @@ class SubsetLogitsDistillation(DistillationTerm):
             raise ValueError(f"temperature must be positive, got {temperature}.")
         self.class_indices = indices
         self.temperature = float(temperature)
+        self.standardize = bool(standardize)
 
     def call(self, teacher_outputs, student_outputs, labels=None,
              teacher_weights=None):
         t = self.temperature
+        prepare = standardize_logits if self.standardize else (
+            lambda z: ops.cast(z, "float32")
+        )
         target = sum(
             w * ops.softmax(
-                ops.take(ops.cast(out["logits"], "float32"),
-                         self.class_indices, axis=-1) / t,
+                prepare(ops.take(out["logits"], self.class_indices, axis=-1))
+                / t,
                 axis=-1,
             )
             for w, out in zip(teacher_weights, teacher_outputs)
         )
-        return tempered_kl(target, student_outputs, t)
+        return tempered_kl(
+            target, {"logits": prepare(student_outputs["logits"])}, t
+        )
 
     def get_config(self):
         return {
             **super().get_config(),
             "class_indices": self.class_indices,
             "temperature": self.temperature,
+            "standardize": self.standardize,
         }
