@@ -255,6 +255,26 @@ def channel_stats(x):
     return mean.astype("float32"), std.astype("float32")
 
 
+def with_example_index(x):
+    """`{"inputs": x, "example_index": 0..len(x)-1}` for terms that need it.
+
+    Instance-level terms such as `kd.losses.ContrastiveRepresentation`
+    (CRD) keep one memory slot per training image and read the batch's
+    dataset positions; the Distiller feeds `"inputs"` to the models.
+
+    Example:
+
+    ```python
+    distiller.fit(kd.data.with_example_index(x_train), y_train, epochs=5)
+    ```
+    """
+    if isinstance(x, dict):
+        raise ValueError(
+            "with_example_index takes the image array itself, not a dict."
+        )
+    return {"inputs": x, "example_index": np.arange(len(x), dtype="int32")}
+
+
 def make_dataset(x, y, batch_size, training, seed=0, augment=None,
                  normalize=None, cache=True):
     """A `tf.data` pipeline of `(float32 images, labels)` batches.
