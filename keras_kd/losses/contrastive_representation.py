@@ -154,10 +154,11 @@ class ContrastiveRepresentation(DistillationTerm):
         # The student's embedding against the teacher bank and vice versa.
         scores_s = self._scores(memory_t, contrast, v_s)
         scores_t = self._scores(memory_s, contrast, v_t)
+        normalizers = ops.convert_to_tensor(self.normalizers)
         z = ops.where(
-            self.normalizers < 0,
+            normalizers < 0,
             ops.stack([ops.mean(scores_s), ops.mean(scores_t)]) * self.num_data,
-            self.normalizers,
+            normalizers,
         )
         z = ops.stop_gradient(z)
         loss = (self._nce(scores_s / z[0]) + self._nce(scores_t / z[1]))
