@@ -131,6 +131,7 @@ def test_memory_bank_bytes_at_cifar_size():
     assert not any(v.trainable for v in banks)
 
 
+@pytest.mark.slow  # Digits fit: 20-60 s on 2 shared cores.
 @pytest.mark.multi_backend
 def test_fit_trains_heads_updates_banks_and_freezes_teacher(digits):
     x, _, y, _ = digits

@@ -149,6 +149,7 @@ def test_fusion_and_loss_match_numpy():
     assert [f.fuse for f in term.fusions] == [True, True, False]
 
 
+@pytest.mark.slow  # Digits fit: 20-50 s on 2 shared cores.
 @pytest.mark.multi_backend
 def test_fit_trains_fusions_freezes_teacher_and_warms_up(digits):
     x, _, y, _ = digits
