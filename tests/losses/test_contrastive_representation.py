@@ -192,6 +192,20 @@ def test_missing_example_index_fails_before_training(digits):
         np.testing.assert_array_equal(old, new)
 
 
+def test_make_dataset_carries_example_indices():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(20, 4, 4, 1), dtype="uint8")
+    y = np.arange(20) % 3
+    ds = kd.data.make_dataset(x, y, 8, training=True, example_index=True)
+    seen = []
+    for inputs, labels in ds:
+        index = inputs["example_index"].numpy()
+        np.testing.assert_allclose(inputs["inputs"].numpy(), x[index] / 255.0)
+        np.testing.assert_array_equal(labels.numpy(), y[index])
+        seen.extend(index)
+    assert len(set(seen)) == len(seen) == 16  # Shuffled, last batch dropped.
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="num_data"):
         kd.losses.ContrastiveRepresentation(num_data=None)
