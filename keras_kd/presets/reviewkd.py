@@ -16,9 +16,7 @@ def review_layer_names(model, preact):
     stages = [n for n in models.stage_layer_names(model) if n != "stem"]
     if preact:
         blocks = models.block_layer_names(model)
-        stages = [
-            _preact(stage, blocks, names) for stage in stages
-        ]
+        stages = [_preact(stage, blocks, names) for stage in stages]
     return stages + ["features"]
 
 
