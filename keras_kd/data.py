@@ -255,8 +255,28 @@ def channel_stats(x):
     return mean.astype("float32"), std.astype("float32")
 
 
+def with_example_index(x):
+    """`{"inputs": x, "example_index": 0..len(x)-1}` for terms that need it.
+
+    Instance-level terms such as `kd.losses.ContrastiveRepresentation`
+    (CRD) keep one memory slot per training image and read the batch's
+    dataset positions; the Distiller feeds `"inputs"` to the models.
+
+    Example:
+
+    ```python
+    distiller.fit(kd.data.with_example_index(x_train), y_train, epochs=5)
+    ```
+    """
+    if isinstance(x, dict):
+        raise ValueError(
+            "with_example_index takes the image array itself, not a dict."
+        )
+    return {"inputs": x, "example_index": np.arange(len(x), dtype="int32")}
+
+
 def make_dataset(x, y, batch_size, training, seed=0, augment=None,
-                 normalize=None, cache=True):
+                 normalize=None, cache=True, example_index=False):
     """A `tf.data` pipeline of `(float32 images, labels)` batches.
 
     Caches the uint8 data, and for training shuffles it (with `seed`, in a
@@ -264,7 +284,9 @@ def make_dataset(x, y, batch_size, training, seed=0, augment=None,
     horizontal flip when `augment` is true, and drops the last partial
     batch. Images are normalised per channel with `normalize=(mean, std)`
     (on the 0..255 scale, see `channel_stats`), or scaled to 0..1 when
-    `normalize` is None.
+    `normalize` is None. With `example_index`, the inputs are
+    `{"inputs": images, "example_index": positions in x}` (see
+    `with_example_index`).
 
     Example:
 
@@ -274,6 +296,8 @@ def make_dataset(x, y, batch_size, training, seed=0, augment=None,
     model.fit(train_ds, epochs=10)
     ```
     """
+    if example_index:  # Carried with the labels through the maps below.
+        y = (y, np.arange(len(x), dtype="int32"))
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if cache:
         ds = ds.cache()
@@ -296,6 +320,10 @@ def make_dataset(x, y, batch_size, training, seed=0, augment=None,
         return (tf.cast(images, "float32") - mean) / std, labels
 
     ds = ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
+    if example_index:
+        ds = ds.map(lambda images, labels: (
+            {"inputs": images, "example_index": labels[1]}, labels[0]
+        ))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -153,6 +153,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         self._teachers = teachers
         self._view_terms = view_terms
         self._num_views = view_terms[0].num_views if view_terms else 1
+        self._side_input_names = sorted(
+            {name for term in terms for name in term.side_inputs}
+        )
 
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         # One tracker per term (repeated names get a suffix), and one per
@@ -244,6 +247,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     # implementation for every backend while the backend keeps its own
     # gradient, optimizer, loss-scaling and distribution logic.
     def call(self, inputs, training=None):
+        inputs = self._model_inputs(inputs, training)
         if not training:
             outputs = self.student(inputs, training=training)
             return outputs["logits"] if isinstance(outputs, dict) else outputs
@@ -297,12 +301,16 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             self.distillation_loss_weights,
             self.term_trackers,
         ):
+            side = {}
+            if term.side_inputs:
+                side["side_inputs"] = {name: x[name] for name in term.side_inputs}
             value = term(
                 teacher_outputs,
                 student_outputs,
                 labels=y,
                 teacher_weights=self.teacher_weights,
                 training=training,
+                **side,
             )
             parts = [value[part] for part in term.component_names]
             if parts:
@@ -335,6 +343,17 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 k: v for k, v in results.items() if k not in self._tracker_names
             }
         return results
+
+    def _model_inputs(self, x, training):
+        """The images of a batch whose terms read side inputs."""
+        if not self._side_input_names:
+            return x
+        if isinstance(x, dict) and "inputs" in x:
+            _check_side_inputs(self, list(x))
+            return x["inputs"]
+        if training:
+            _check_side_inputs(self, None)
+        return x  # Evaluation and prediction also take plain images.
 
     def _labelled_logits(self, student_outputs):
         """The student's logits on the original (first) view of the batch."""
@@ -390,6 +409,12 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         Each term's `on_epoch_begin(epoch)` is called before every epoch
         (from `initial_epoch` on, so a resumed run continues its schedules).
         """
+        if self._side_input_names:
+            x = args[0] if args else kwargs.get("x")
+            spec = getattr(x, "element_spec", None)  # A tf.data.Dataset.
+            if spec is not None:
+                x = spec[0] if isinstance(spec, tuple) else spec
+            _check_side_inputs(self, list(x) if isinstance(x, dict) else None)
         callbacks = list(callbacks or []) + [
             _TermEpochs(self.distillation_losses),
             _StopOnNonFiniteLoss(sorted(self._tracker_names) + ["loss"]),
@@ -436,6 +461,23 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             deserialize(term) for term in config["distillation_losses"]
         ]
         return cls(**config)
+
+
+def _check_side_inputs(distiller, keys):
+    """Raises when a batch lacks the entries its terms read."""
+    needed = ["inputs"] + distiller._side_input_names
+    missing = needed if keys is None else [k for k in needed if k not in keys]
+    if missing:
+        readers = [
+            term.name for term in distiller.distillation_losses
+            if term.side_inputs
+        ]
+        raise ValueError(
+            f"The terms {readers} read {distiller._side_input_names} from "
+            f"each batch, but x has no {missing}. Give x as a dict "
+            f"{{'inputs': images, 'example_index': ...}}, e.g. "
+            f"fit(kd.data.with_example_index(x_train), y_train)."
+        )
 
 
 def _is_training_output(y_pred):
