@@ -9,6 +9,7 @@ from keras.src.utils.tracking import DotNotTrackScope
 from keras_kd.distribute import MultiWorkerFitMixin
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
+from keras_kd.offline.recorded_teacher import RecordedTeacher
 from keras_kd.soft_label_teacher import SoftLabelTeacher
 
 
@@ -83,10 +84,13 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         if not teachers:
             raise ValueError("`teacher` is an empty list; give at least one.")
         for model in teachers:
-            if not isinstance(model, (keras.Model, SoftLabelTeacher)):
+            if not isinstance(
+                model, (keras.Model, SoftLabelTeacher, RecordedTeacher)
+            ):
                 raise ValueError(
-                    f"Each teacher must be a keras.Model or a "
-                    f"kd.SoftLabelTeacher, got {type(model).__name__}."
+                    f"Each teacher must be a keras.Model, a "
+                    f"kd.SoftLabelTeacher or a kd.offline.RecordedTeacher, "
+                    f"got {type(model).__name__}."
                 )
         if not isinstance(student, keras.Model):
             raise ValueError(
@@ -153,6 +157,11 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         self._teachers = teachers
         self._view_terms = view_terms
         self._num_views = view_terms[0].num_views if view_terms else 1
+        self._side_input_names = sorted(
+            {name for term in terms for name in term.side_inputs}
+            | {name for model in teachers
+               for name in getattr(model, "side_inputs", ())}
+        )
 
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         # One tracker per term (repeated names get a suffix), and one per
@@ -184,6 +193,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             {n for term in self.distillation_losses for n in term.student_layer_names}
         )
         self._check_input_shapes()
+        for model in self._teachers:
+            if isinstance(model, RecordedTeacher):
+                model.check_terms(self.distillation_losses, self.augmentation)
         # The taps share the models' layers and weights; they are not tracked
         # so the weights are saved once, under `teacher` and `student`.
         with DotNotTrackScope():
@@ -244,6 +256,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     # implementation for every backend while the backend keeps its own
     # gradient, optimizer, loss-scaling and distribution logic.
     def call(self, inputs, training=None):
+        inputs = self._model_inputs(inputs, training)
         if not training:
             outputs = self.student(inputs, training=training)
             return outputs["logits"] if isinstance(outputs, dict) else outputs
@@ -269,7 +282,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         student_outputs = y_pred["student"]
         teacher_outputs = [
-            model(self._view_labels(y)) if outputs is None else outputs
+            outputs if outputs is not None
+            else model({name: x[name] for name in model.side_inputs})
+            if isinstance(model, RecordedTeacher)
+            else model(self._view_labels(y))
             for model, outputs in zip(self._teachers, y_pred["teachers"])
         ]
         # Under `tf.distribute` Keras' compiled loss comes divided by the
@@ -297,12 +313,16 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             self.distillation_loss_weights,
             self.term_trackers,
         ):
+            side = {}
+            if term.side_inputs:
+                side["side_inputs"] = {name: x[name] for name in term.side_inputs}
             value = term(
                 teacher_outputs,
                 student_outputs,
                 labels=y,
                 teacher_weights=self.teacher_weights,
                 training=training,
+                **side,
             )
             parts = [value[part] for part in term.component_names]
             if parts:
@@ -335,6 +355,17 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 k: v for k, v in results.items() if k not in self._tracker_names
             }
         return results
+
+    def _model_inputs(self, x, training):
+        """The images of a batch whose terms read side inputs."""
+        if not self._side_input_names:
+            return x
+        if isinstance(x, dict) and "inputs" in x:
+            _check_side_inputs(self, list(x))
+            return x["inputs"]
+        if training:
+            _check_side_inputs(self, None)
+        return x  # Evaluation and prediction also take plain images.
 
     def _labelled_logits(self, student_outputs):
         """The student's logits on the original (first) view of the batch."""
@@ -386,6 +417,14 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, stopping with an error on a NaN or Inf loss."""
+        if self._side_input_names:
+            x = args[0] if args else kwargs.get("x")
+            if isinstance(x, keras.utils.PyDataset):
+                x = x[0][0]
+            spec = getattr(x, "element_spec", None)  # A tf.data.Dataset.
+            if spec is not None:
+                x = spec[0] if isinstance(spec, tuple) else spec
+            _check_side_inputs(self, list(x) if isinstance(x, dict) else None)
         callbacks = list(callbacks or []) + [
             _StopOnNonFiniteLoss(sorted(self._tracker_names) + ["loss"])
         ]
@@ -433,6 +472,28 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         return cls(**config)
 
 
+def _check_side_inputs(distiller, keys):
+    """Raises when a batch lacks the entries its terms read."""
+    needed = ["inputs"] + distiller._side_input_names
+    missing = needed if keys is None else [k for k in needed if k not in keys]
+    if missing:
+        readers = [
+            term.name for term in distiller.distillation_losses
+            if term.side_inputs
+        ] + [
+            model.name for model in distiller._teachers
+            if getattr(model, "side_inputs", ())
+        ]
+        raise ValueError(
+            f"The terms or teachers {readers} read "
+            f"{distiller._side_input_names} from each batch, but x has no "
+            f"{missing}. Give x as a dict {{'inputs': images, name: ...}}, "
+            f"e.g. fit(kd.data.with_example_index(x_train), y_train) for "
+            f"example indices, or fit(kd.offline.dataset(x, y, batch_size, "
+            f"record=path)) for a kd.offline.RecordedTeacher."
+        )
+
+
 def _is_training_output(y_pred):
     return isinstance(y_pred, dict) and set(y_pred) == {"student", "teachers"}
 
@@ -450,6 +511,8 @@ def _tap(model, layer_names, role):
     Returns `(None, shapes)` for a `SoftLabelTeacher`, which is fed labels.
     """
     features = [name for name in layer_names if name != "logits"]
+    if isinstance(model, RecordedTeacher):  # Fed recorded targets.
+        return None, model.output_shapes()
     if isinstance(model, SoftLabelTeacher):
         if features:
             raise ValueError(

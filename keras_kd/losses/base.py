@@ -48,6 +48,12 @@ class DistillationTerm(keras.layers.Layer):
     #: returns `{name: loss}`; the Distiller adds the parts up and reports
     #: each as the metric `<term name>_<part>`.
     component_names = ()
+    #: Names of the batch entries besides the images that the term reads
+    #: (e.g. `"example_index"`). `fit` then takes `x` as a dict
+    #: `{"inputs": images, name: values}` (see `kd.data.with_example_index`),
+    #: the models see only `"inputs"`, and `call` gets `side_inputs={name:
+    #: tensor}`.
+    side_inputs = ()
 
     def __init__(self, teacher_layer_names=(), student_layer_names=(), **kwargs):
         # Named after the class without Keras' global counter, so the
