@@ -221,4 +221,5 @@ def _encode(logits, weights, top_k, temperature, per_teacher, tail_mass):
     tail_mass["max"] = max(tail_mass["max"], float(tail.max()))
     tail_mass["sum"] += float(tail.sum())
     return {"teacher_topk_probs": top.astype("float16"),
-            "teacher_topk_indices": indices.astype("int32")}
+            "teacher_topk_indices": indices.astype(
+                "int16" if probs.shape[-1] <= 1 << 15 else "int32")}
