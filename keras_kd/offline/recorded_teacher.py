@@ -45,11 +45,15 @@ class RecordedTeacher(keras.layers.Layer):
             )
         storage = manifest["storage"]
         per_teacher = storage["ensemble"] == "per_teacher"
-        if per_teacher != (teacher_index is not None):
+        if per_teacher and teacher_index is None:
             raise ValueError(
-                f"The record at '{path}' stores "
-                f"{'each teacher' if per_teacher else 'the ensemble mean'}; "
-                f"{'give teacher_index (or use kd.offline.recorded_teachers)' if per_teacher else 'do not give teacher_index'}."
+                f"The record at '{path}' stores each teacher's targets; give "
+                f"teacher_index, or use kd.offline.recorded_teachers(path)."
+            )
+        if not per_teacher and teacher_index is not None:
+            raise ValueError(
+                f"The record at '{path}' stores the ensemble mean; do not "
+                f"give teacher_index."
             )
         if per_teacher and not 0 <= teacher_index < len(manifest["teachers"]):
             raise ValueError(
@@ -122,7 +126,8 @@ class RecordedTeacher(keras.layers.Layer):
         config = super().get_config()
         for key in ("trainable", "dtype"):
             config.pop(key, None)
-        return {**config, "path": self.record_path, "teacher_index": self.teacher_index}
+        return {**config, "path": self.record_path,
+                "teacher_index": self.teacher_index}
 
 
 def dense_probabilities(top_probs, top_indices, num_classes):

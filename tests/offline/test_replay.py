@@ -178,3 +178,13 @@ def test_per_teacher_record_matches_live_ensemble(tmp_path):
     live = train(teachers, kd.offline.dataset(
         x, y, 16, augmentation=spec, seed=0, targets=False), epochs=1)
     assert max(np.abs(a - b).max() for a, b in zip(replayed, live)) < 1e-3
+
+
+def test_recorded_teacher_config_round_trip(recorded):
+    _, _, _, _, path = recorded
+    teacher = kd.offline.RecordedTeacher(path, name="rec")
+    restored = kd.offline.RecordedTeacher.from_config(teacher.get_config())
+    assert restored.record_path == path and restored.side_inputs == (
+        "teacher_logits",)
+    with pytest.raises(ValueError, match="do not give teacher_index"):
+        kd.offline.RecordedTeacher(path, teacher_index=0)
