@@ -259,8 +259,9 @@ def main(argv):
     text = markdown(report)
     print(text)
     if FLAGS.output_dir:
-        stem = os.path.join(FLAGS.output_dir, f"offline_{report['backend']}_cpu_"
-                            f"{report['date'][:10]}")
+        stem = os.path.join(
+            FLAGS.output_dir, f"offline_{'_'.join(FLAGS.parts)}_"
+            f"{report['backend']}_cpu_{report['date'][:10]}")
         with open(stem + ".json", "w") as f:
             json.dump(report, f, indent=1)
         with open(stem + ".md", "w") as f:
