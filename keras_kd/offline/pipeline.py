@@ -33,7 +33,7 @@ class _Replay:
 
     def __init__(self, x, y, batch_size, record=None, augmentation=None,
                  seed=None, epochs=None, shuffle=True, drop_remainder=False,
-                 targets=True):
+                 targets=True, initial_epoch=0):
         if record is not None:
             if augmentation is not None or seed is not None:
                 raise ValueError(
@@ -63,6 +63,12 @@ class _Replay:
         self.steps = steps_per_epoch(len(x), self.batch_size, drop_remainder)
         recorded = record.epochs if record is not None else None
         self.epochs = int(epochs or recorded or 1)
+        self.initial_epoch = int(initial_epoch)
+        if not 0 <= self.initial_epoch < self.epochs:
+            raise ValueError(
+                f"initial_epoch must be in [0, {self.epochs}) (epochs="
+                f"{self.epochs}), got {initial_epoch!r}."
+            )
         if recorded is not None and self.epochs > recorded:
             warnings.warn(
                 f"Training for {self.epochs} epochs on a record of "
@@ -85,8 +91,12 @@ class _Replay:
             self._cache = {epoch: (order, arrays)}
         return self._cache[epoch]
 
+    def __len__(self):
+        return (self.epochs - self.initial_epoch) * self.steps
+
     def batch(self, index):
         epoch, step = divmod(int(index), self.steps)
+        epoch += self.initial_epoch
         order, arrays = self._epoch(epoch)
         rows = order[step * self.batch_size:(step + 1) * self.batch_size]
         images = self.augmentation.apply(
@@ -102,7 +112,8 @@ class _Replay:
 
 
 def dataset(x, y, batch_size, record=None, augmentation=None, seed=None,
-            epochs=None, shuffle=True, drop_remainder=False, targets=True):
+            epochs=None, shuffle=True, drop_remainder=False, targets=True,
+            initial_epoch=0):
     """A `tf.data` stream of `({"inputs", targets...}, labels)` batches.
 
     With `record` (a path or `kd.offline.Record`) it replays the record;
@@ -110,7 +121,10 @@ def dataset(x, y, batch_size, record=None, augmentation=None, seed=None,
     stream for a live teacher (`targets=False`: plain image batches), e.g.
     to compare a recorded run with a live one. `epochs` defaults to the
     record's; more epochs than recorded cycle through the record (with a
-    warning). Usable with every Keras backend.
+    warning). `initial_epoch` starts the stream at that epoch, for a
+    `fit(..., initial_epoch=...)` that resumes training; a new `fit` call
+    on the same stream otherwise starts again at epoch 0. Usable with every
+    Keras backend.
 
     Example:
 
@@ -123,7 +137,7 @@ def dataset(x, y, batch_size, record=None, augmentation=None, seed=None,
     from keras.src.utils.module_utils import tensorflow as tf
 
     replay = _Replay(x, y, batch_size, record, augmentation, seed, epochs,
-                     shuffle, drop_remainder, targets)
+                     shuffle, drop_remainder, targets, initial_epoch)
     sample_x, sample_y = replay.batch(0)
     flat = keras.tree.flatten(sample_x) + [sample_y]
 
@@ -140,7 +154,7 @@ def dataset(x, y, batch_size, record=None, augmentation=None, seed=None,
         return (keras.tree.pack_sequence_as(sample_x, values[:-1]),
                 values[-1])
 
-    ds = tf.data.Dataset.range(replay.epochs * replay.steps)
+    ds = tf.data.Dataset.range(len(replay))
     return ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True).prefetch(tf.data.AUTOTUNE)
 
@@ -148,7 +162,7 @@ def dataset(x, y, batch_size, record=None, augmentation=None, seed=None,
 class ReplayPyDataset(keras.utils.PyDataset):
     """The `dataset` stream as a NumPy `keras.utils.PyDataset`.
 
-    Item `i` is batch `i` of all `epochs` epochs; pass
+    Item `i` is batch `i` of epochs `initial_epoch..epochs-1`; pass
     `steps_per_epoch=kd.offline.steps_per_epoch(...)` to `fit`.
 
     Example:
@@ -161,14 +175,15 @@ class ReplayPyDataset(keras.utils.PyDataset):
 
     def __init__(self, x, y, batch_size, record=None, augmentation=None,
                  seed=None, epochs=None, shuffle=True, drop_remainder=False,
-                 targets=True, **kwargs):
+                 targets=True, initial_epoch=0, **kwargs):
         super().__init__(**kwargs)
         self._replay = _Replay(x, y, batch_size, record, augmentation, seed,
-                               epochs, shuffle, drop_remainder, targets)
+                               epochs, shuffle, drop_remainder, targets,
+                               initial_epoch)
         self.steps = self._replay.steps
 
     def __len__(self):
-        return self._replay.epochs * self._replay.steps
+        return len(self._replay)
 
     def __getitem__(self, index):
         return self._replay.batch(index)

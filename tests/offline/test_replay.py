@@ -188,3 +188,13 @@ def test_recorded_teacher_config_round_trip(recorded):
         "teacher_logits",)
     with pytest.raises(ValueError, match="do not give teacher_index"):
         kd.offline.RecordedTeacher(path, teacher_index=0)
+
+
+def test_initial_epoch_resumes_the_stream(recorded):
+    _, x, y, _, path = recorded
+    whole = kd.offline.ReplayPyDataset(x, y, 16, record=path)
+    resumed = kd.offline.ReplayPyDataset(x, y, 16, record=path, initial_epoch=1)
+    assert len(resumed) == 4
+    np.testing.assert_array_equal(resumed[0][0]["inputs"], whole[4][0]["inputs"])
+    with pytest.raises(ValueError, match="initial_epoch must be in"):
+        kd.offline.dataset(x, y, 16, record=path, initial_epoch=2)
