@@ -9,6 +9,7 @@ from keras.src.utils.tracking import DotNotTrackScope
 from keras_kd.distribute import MultiWorkerFitMixin
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
+from keras_kd.offline.recorded_teacher import RecordedTeacher
 from keras_kd.soft_label_teacher import SoftLabelTeacher
 
 
@@ -83,10 +84,13 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         if not teachers:
             raise ValueError("`teacher` is an empty list; give at least one.")
         for model in teachers:
-            if not isinstance(model, (keras.Model, SoftLabelTeacher)):
+            if not isinstance(
+                model, (keras.Model, SoftLabelTeacher, RecordedTeacher)
+            ):
                 raise ValueError(
-                    f"Each teacher must be a keras.Model or a "
-                    f"kd.SoftLabelTeacher, got {type(model).__name__}."
+                    f"Each teacher must be a keras.Model, a "
+                    f"kd.SoftLabelTeacher or a kd.offline.RecordedTeacher, "
+                    f"got {type(model).__name__}."
                 )
         if not isinstance(student, keras.Model):
             raise ValueError(
@@ -155,6 +159,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         self._num_views = view_terms[0].num_views if view_terms else 1
         self._side_input_names = sorted(
             {name for term in terms for name in term.side_inputs}
+            | {name for model in teachers
+               for name in getattr(model, "side_inputs", ())}
         )
 
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
@@ -187,6 +193,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             {n for term in self.distillation_losses for n in term.student_layer_names}
         )
         self._check_input_shapes()
+        for model in self._teachers:
+            if isinstance(model, RecordedTeacher):
+                model.check_terms(self.distillation_losses, self.augmentation)
         # The taps share the models' layers and weights; they are not tracked
         # so the weights are saved once, under `teacher` and `student`.
         with DotNotTrackScope():
@@ -273,7 +282,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         student_outputs = y_pred["student"]
         teacher_outputs = [
-            model(self._view_labels(y)) if outputs is None else outputs
+            outputs if outputs is not None
+            else model({name: x[name] for name in model.side_inputs})
+            if isinstance(model, RecordedTeacher)
+            else model(self._view_labels(y))
             for model, outputs in zip(self._teachers, y_pred["teachers"])
         ]
         # Under `tf.distribute` Keras' compiled loss comes divided by the
@@ -411,6 +423,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         """
         if self._side_input_names:
             x = args[0] if args else kwargs.get("x")
+            if isinstance(x, keras.utils.PyDataset):
+                x = x[0][0]
             spec = getattr(x, "element_spec", None)  # A tf.data.Dataset.
             if spec is not None:
                 x = spec[0] if isinstance(spec, tuple) else spec
@@ -471,12 +485,17 @@ def _check_side_inputs(distiller, keys):
         readers = [
             term.name for term in distiller.distillation_losses
             if term.side_inputs
+        ] + [
+            model.name for model in distiller._teachers
+            if getattr(model, "side_inputs", ())
         ]
         raise ValueError(
-            f"The terms {readers} read {distiller._side_input_names} from "
-            f"each batch, but x has no {missing}. Give x as a dict "
-            f"{{'inputs': images, 'example_index': ...}}, e.g. "
-            f"fit(kd.data.with_example_index(x_train), y_train)."
+            f"The terms or teachers {readers} read "
+            f"{distiller._side_input_names} from each batch, but x has no "
+            f"{missing}. Give x as a dict {{'inputs': images, name: ...}}, "
+            f"e.g. fit(kd.data.with_example_index(x_train), y_train) for "
+            f"example indices, or fit(kd.offline.dataset(x, y, batch_size, "
+            f"record=path)) for a kd.offline.RecordedTeacher."
         )
 
 
@@ -497,6 +516,8 @@ def _tap(model, layer_names, role):
     Returns `(None, shapes)` for a `SoftLabelTeacher`, which is fed labels.
     """
     features = [name for name in layer_names if name != "logits"]
+    if isinstance(model, RecordedTeacher):  # Fed recorded targets.
+        return None, model.output_shapes()
     if isinstance(model, SoftLabelTeacher):
         if features:
             raise ValueError(

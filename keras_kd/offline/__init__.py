@@ -1,0 +1,15 @@
+"""Offline distillation: record teachers' targets once, replay them.
+
+See docs/methods/offline.md.
+"""
+
+from keras_kd.offline.augment import CropFlip
+from keras_kd.offline.pipeline import ReplayPyDataset
+from keras_kd.offline.pipeline import dataset
+from keras_kd.offline.pipeline import steps_per_epoch
+from keras_kd.offline.record import ensure_record
+from keras_kd.offline.record import record
+from keras_kd.offline.recorded_teacher import RecordedTeacher
+from keras_kd.offline.recorded_teacher import dense_probabilities
+from keras_kd.offline.recorded_teacher import recorded_teachers
+from keras_kd.offline.store import Record
