@@ -156,3 +156,30 @@ def test_digits_teacher_trains():
     model.fit(x[:n] / 255, y[:n], batch_size=64, epochs=4, verbose=0)
     logits = model.predict(x_test / 255, batch_size=len(x_test), verbose=0)
     assert np.mean(np.argmax(logits, axis=-1) == y_test) > 0.9
+
+
+@pytest.mark.parametrize(
+    "teacher, student, sizes",
+    [("resnet32x4", "resnet8x4", (16, 16)), ("wrn_40_2", "wrn_16_2", (16, 16)),
+     ("vgg13", "mobilenetv2", (8, 8))],
+)
+def test_hint_layers_are_the_official_feature_two(teacher, student, sizes):
+    """RepDistiller's feat[2]: the output of `layer2` / `block2` (16×16 maps)."""
+    skip_heavy_on_jax(teacher)
+    skip_heavy_on_jax(student)
+    t, s = build(teacher), build(student)
+    assert models.hint_layer_names(t, s) == ("stage2", "stage2")
+    if student.startswith("resnet"):
+        # Post-activation ResNet: feat[2] is the last stage-2 block's ReLU.
+        last = f"block2_{5 if teacher == 'resnet32x4' else 1}"
+        assert t.get_layer("stage2").input is t.get_layer(last).output
+        assert isinstance(t.get_layer(last), layers.ReLU)
+    if student.startswith("wrn"):
+        # WRN: feat[2] is block2's raw residual sum (pre-activation).
+        assert isinstance(s.get_layer("stage2").input._keras_history.operation,
+                          layers.Add)
+    assert (t.get_layer("stage2").output.shape[1],
+            s.get_layer("stage2").output.shape[1]) == sizes
+    assert models.hint_layer_names(t, s, -1) == ("features", "features")
+    with pytest.raises(ValueError, match="out of range"):
+        models.hint_layer_names(t, s, 7)

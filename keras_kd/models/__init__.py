@@ -94,6 +94,34 @@ def stage_layer_names(model):
     return ["stem"] * ("stem" in names) + [name for _, name in stages]
 
 
+def hint_layer_names(teacher, student, hint_layer=2):
+    """The FitNets hint pair `(teacher_layer, student_layer)` of two zoo models.
+
+    Index `hint_layer` of RepDistiller's feature list `[stem, stage1, ...,
+    features]` (its `is_feat` outputs), in each model; the official default
+    2 (RepDistiller `--hint_layer`, mdistiller `FITNET.HINT_LAYER`) is the
+    second stage's output.
+
+    Example:
+
+    ```python
+    hint_layer_names(keras_kd.models.resnet32x4(), keras_kd.models.resnet8x4())
+    # ('stage2', 'stage2')
+    ```
+    """
+    names = []
+    for model in (teacher, student):
+        features = stage_layer_names(model) + ["features"]
+        if not -len(features) <= hint_layer < len(features):
+            raise ValueError(
+                f"hint_layer {hint_layer} is out of range for model "
+                f"'{model.name}', whose feature list is {features}; pick an "
+                f"index below {len(features)}."
+            )
+        names.append(features[hint_layer])
+    return tuple(names)
+
+
 def block_layer_names(model):
     """Names of the residual-block outputs of a model, in order.
 
