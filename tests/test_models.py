@@ -183,3 +183,41 @@ def test_hint_layers_are_the_official_feature_two(teacher, student, sizes):
     assert models.hint_layer_names(t, s, -1) == ("features", "features")
     with pytest.raises(ValueError, match="out of range"):
         models.hint_layer_names(t, s, 7)
+
+
+@pytest.mark.parametrize("name, count", [("wrn_40_2", 18), ("wrn_16_2", 6), ("wrn_40_1", 18)])
+def test_wrn_blocks_are_bn_relu_of_each_residual_sum(name, count):
+    """AFD's official WRN (models/wrn.py) returns, for every block, its sum
+    after the next block's BN-ReLU (the final BN-ReLU for the last one)."""
+    model = build(name)
+    names = models.block_layer_names(model)
+    assert len(names) == count
+    n = count // 3
+    assert names == [f"block{s}_{i}" for s in (1, 2, 3) for i in range(1, n + 1)]
+    for block in names:
+        relu = model.get_layer(block)
+        assert isinstance(relu, layers.ReLU)
+        bn = relu.input._keras_history.operation
+        assert isinstance(bn, layers.BatchNormalization)
+        source = bn.input._keras_history.operation
+        if isinstance(source, layers.Identity):  # A stage{s} output between.
+            source = source.input._keras_history.operation
+        assert source is model.get_layer(f"{block}_add")
+    assert model.get_layer(names[-1]).input is model.get_layer("final_bn").output
+    # The raw sums stay available as stage outputs (RepDistiller's feat list).
+    assert model.get_layer("stage3").input is model.get_layer(f"block3_{n}_add").output
+
+
+def test_block_names_of_a_pre_activation_functional_model():
+    """Outside the zoo: the ReLU after the BN that reads the sum."""
+    inputs = keras.Input((8, 8, 4))
+    x = inputs
+    for i in (1, 2):
+        y = layers.Conv2D(4, 3, padding="same")(x)
+        x = layers.Add(name=f"sum{i}")([x, y])
+        act = layers.ReLU(name=f"act{i}")(layers.BatchNormalization()(x))
+        x = x if i == 1 else act
+        if i == 1:
+            x = layers.Add()([x, layers.Conv2D(4, 1)(act)])  # Third sum, no BN.
+    model = keras.Model(inputs, layers.GlobalAveragePooling2D()(x))
+    assert models.block_layer_names(model) == ["act1", model.layers[6].name, "act2"]
