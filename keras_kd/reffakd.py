@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from keras_kd.data import RandomPaddedCrop
 from keras_kd.models.common import l2
 
 
@@ -198,51 +199,6 @@ def reconstruction_trainer(autoencoder, augment=True):
     target = autoencoder.encoder.get_layer("normalize")(x)
     outputs = layers.Concatenate()([autoencoder(x), target])
     return keras.Model(inputs, outputs, name="reconstruction_trainer")
-
-
-@keras.saving.register_keras_serializable(package="keras_kd")
-class RandomPaddedCrop(layers.Layer):
-    """torchvision's `RandomCrop(size, padding)`: zero-pad, crop at random.
-
-    In training each image is padded by `padding` zeros on every side and
-    cropped back to its size at its own uniform offset; at inference the
-    layer is the identity. Cropping is a product with one-hot row and
-    column selectors, so it runs on every backend.
-
-    Example:
-
-    ```python
-    x = RandomPaddedCrop(4)(images, training=True)
-    ```
-    """
-
-    def __init__(self, padding, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.padding = padding
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, inputs, training=None):
-        if not training:
-            return inputs
-        ops = keras.ops
-        p = self.padding
-        height, width = inputs.shape[1:3]
-        padded = ops.pad(inputs, ((0, 0), (p, p), (p, p), (0, 0)))
-        offsets = keras.random.randint(
-            (ops.shape(inputs)[0], 2), 0, 2 * p + 1, seed=self.seed_generator)
-        rows = ops.one_hot(offsets[:, :1] + ops.arange(height), height + 2 * p,
-                           dtype=inputs.dtype)
-        cols = ops.one_hot(offsets[:, 1:] + ops.arange(width), width + 2 * p,
-                           dtype=inputs.dtype)
-        return ops.einsum("bih,bhwc,bjw->bijc", rows, padded, cols)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "padding": self.padding,
-                "seed": self.seed}
 
 
 def reconstruction_mse(y_true, y_pred):
