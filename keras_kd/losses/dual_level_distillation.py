@@ -25,8 +25,9 @@ def _mlp(hidden, output, name):
 
 def l2_normalize(x, epsilon=1e-12):
     """`x / max(‖x‖₂, ε)` along the last axis (PyTorch's `F.normalize`)."""
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-    return x / ops.maximum(norm, epsilon)
+    # sqrt(max(Σx², ε²)) = max(‖x‖, ε), with a finite gradient at x = 0.
+    squares = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    return x / ops.sqrt(ops.maximum(squares, epsilon**2))
 
 
 def rotate_views(images):
