@@ -537,3 +537,56 @@ def _dataset_subset(ds, ids, max_per_class):
     ds = ds.scan(tf.zeros(len(ids), "int64"), count)
     ds = ds.filter(lambda example, seen: seen <= max_per_class)
     return ds.map(lambda example, seen: example)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class RandomPaddedCrop(keras.layers.Layer):
+    """torchvision's `RandomCrop(size, padding)`: pad, crop at random.
+
+    In training each image is padded by `padding` pixels of `fill_value`
+    on every side and cropped back to its size at its own uniform offset;
+    at inference the layer is the identity. `fill_value` (a scalar or one
+    value per channel) is 0, black, for images in pixel units; for
+    normalised images pass the normalised black, `−mean / std`, so the
+    padding is black as torchvision pads before `Normalize`. Cropping is a
+    product with one-hot row and column selectors, so it runs on every
+    backend.
+
+    Example:
+
+    ```python
+    x = RandomPaddedCrop(4)(images, training=True)
+    ```
+    """
+
+    def __init__(self, padding, fill_value=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = padding
+        self.fill_value = (float(fill_value) if np.ndim(fill_value) == 0
+                           else [float(v) for v in fill_value])
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        p = self.padding
+        height, width = inputs.shape[1:3]
+        fill = ops.cast(self.fill_value, inputs.dtype)
+        pad = ((0, 0), (p, p), (p, p), (0, 0))
+        border = 1 - ops.pad(ops.ones_like(inputs[:1, ..., :1]), pad)
+        padded = ops.pad(inputs, pad) + border * fill  # Exact inside.
+        offsets = keras.random.randint(
+            (ops.shape(inputs)[0], 2), 0, 2 * p + 1, seed=self.seed_generator)
+        rows = ops.one_hot(offsets[:, :1] + ops.arange(height), height + 2 * p,
+                           dtype=inputs.dtype)
+        cols = ops.one_hot(offsets[:, 1:] + ops.arange(width), width + 2 * p,
+                           dtype=inputs.dtype)
+        return ops.einsum("bih,bhwc,bjw->bijc", rows, padded, cols)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding,
+                "fill_value": self.fill_value, "seed": self.seed}

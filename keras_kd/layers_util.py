@@ -1,7 +1,6 @@
 """Finding the layers distillation terms read in functional models."""
 
-import keras
-from keras import layers
+from keras_kd import models
 
 from keras_kd.models import stage_layer_names
 
@@ -9,9 +8,9 @@ from keras_kd.models import stage_layer_names
 def residual_block_outputs(model):
     """Names of the residual-block outputs of a functional model, in order.
 
-    A block output is each `keras.layers.Add` layer of the model, or the
-    activation layer (`ReLU`, `Activation`) that follows it when that layer
-    is the sum's only consumer (post-activation blocks). Candidates for
+    `keras_kd.models.block_layer_names`, or a ValueError when there are
+    none: each `keras.layers.Add`, or the activation that follows it
+    (post-activation) or its batch norm (pre-activation). Candidates for
     `kd.losses.AttentionFeatureDistillation` and
     `kd.losses.RepresentativeTeacherKeys`.
 
@@ -23,20 +22,7 @@ def residual_block_outputs(model):
         kd.layers_util.residual_block_outputs(student))
     ```
     """
-    consumers = {}
-    for layer in model.layers:
-        for tensor in keras.tree.flatten(layer.input):
-            consumers.setdefault(id(tensor), []).append(layer)
-    names = []
-    for layer in model.layers:
-        if not isinstance(layer, layers.Add):
-            continue
-        following = consumers.get(id(layer.output), [])
-        if len(following) == 1 and isinstance(
-            following[0], (layers.ReLU, layers.Activation)
-        ):
-            layer = following[0]
-        names.append(layer.name)
+    names = models.block_layer_names(model)
     if not names:
         raise ValueError(
             f"Model '{model.name}' has no keras.layers.Add layers, so no "

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from keras_kd.data import RandomPaddedCrop
 from keras_kd.models.common import l2
 
 
@@ -39,12 +40,16 @@ class Autoencoder(keras.Model):
     (PyTorch's `padding=1` for even sizes). Each stage halves H and W, so
     H and W must be multiples of 8: a 32×32×3 image gives a 4×4×48 code
     (768-d, 47,355 parameters) and an 8×8×1 digit a 1×1×48 code (48-d,
-    46,585 parameters). Inputs are expected in [0, 1].
+    46,585 parameters). Inputs are expected in [0, 1]; with `mean` and
+    `std` the encoder first normalises them per channel (a weight-free
+    `Normalization` layer), as the official code feeds normalised images.
 
     Args:
         input_shape: `(H, W, C)` of the images.
         weight_decay: coupled L2 on every kernel and bias, as PyTorch SGD's
             `weight_decay` (`wd/2 · Σw²`).
+        mean: per-channel mean of the [0, 1] images, or None.
+        std: per-channel standard deviation, with `mean`.
 
     Example:
 
@@ -54,8 +59,14 @@ class Autoencoder(keras.Model):
     ```
     """
 
-    def __init__(self, input_shape, weight_decay=0.0, **kwargs):
+    def __init__(self, input_shape, weight_decay=0.0, mean=None, std=None,
+                 **kwargs):
         super().__init__(**kwargs)
+        if (mean is None) != (std is None):
+            raise ValueError(
+                "Autoencoder normalises its inputs with both `mean` and "
+                "`std`; pass both or neither."
+            )
         height, width, channels = input_shape
         if height % 8 or width % 8:
             raise ValueError(
@@ -64,6 +75,13 @@ class Autoencoder(keras.Model):
             )
         self.image_shape = tuple(input_shape)
         self.weight_decay = weight_decay
+        self.mean = None if mean is None else [float(m) for m in mean]
+        self.std = None if std is None else [float(v) for v in std]
+        normalize = []
+        if mean is not None:
+            normalize = [layers.Normalization(
+                mean=self.mean, variance=np.square(self.std).tolist(),
+                name="normalize")]
 
         def conv(layer, filters, activation):
             return layer(
@@ -73,7 +91,7 @@ class Autoencoder(keras.Model):
             )
 
         self.encoder = keras.Sequential(
-            [keras.Input(self.image_shape)]
+            [keras.Input(self.image_shape)] + normalize
             + [conv(layers.Conv2D, f, "relu") for f in (12, 24, 48)],
             name="encoder",
         )
@@ -94,29 +112,37 @@ class Autoencoder(keras.Model):
             **super().get_config(),
             "input_shape": self.image_shape,
             "weight_decay": self.weight_decay,
+            "mean": self.mean,
+            "std": self.std,
         }
 
 
 def train_autoencoder(x_train, x_val, epochs, batch_size=128,
                       learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                      milestones=(60, 120, 160), decay=0.2, augment=True,
                       verbose=0):
-    """Trains an `Autoencoder` to reconstruct images (MSE), as ReffAKD.
+    """Trains an `Autoencoder` to reconstruct images (MSE), as ReffAKD's code.
 
-    SGD with momentum and coupled L2 `weight_decay` (the paper: lr 0.1,
-    momentum 0.9, wd 5e-4, 200 epochs, batch 128; its code also divides
-    the rate by 5 at epochs 60/120/160, which a
-    `keras.optimizers.schedules` object as `learning_rate` reproduces).
-    The weights of the epoch with the lowest validation MSE are kept.
+    As the official notebook (`cifar100/autoencoder.ipynb`): inputs are
+    normalised with the training set's per-channel mean and std, and the
+    target is the normalised image; training images are augmented with a
+    random crop after 4-pixel black padding, a horizontal flip and a
+    rotation within ±15° (`augment`); SGD with momentum and coupled L2
+    `weight_decay` (lr 0.1, momentum 0.9, wd 5e-4, batch 128) divides the
+    rate by 5 at epochs 60/120/160 of 200, here scaled to `epochs`
+    (`milestones` are given for 200 epochs). The weights of the epoch with
+    the lowest held-out MSE are kept.
 
     Args:
         x_train: training images `(N, H, W, C)` in [0, 1].
-        x_val: validation images for checkpoint selection.
+        x_val: held-out images for checkpoint selection.
         epochs: training epochs.
 
     Returns:
-        `(autoencoder, cost)`: the autoencoder with its best weights, and
-        `cost = {"params", "train_seconds", "val_mse"}`, the compute to set
-        against training a teacher, and the kept epoch's validation MSE.
+        `(autoencoder, cost)`: the autoencoder with its best weights (its
+        encoder normalises [0, 1] images itself), and `cost = {"params",
+        "train_seconds", "val_mse"}`, the compute to set against training a
+        teacher, and the kept epoch's held-out MSE.
 
     Example:
 
@@ -126,17 +152,21 @@ def train_autoencoder(x_train, x_val, epochs, batch_size=128,
     """
     x_train = np.asarray(x_train, "float32")
     x_val = np.asarray(x_val, "float32")
-    autoencoder = Autoencoder(x_train.shape[1:], weight_decay=weight_decay)
-    autoencoder.compile(
-        keras.optimizers.SGD(learning_rate, momentum=momentum),
-        loss="mse",
-        metrics=["mse"],
+    mean = x_train.mean(axis=(0, 1, 2))
+    std = x_train.std(axis=(0, 1, 2))
+    autoencoder = Autoencoder(x_train.shape[1:], weight_decay, mean, std)
+    trainer = reconstruction_trainer(autoencoder, augment)
+    steps_per_epoch = -(-len(x_train) // batch_size)
+    schedule = multistep_schedule(learning_rate, milestones, decay, epochs,
+                                  steps_per_epoch)
+    trainer.compile(
+        keras.optimizers.SGD(schedule, momentum=momentum),
+        loss=reconstruction_mse,
+        metrics=[reconstruction_mse],
     )
-    best = keras.callbacks.EarlyStopping(
-        "val_mse", patience=epochs, restore_best_weights=True
-    )
+    best = best_checkpoint(epochs)
     start = time.perf_counter()
-    autoencoder.fit(
+    trainer.fit(
         x_train, x_train, batch_size=batch_size, epochs=epochs,
         validation_data=(x_val, x_val), callbacks=[best], verbose=verbose,
     )
@@ -146,6 +176,64 @@ def train_autoencoder(x_train, x_val, epochs, batch_size=128,
         "val_mse": best.best,
     }
     return autoencoder, cost
+
+
+def reconstruction_trainer(autoencoder, augment=True):
+    """A model of the autoencoder's training step: `[reconstruction, target]`.
+
+    Maps [0, 1] images (augmented in training when `augment`: 4-pixel black
+    padding and a random crop, a horizontal flip, a nearest-neighbour
+    rotation within ±15° filled with black, as torchvision's
+    `RandomCrop(padding=4)`, `RandomHorizontalFlip` and
+    `RandomRotation(15)`) to the reconstruction of the normalised image
+    concatenated on channels with that normalised image, the target.
+    """
+    height, width, channels = autoencoder.image_shape
+    inputs = keras.Input(autoencoder.image_shape)
+    x = inputs
+    if augment:
+        x = RandomPaddedCrop(4)(x)
+        x = layers.RandomFlip("horizontal")(x)
+        x = layers.RandomRotation(15 / 360, fill_mode="constant",
+                                  interpolation="nearest", fill_value=0.0)(x)
+    target = autoencoder.encoder.get_layer("normalize")(x)
+    outputs = layers.Concatenate()([autoencoder(x), target])
+    return keras.Model(inputs, outputs, name="reconstruction_trainer")
+
+
+def reconstruction_mse(y_true, y_pred):
+    """MSE of the reconstruction against the target `reconstruction_trainer`
+    outputs; `y_true` is unused."""
+    del y_true
+    reconstruction, target = keras.ops.split(y_pred, 2, axis=-1)
+    return keras.ops.mean(keras.ops.square(reconstruction - target),
+                          axis=(1, 2, 3))
+
+
+def multistep_schedule(learning_rate, milestones, decay, epochs,
+                       steps_per_epoch):
+    """PyTorch's `MultiStepLR` per epoch, milestones given for 200 epochs.
+
+    Milestone `m` moves to epoch `round(m · epochs / 200)`; from that epoch
+    on (0-based) the rate is multiplied by `decay` once more.
+    """
+    boundaries = sorted({round(m * epochs / 200) for m in milestones} - {0})
+    if not boundaries:
+        return learning_rate
+    # PiecewiseConstantDecay keeps values[i] while step <= boundary.
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        [b * steps_per_epoch - 1 for b in boundaries],
+        [learning_rate * decay**i for i in range(len(boundaries) + 1)],
+    )
+
+
+def best_checkpoint(epochs):
+    """Keeps and restores the weights of the epoch with the lowest held-out
+    reconstruction MSE (the official notebook's best-loss checkpoint)."""
+    return keras.callbacks.EarlyStopping(
+        "val_reconstruction_mse", mode="min", patience=epochs,
+        restore_best_weights=True,
+    )
 
 
 def class_similarity(encoder, x, y, per_class=40, diagonal_boost=0.0225,

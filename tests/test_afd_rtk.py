@@ -63,7 +63,8 @@ def np_loss(network, query_maps, key_maps, size_rule, num_keys=None):
     for i, f_q in enumerate(query_maps):
         for j, f_k in enumerate(key_maps):
             size = size_rule(f_q.shape[1:3], f_k.shape[1:3])
-            diff = np_attention(f_k, size) - np_attention(f_q, size)
+            diff = (np_attention(f_k, size, pool="energy")
+                    - np_attention(f_q, size, pool="energy"))
             distances[:, i, j] = (diff**2).mean(-1)
     return (attention * distances).sum(axis=(1, 2)), attention
 

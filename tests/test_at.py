@@ -50,12 +50,31 @@ def np_adaptive_pool(maps, size):
     return out
 
 
-def np_attention(f, size=None):
-    energy = (f.astype("float64") ** 2).mean(-1)
+def np_attention(f, size=None, pool="features"):
+    """AT's official order (RepDistiller AT.py) pools the feature map, then
+    squares; AFD's (`Sample` in AFD.py) pools the energy map `mean_c(F²)`."""
+    f = f.astype("float64")
+    if size is not None and pool == "energy":
+        flat = np_adaptive_pool((f**2).mean(-1), size).reshape(len(f), -1)
+        return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
     if size is not None:
-        energy = np_adaptive_pool(energy, size)
-    flat = energy.reshape(len(f), -1)
+        channels = np.moveaxis(f, -1, 1).reshape((-1,) + f.shape[1:3])
+        pooled = np_adaptive_pool(channels, size)
+        f = np.moveaxis(pooled.reshape((len(f), f.shape[-1]) + tuple(size)), 1, -1)
+    flat = (f**2).mean(-1).reshape(len(f), -1)
     return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+
+
+def test_attention_pools_the_feature_map_before_squaring():
+    """Pooling `F` then squaring differs from pooling `mean_c(F²)`."""
+    f = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
+    got = ops.convert_to_numpy(spatial_attention(ops.convert_to_tensor(f), (4, 4)))
+    energy_first = np_attention(f, (4, 4), pool="energy")
+    assert np.abs(got - energy_first).max() > 1e-2
+    np.testing.assert_allclose(got, np_attention(f, (4, 4)), rtol=1e-5, atol=1e-7)
+    afd = spatial_attention(ops.convert_to_tensor(f), (4, 4), pool="energy")
+    np.testing.assert_allclose(ops.convert_to_numpy(afd), energy_first, rtol=1e-5,
+                               atol=1e-7)
 
 
 def run(term, teacher_outputs, student_outputs, weights):

@@ -177,3 +177,73 @@ def test_terms_round_trip_through_config():
     ]:
         restored = type(term).from_config(term.get_config())
         assert restored.get_config() == term.get_config()
+
+
+def np_conv(x, kernel, bias, stride=1, pad=0):
+    """Cross-correlation NHWC × (kh, kw, C_in, C_out), symmetric zero padding."""
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kh, kw = kernel.shape[:2]
+    oh, ow = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    out = np.zeros((len(x), oh, ow, kernel.shape[-1]))
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            out[:, i, j] = np.einsum("bhwc,hwcd->bd", patch, kernel)
+    return out + bias
+
+
+def np_conv_transpose(x, kernel, bias, stride=2, pad=1):
+    """PyTorch ConvTranspose2d(k, stride, padding) on NHWC, Keras kernel
+    layout (kh, kw, C_out, C_in): scatter every input pixel, then crop."""
+    kh, kw = kernel.shape[:2]
+    b, h, w, _ = x.shape
+    full = np.zeros((b, (h - 1) * stride + kh, (w - 1) * stride + kw, kernel.shape[2]))
+    for i in range(h):
+        for j in range(w):
+            full[:, i * stride:i * stride + kh, j * stride:j * stride + kw] += (
+                np.einsum("bc,hwdc->bhwd", x[:, i, j], kernel))
+    return full[:, pad:full.shape[1] - pad, pad:full.shape[2] - pad] + bias
+
+
+@pytest.mark.multi_backend
+@pytest.mark.parametrize(
+    "s_size, t_size, case",
+    [(8, 4, "stride2"), (4, 8, "transpose"), (6, 4, "valid"), (4, 4, "valid")],
+)
+def test_hint_regressor_is_conv_bn_relu_as_convreg(s_size, t_size, case):
+    """FitNets' regressor (RepDistiller ConvReg): conv chosen by the sizes,
+    then BN and ReLU."""
+    rng = np.random.default_rng(8)
+    f_s = rng.normal(size=(3, s_size, s_size, 3)).astype("float32")
+    f_t = rng.normal(size=(3, t_size, t_size, 5)).astype("float32")
+    term = kd.losses.FeatureAlignment("t", "s", aligner="hint")
+    term.build([{"t": f_t.shape}], {"s": f_s.shape})
+    reg = term.aligners[0]
+    conv, bn, relu = [l for l in reg.layers if not isinstance(l, keras.layers.ZeroPadding2D)]
+    for w in bn.weights:  # Non-trivial batch-norm statistics.
+        w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype("float32"))
+    kernel, bias = (ops.convert_to_numpy(w).astype("float64") for w in conv.weights)
+    assert isinstance(relu, keras.layers.ReLU) and bn.epsilon == 1e-5
+    if case == "stride2":
+        assert kernel.shape[:2] == (3, 3)
+        h = np_conv(f_s, kernel, bias, stride=2, pad=1)
+    elif case == "transpose":
+        assert isinstance(conv, keras.layers.Conv2DTranspose)
+        h = np_conv_transpose(f_s, kernel, bias)
+    else:
+        assert kernel.shape[:2] == (1 + s_size - t_size,) * 2
+        h = np_conv(f_s, kernel, bias)
+    h = np.maximum(bn_inference(h, bn), 0)
+    got = run(term, [{"t": f_t}], {"s": f_s}, training=False)
+    expected = ((h - f_t) ** 2).reshape(3, -1).mean(-1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_hint_regressor_rejects_vectors_and_smaller_maps():
+    term = kd.losses.FeatureAlignment("t", "s", aligner="hint")
+    with pytest.raises(ValueError, match="feature maps"):
+        term.build([{"t": (None, 16)}], {"s": (None, 16)})
+    with pytest.raises(ValueError, match="half, twice"):
+        term.build([{"t": (None, 7, 7, 4)}], {"s": (None, 5, 5, 4)})
+    with pytest.raises(ValueError, match="aligner must be one of"):
+        kd.losses.FeatureAlignment("t", "s", aligner="convreg")

@@ -228,3 +228,71 @@ def test_config_round_trip():
         alignment_weight=10, embedding_dim=64)
     restored = type(term).from_config(term.get_config())
     assert restored.get_config() == term.get_config()
+
+
+def np_views(image, flip, offsets, padding, pad_value):
+    """The official order (ifding/DLKD dataset/cifar.py): flip once, rotate,
+    then RandomCrop(padding) of each rotated view, padding black."""
+    image = image[:, ::-1] if flip else image
+    views = []
+    for k, (dy, dx) in zip(range(4), offsets):
+        view = np.rot90(image, k, axes=(0, 1))
+        padded = np.pad(view, ((padding,) * 2, (padding,) * 2, (0, 0)),
+                        constant_values=pad_value)
+        views.append(padded[dy:dy + view.shape[0], dx:dx + view.shape[1]])
+    return views
+
+
+def test_dlkd_views_share_one_flip_and_get_their_own_crops():
+    keras.utils.set_random_seed(3)
+    batch, size, padding, black = 6, 6, 2, -1.875  # black: the normalised 0.
+    term = kd.losses.DualLevelDistillation(
+        "features", "features", crop_padding=padding, pad_value=[black], seed=5)
+    images = (1 + np.arange(batch * size * size)).reshape(batch, size, size, 1)
+    images = images.astype("float32")
+    views = ops.convert_to_numpy(term.transform_inputs(ops.convert_to_tensor(images)))
+    assert views.shape == (4 * batch, size, size, 1)
+    candidates = [(f, dy, dx) for f in (0, 1) for dy in range(2 * padding + 1)
+                  for dx in range(2 * padding + 1)]
+    flips, all_offsets = [], []
+    for b in range(batch):
+        found = []
+        for k in range(4):
+            view = views[k * batch + b]
+            matches = [(f, dy, dx) for f, dy, dx in candidates
+                       if np.array_equal(view, np_views(images[b], f, [(dy, dx)] * 4,
+                                                        padding, black)[k])]
+            assert len(matches) == 1, (b, k, matches)
+            found.append(matches[0])
+        assert len({f for f, _, _ in found}) == 1  # One flip for all views.
+        flips.append(found[0][0])
+        all_offsets.append([(dy, dx) for _, dy, dx in found])
+    assert set(flips) == {0, 1}
+    # Each view has its own crop: offsets differ within images.
+    assert sum(len(set(o)) > 1 for o in all_offsets) >= batch - 1
+    # The padding is the normalised black wherever a crop reaches it.
+    assert np.isin(views, [black]).any()
+    assert set(np.unique(views)) <= set(np.unique(images)) | {black}
+    # No augmentation outside training; config round trip.
+    plain = ops.convert_to_numpy(term.transform_inputs(images, training=False))
+    np.testing.assert_array_equal(plain, ops.convert_to_numpy(rotate_views(images)))
+    restored = kd.losses.DualLevelDistillation.from_config(term.get_config())
+    assert restored.crop_padding == padding and restored.pad_value == [black]
+    with pytest.raises(ValueError, match="crop_padding"):
+        kd.losses.DualLevelDistillation("a", "b", crop_padding=-1)
+
+
+def test_fit_with_the_official_view_augmentation(digits, trained_teacher):
+    x_train, _, y_train, _ = digits
+    keras.utils.set_random_seed(0)
+    student = small_cnn(4, name="student")
+    before = [w.copy() for w in student.get_weights()]
+    term = kd.losses.DualLevelDistillation("features", "features", embedding_dim=8,
+                                           crop_padding=2, pad_value=-0.5)
+    distiller = kd.Distiller(trained_teacher, student, term, student_loss_weight=1.0,
+                             weighting="additive")
+    distiller.compile(keras.optimizers.Adam(1e-3), sparse_ce())
+    history = distiller.fit(x_train[:128], y_train[:128], epochs=1, batch_size=32,
+                            verbose=0)
+    assert np.isfinite(history.history["dual_level_distillation"]).all()
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(before, student.get_weights()))

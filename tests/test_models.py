@@ -156,3 +156,68 @@ def test_digits_teacher_trains():
     model.fit(x[:n] / 255, y[:n], batch_size=64, epochs=4, verbose=0)
     logits = model.predict(x_test / 255, batch_size=len(x_test), verbose=0)
     assert np.mean(np.argmax(logits, axis=-1) == y_test) > 0.9
+
+
+@pytest.mark.parametrize(
+    "teacher, student, sizes",
+    [("resnet32x4", "resnet8x4", (16, 16)), ("wrn_40_2", "wrn_16_2", (16, 16)),
+     ("vgg13", "mobilenetv2", (8, 8))],
+)
+def test_hint_layers_are_the_official_feature_two(teacher, student, sizes):
+    """RepDistiller's feat[2]: the output of `layer2` / `block2` (16×16 maps)."""
+    skip_heavy_on_jax(teacher)
+    skip_heavy_on_jax(student)
+    t, s = build(teacher), build(student)
+    assert models.hint_layer_names(t, s) == ("stage2", "stage2")
+    if student.startswith("resnet"):
+        # Post-activation ResNet: feat[2] is the last stage-2 block's ReLU.
+        last = f"block2_{5 if teacher == 'resnet32x4' else 1}"
+        assert t.get_layer("stage2").input is t.get_layer(last).output
+        assert isinstance(t.get_layer(last), layers.ReLU)
+    if student.startswith("wrn"):
+        # WRN: feat[2] is block2's raw residual sum (pre-activation).
+        assert isinstance(s.get_layer("stage2").input._keras_history.operation,
+                          layers.Add)
+    assert (t.get_layer("stage2").output.shape[1],
+            s.get_layer("stage2").output.shape[1]) == sizes
+    assert models.hint_layer_names(t, s, -1) == ("features", "features")
+    with pytest.raises(ValueError, match="out of range"):
+        models.hint_layer_names(t, s, 7)
+
+
+@pytest.mark.parametrize("name, count", [("wrn_40_2", 18), ("wrn_16_2", 6), ("wrn_40_1", 18)])
+def test_wrn_blocks_are_bn_relu_of_each_residual_sum(name, count):
+    """AFD's official WRN (models/wrn.py) returns, for every block, its sum
+    after the next block's BN-ReLU (the final BN-ReLU for the last one)."""
+    model = build(name)
+    names = models.block_layer_names(model)
+    assert len(names) == count
+    n = count // 3
+    assert names == [f"block{s}_{i}" for s in (1, 2, 3) for i in range(1, n + 1)]
+    for block in names:
+        relu = model.get_layer(block)
+        assert isinstance(relu, layers.ReLU)
+        bn = relu.input._keras_history.operation
+        assert isinstance(bn, layers.BatchNormalization)
+        source = bn.input._keras_history.operation
+        if isinstance(source, layers.Identity):  # A stage{s} output between.
+            source = source.input._keras_history.operation
+        assert source is model.get_layer(f"{block}_add")
+    assert model.get_layer(names[-1]).input is model.get_layer("final_bn").output
+    # The raw sums stay available as stage outputs (RepDistiller's feat list).
+    assert model.get_layer("stage3").input is model.get_layer(f"block3_{n}_add").output
+
+
+def test_block_names_of_a_pre_activation_functional_model():
+    """Outside the zoo: the ReLU after the BN that reads the sum."""
+    inputs = keras.Input((8, 8, 4))
+    x = inputs
+    for i in (1, 2):
+        y = layers.Conv2D(4, 3, padding="same")(x)
+        x = layers.Add(name=f"sum{i}")([x, y])
+        act = layers.ReLU(name=f"act{i}")(layers.BatchNormalization()(x))
+        x = x if i == 1 else act
+        if i == 1:
+            x = layers.Add()([x, layers.Conv2D(4, 1)(act)])  # Third sum, no BN.
+    model = keras.Model(inputs, layers.GlobalAveragePooling2D()(x))
+    assert models.block_layer_names(model) == ["act1", model.layers[6].name, "act2"]

@@ -128,10 +128,21 @@ def test_reffakd_end_to_end_on_digits(digits):
     autoencoder, cost = reffakd.train_autoencoder(
         x_train, x_test, epochs=2, learning_rate=0.05)
     assert cost["params"] == 46585 and cost["train_seconds"] > 0
-    # The weights kept are those of the best validation epoch.
+    # Inputs are normalised with the training set's per-channel statistics.
+    mean, std = x_train.mean(axis=(0, 1, 2)), x_train.std(axis=(0, 1, 2))
+    np.testing.assert_allclose(autoencoder.mean, mean, rtol=1e-5)
+    np.testing.assert_allclose(autoencoder.std, std, rtol=1e-5)
+    # The weights kept are those of the best held-out epoch; the target is
+    # the normalised image.
     reconstruction = ops.convert_to_numpy(autoencoder(x_test))
     np.testing.assert_allclose(
-        np.mean((reconstruction - x_test) ** 2), cost["val_mse"], rtol=1e-4)
+        np.mean((reconstruction - (x_test - mean) / std) ** 2), cost["val_mse"],
+        rtol=1e-4)
+    # weight_decay=5e-4 is coupled L2 on every kernel and bias.
+    weights = autoencoder.trainable_weights
+    expected = 2.5e-4 * sum(np.sum(ops.convert_to_numpy(w) ** 2) for w in weights)
+    actual = sum(float(ops.convert_to_numpy(l)) for l in autoencoder.losses)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4)
     similarity = reffakd.class_similarity(autoencoder.encoder, x_train, y_train)
     assert similarity.shape == (10, 10)
     table = reffakd.soft_label_table(similarity)
@@ -141,3 +152,71 @@ def test_reffakd_end_to_end_on_digits(digits):
     distiller.compile(keras.optimizers.Adam(3e-3), sparse_ce())
     history = distiller.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
     assert np.isfinite(history.history["logits_distillation"]).all()
+
+
+def test_autoencoder_normalises_inputs_in_its_encoder():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(3, 8, 8, 2)).astype("float32")
+    mean, std = [0.4, 0.6], [0.2, 0.3]
+    plain = reffakd.Autoencoder((8, 8, 2))
+    normed = reffakd.Autoencoder((8, 8, 2), mean=mean, std=std)
+    assert normed.count_params() == plain.count_params()
+    normed.set_weights(plain.get_weights())
+    got = ops.convert_to_numpy(normed.encoder(x))
+    expected = ops.convert_to_numpy(plain.encoder((x - np.array(mean)) / np.array(std)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    restored = reffakd.Autoencoder.from_config(normed.get_config())
+    assert restored.mean == mean and restored.std == std
+    with pytest.raises(ValueError, match="both or neither"):
+        reffakd.Autoencoder((8, 8, 2), mean=mean)
+
+
+@pytest.mark.parametrize("epochs", [200, 20, 7])
+def test_multistep_schedule_matches_torch_multisteplr(epochs):
+    """MultiStepLR([60, 120, 160], 0.2) per epoch, milestones scaled."""
+    steps = 3
+    schedule = reffakd.multistep_schedule(0.1, (60, 120, 160), 0.2, epochs, steps)
+    milestones = [round(m * epochs / 200) for m in (60, 120, 160)]
+    for step in range(epochs * steps):
+        epoch = step // steps
+        expected = 0.1 * 0.2 ** sum(epoch >= m for m in milestones)
+        got = float(ops.convert_to_numpy(schedule(step)))
+        assert abs(got - expected) < 1e-9 * 0.1 + 1e-7 * expected, (step, got, expected)
+
+
+def test_reconstruction_trainer_augments_then_normalises():
+    """Crop (black padding), flip and rotation in training; the target is
+    the normalised augmented image; no augmentation at inference."""
+    keras.utils.set_random_seed(1)
+    autoencoder = reffakd.Autoencoder((8, 8, 1), mean=[0.5], std=[0.25])
+    trainer = reffakd.reconstruction_trainer(autoencoder)
+    x = np.ones((16, 8, 8, 1), "float32")  # White images.
+    out = ops.convert_to_numpy(trainer(x, training=True))
+    target = out[..., 1:]
+    black, white = (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
+    assert np.isclose(target, black).any() and np.isclose(target, white).any()
+    assert np.all(np.isclose(target, black) | np.isclose(target, white))
+    inference = ops.convert_to_numpy(trainer(x, training=False))
+    np.testing.assert_allclose(inference[..., 1:], white, rtol=1e-6)
+    np.testing.assert_allclose(inference[..., :1], ops.convert_to_numpy(autoencoder(x)),
+                               rtol=1e-5)
+    loss = ops.convert_to_numpy(reffakd.reconstruction_mse(None, inference))
+    np.testing.assert_allclose(loss, ((inference[..., :1] - white) ** 2).mean((1, 2, 3)),
+                               rtol=1e-5)
+
+
+def test_best_checkpoint_restores_the_lowest_held_out_epoch():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    callback = reffakd.best_checkpoint(epochs=3)
+    callback.set_model(model)
+    callback.on_train_begin()
+    kept = None
+    for epoch, val in enumerate([3.0, 1.0, 2.0]):
+        model.set_weights([np.full((2, 1), epoch, "float32"), np.zeros(1, "float32")])
+        if val == 1.0:
+            kept = [w.copy() for w in model.get_weights()]
+        callback.on_epoch_end(epoch, {"val_reconstruction_mse": val})
+    callback.on_train_end()
+    assert callback.best == 1.0
+    for a, b in zip(model.get_weights(), kept):
+        np.testing.assert_array_equal(a, b)

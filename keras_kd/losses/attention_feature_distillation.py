@@ -90,7 +90,9 @@ class AttentionFeatureDistillation(DistillationTerm):
     through a trainable meta-network (see `_MetaNetwork`, `qk_dim = d`):
     `α_{t,s} = softmax_s((q_t·k_{s,t} + p_t·p_s)/√d)`. Values are spatial
     attention maps `v = L2-normalise(flatten(mean_c(F²)))`, the student's
-    adaptive-average-pooled to the teacher map's H×W (`spatial_attention`).
+    energy map `mean_c(F²)` adaptive-average-pooled to the teacher map's
+    H×W (`spatial_attention(..., pool="energy")`, as AFD's official
+    `Sample` module).
     Per sample, `L = Σ_t Σ_s α_{t,s} · mean_pixels((v_{s→t} − v_t)²)`; the
     Distiller's batch mean gives the paper's `Σ_t mean_batch[...]`. With
     several teachers, one meta-network per teacher and `Σ_m w_m · L_m`.
@@ -206,7 +208,8 @@ def _distances(queries, keys, sizes):
 
     def value(maps, index, size):
         if (id(maps), index, size) not in cache:
-            cache[id(maps), index, size] = spatial_attention(maps[index], size)
+            cache[id(maps), index, size] = spatial_attention(maps[index], size,
+                                                         pool="energy")
         return cache[id(maps), index, size]
 
     rows = [

@@ -21,13 +21,15 @@ def adaptive_pool_matrix(in_size, out_size):
     return matrix
 
 
-def spatial_attention(feature, size=None):
+def spatial_attention(feature, size=None, pool="features"):
     """`L2-normalise(flatten(mean_c(F²)))` of an NHWC map, in float32.
 
-    With `size=(h, w)` the energy map `mean_c(F²)` is adaptive-average-pooled
-    to h×w before it is flattened (pooling commutes with the channel mean, so
-    this equals pooling `F²`). Pooling is one matrix product per spatial
-    axis (`adaptive_pool_matrix`), exact for any pair of sizes.
+    With `size=(h, w)` the map is adaptive-average-pooled to h×w, either the
+    feature map before it is squared (`pool="features"`, as AT's official
+    code, RepDistiller `distiller_zoo/AT.py`) or the energy map
+    `mean_c(F²)` (`pool="energy"`, as AFD's official `Sample`). Pooling is
+    one matrix product per spatial axis (`adaptive_pool_matrix`), exact for
+    any pair of sizes.
 
     Example:
 
@@ -35,11 +37,18 @@ def spatial_attention(feature, size=None):
     a = spatial_attention(ops.ones((2, 8, 8, 16)), size=(4, 4))  # (2, 16)
     ```
     """
-    energy = ops.mean(ops.square(ops.cast(feature, "float32")), axis=-1)
-    height, width = energy.shape[1:]
-    if size is not None and tuple(size) != (height, width):
+    if pool not in ("features", "energy"):
+        raise ValueError(f"pool must be 'features' or 'energy', got '{pool}'.")
+    feature = ops.cast(feature, "float32")
+    height, width = feature.shape[1:3]
+    resize = size is not None and tuple(size) != (height, width)
+    if resize:
         rows = adaptive_pool_matrix(height, size[0])
         cols = adaptive_pool_matrix(width, size[1])
+    if resize and pool == "features":
+        feature = ops.einsum("ih,bhwc,jw->bijc", rows, feature, cols)
+    energy = ops.mean(ops.square(feature), axis=-1)
+    if resize and pool == "energy":
         energy = ops.einsum("ih,bhw,jw->bij", rows, energy, cols)
     flat = ops.reshape(energy, (ops.shape(energy)[0], -1))
     # As torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
@@ -64,11 +73,11 @@ class AttentionTransfer(DistillationTerm):
 
     For each pair of layers, `a(F) = L2-normalise(flatten(mean_c(F²)))` and
     the loss per sample is `Σ_pairs mean_pixels((a(F_s) − a(F_t))²)`. When
-    the two maps of a pair differ in size, each spatial axis of the larger
-    map is adaptive-average-pooled to the smaller size (the pooling applies
-    to `mean_c(F²)`; see `spatial_attention`). With several teachers the
-    loss is `Σ_m w_m · L_AT(teacher m)`. The paper's weight of 1000 is the
-    Distiller weight.
+    the two maps of a pair differ in size, the larger feature map is
+    adaptive-average-pooled to the smaller size before its attention is
+    taken, as the official code does (see `spatial_attention`). With
+    several teachers the loss is `Σ_m w_m · L_AT(teacher m)`. The paper's
+    weight of 1000 is the Distiller weight.
 
     Args:
         teacher_layer_names: teacher layer names (NHWC maps), one per stage.

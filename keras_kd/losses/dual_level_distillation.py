@@ -1,7 +1,9 @@
 import keras
+import numpy as np
 from keras import layers
 from keras import ops
 
+from keras_kd.data import RandomPaddedCrop
 from keras_kd.losses.base import DistillationTerm
 
 _NUM_ROTATIONS = 4
@@ -23,8 +25,9 @@ def _mlp(hidden, output, name):
 
 def l2_normalize(x, epsilon=1e-12):
     """`x / max(‖x‖₂, ε)` along the last axis (PyTorch's `F.normalize`)."""
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-    return x / ops.maximum(norm, epsilon)
+    # sqrt(max(Σx², ε²)) = max(‖x‖, ε), with a finite gradient at x = 0.
+    squares = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    return x / ops.sqrt(ops.maximum(squares, epsilon**2))
 
 
 def rotate_views(images):
@@ -103,8 +106,8 @@ class DualLevelDistillation(DistillationTerm):
 
     Ding et al., IEEE TNNLS 2024, as in the official code (ifding/DLKD).
     Each training image becomes 4 views rotated by 0°, 90°, 180°, 270°
-    (made inside the training step by `transform_inputs`, then augmented
-    independently by the Distiller's `augmentation`); teacher and student
+    (made inside the training step by `transform_inputs`); teacher and
+    student
     both run on all `N = 4B` views and the Distiller's supervised loss sees
     the unrotated views only. On the pooled features `f_s`, `f_t` of all
     views, with `O` the unrotated and `A` the rotated views:
@@ -138,14 +141,26 @@ class DualLevelDistillation(DistillationTerm):
         embedding_dim: size of the contrastive embeddings (128).
         correlation_temperature: `0.5`.
         contrastive_temperature: `0.07`.
+        crop_padding: with a positive value, `transform_inputs` augments
+            in training as the official data pipeline (ifding/DLKD
+            `dataset/cifar.py`): one horizontal flip per image (probability
+            1/2) shared by its four views, then an independent random crop
+            of every rotated view after `crop_padding` pixels of padding.
+            Give the models no other augmentation then. 0: no augmentation.
+        pad_value: the padding, the value of a black pixel in the models'
+            input units (a scalar or one per channel): `−mean / std` for
+            normalised images, so padding is black as torchvision pads
+            before normalising.
 
     Example:
 
     ```python
-    dlkd = kd.losses.DualLevelDistillation("features", "features")
+    mean, std = kd.data.channel_stats(x)  # x: uint8 images.
+    dlkd = kd.losses.DualLevelDistillation(
+        "features", "features", crop_padding=4, pad_value=-mean / std)
     distiller = kd.Distiller(
         teacher, student, dlkd, student_loss_weight=1.0,
-        weighting="additive", augmentation=kd.data.RandomCropFlip(4))
+        weighting="additive")
     distiller.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
         from_logits=True), metrics=["accuracy"])
     distiller.fit(x, y, batch_size=64)  # The student sees 256 views a step.
@@ -159,7 +174,7 @@ class DualLevelDistillation(DistillationTerm):
                  correlation_weight=50.0, contrastive_weight=1.0,
                  alignment_weight=20.0, embedding_dim=128,
                  correlation_temperature=0.5, contrastive_temperature=0.07,
-                 **kwargs):
+                 crop_padding=0, pad_value=0.0, seed=None, **kwargs):
         for name, value in [
             ("teacher_layer_name", teacher_layer_name),
             ("student_layer_name", student_layer_name),
@@ -195,9 +210,27 @@ class DualLevelDistillation(DistillationTerm):
         self.embedding_dim = int(embedding_dim)
         self.correlation_temperature = float(correlation_temperature)
         self.contrastive_temperature = float(contrastive_temperature)
+        if int(crop_padding) != crop_padding or crop_padding < 0:
+            raise ValueError(
+                f"crop_padding must be a non-negative integer (pixels), got "
+                f"{crop_padding}."
+            )
+        self.crop_padding = int(crop_padding)
+        self.pad_value = (float(pad_value) if np.ndim(pad_value) == 0
+                          else [float(v) for v in pad_value])
+        self.seed = seed
+        if self.crop_padding:
+            self.flip = layers.RandomFlip("horizontal", seed=seed)
+            self.crop = RandomPaddedCrop(self.crop_padding, self.pad_value,
+                                         seed=seed)
 
     def transform_inputs(self, x, training=True):
-        return rotate_views(x)
+        if not (self.crop_padding and training):
+            return rotate_views(x)
+        # Flip before rotating, so an image's four views share the flip;
+        # then crop every view on its own.
+        x = self.flip(x, training=True)
+        return self.crop(rotate_views(x), training=True)
 
     def build(self, teacher_outputs_shape, student_outputs_shape):
         if len(teacher_outputs_shape) != 1:
@@ -282,6 +315,9 @@ class DualLevelDistillation(DistillationTerm):
             "embedding_dim": self.embedding_dim,
             "correlation_temperature": self.correlation_temperature,
             "contrastive_temperature": self.contrastive_temperature,
+            "crop_padding": self.crop_padding,
+            "pad_value": self.pad_value,
+            "seed": self.seed,
         }
 
 

@@ -6,18 +6,71 @@ from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import per_sample_mean
 
 
+ALIGNERS = ("nonlinear", "linear", "hint")
+
+
+def hint_regressor(student_shape, teacher_shape, name=None):
+    """FitNets' convolutional regressor, as RepDistiller's `ConvReg`.
+
+    One biased convolution chosen by the two heights, then BN and ReLU:
+    a 3×3 stride-2 convolution (padding 1) when the student map is twice
+    the teacher's size, a 4×4 stride-2 transposed convolution (padding 1)
+    when it is half, and otherwise a valid convolution of kernel
+    `(1 + H_s − H_t, 1 + W_s − W_t)` (1×1 for equal sizes). Batch norm
+    uses PyTorch's momentum 0.1 and epsilon 1e-5.
+
+    Example:
+
+    ```python
+    reg = hint_regressor((None, 16, 16, 64), (None, 16, 16, 128))
+    ```
+    """
+    if len(student_shape) != 4 or len(teacher_shape) != 4:
+        raise ValueError(
+            f"The FitNets hint regressor (aligner='hint') maps feature maps "
+            f"(batch, H, W, C), got student {student_shape} and teacher "
+            f"{teacher_shape}. Pick convolutional layers, or use "
+            f"aligner='linear' for vectors."
+        )
+    (sh, sw, _), (th, tw, channels) = student_shape[1:], teacher_shape[1:]
+    stack = []
+    if sh == 2 * th:
+        stack += [layers.ZeroPadding2D(1, dtype="float32"),
+                  layers.Conv2D(channels, 3, 2, dtype="float32")]
+    elif 2 * sh == th:
+        stack.append(layers.Conv2DTranspose(channels, 4, 2, padding="same",
+                                            dtype="float32"))
+    elif sh >= th and sw >= tw:
+        stack.append(layers.Conv2D(channels, (1 + sh - th, 1 + sw - tw),
+                                   dtype="float32"))
+    else:
+        raise ValueError(
+            f"The FitNets hint regressor cannot map a student map of "
+            f"{sh}×{sw} to a teacher map of {th}×{tw}: the student map must "
+            f"be half, twice, or at least the teacher's size. Pick another "
+            f"hint layer pair."
+        )
+    stack += [layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                        dtype="float32"),
+              layers.ReLU(dtype="float32")]
+    return keras.Sequential(stack, name=name)
+
+
 def make_aligner(student_shape, teacher_shape, kind="nonlinear", name=None):
     """A trainable map from a student feature to a teacher feature's shape.
 
     Maps (NHWC): `Conv1×1(C_s→C_t) → BN → ReLU → Conv1×1(C_t→C_t)`
-    (`"nonlinear"`) or `Conv1×1 → BN` (`"linear"`, FitNets), after resizing
-    the student map to the teacher's H×W (average pooling for an integer
-    factor, bilinear otherwise). Vectors: the same with `Dense` layers.
+    (`"nonlinear"`) or `Conv1×1 → BN` (`"linear"`, SKD's adapter), after
+    resizing the student map to the teacher's H×W (average pooling for an
+    integer factor, bilinear otherwise). Vectors: the same with `Dense`
+    layers. `"hint"` is FitNets' regressor (`hint_regressor`).
     """
-    if kind not in ("nonlinear", "linear"):
+    if kind not in ALIGNERS:
         raise ValueError(
-            f"aligner must be 'nonlinear' or 'linear', got '{kind}'."
+            f"aligner must be one of {ALIGNERS}, got '{kind}'."
         )
+    if kind == "hint":
+        return hint_regressor(student_shape, teacher_shape, name=name)
     if len(student_shape) != len(teacher_shape) or len(student_shape) not in (
         2,
         4,
@@ -54,12 +107,14 @@ def make_aligner(student_shape, teacher_shape, kind="nonlinear", name=None):
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class FeatureAlignment(DistillationTerm):
-    """FA: non-linear feature alignment (methods.md §1); FitNets if linear.
+    """FA: non-linear feature alignment (methods.md §1); FitNets with "hint".
 
     A trainable aligner `g_m` per teacher maps the student feature to the
     teacher's: `Σ_m w_m · mean((g_m(F_s) − F_t^m)²)` per sample. Channel
     counts and spatial sizes may differ. The aligners train with the
-    student and are not part of `distiller.student`.
+    student and are not part of `distiller.student`. `aligner="hint"` is
+    FitNets' regressor (Conv-BN-ReLU, `hint_regressor`), to pair with
+    `keras_kd.models.hint_layer_names`.
 
     Example:
 
@@ -74,9 +129,9 @@ class FeatureAlignment(DistillationTerm):
     def __init__(self, teacher_layer_name, student_layer_name,
                  aligner="nonlinear", **kwargs):
         super().__init__([teacher_layer_name], [student_layer_name], **kwargs)
-        if aligner not in ("nonlinear", "linear"):
+        if aligner not in ALIGNERS:
             raise ValueError(
-                f"aligner must be 'nonlinear' or 'linear', got '{aligner}'."
+                f"aligner must be one of {ALIGNERS}, got '{aligner}'."
             )
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
