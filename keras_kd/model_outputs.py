@@ -132,17 +132,17 @@ def check_student_head(student, terms, loss=None):
     ]
     if not logit_terms and not from_logits:
         return
-    readers = (
-        f"the terms {logit_terms} read its outputs as logits"
-        if logit_terms
-        else f"the loss {from_logits} has from_logits=True"
-    )
+    if logit_terms:
+        readers, other_fix = f"the terms {logit_terms} read its outputs", ""
+    else:
+        readers = f"the loss {from_logits} has from_logits=True and reads them"
+        other_fix = " (or compile with from_logits=False)"
     raise ValueError(
         f"The student '{student.name}' ends in a softmax (layer "
-        f"'{head.name}'), but {readers}, so a second softmax would flatten "
-        f"them. Remove the softmax from the student (e.g. "
+        f"'{head.name}'), but {readers} as logits: a second softmax would "
+        f"flatten them. Remove the softmax from the student (e.g. "
         f"Dense(..., activation=None)) so it returns logits, and apply "
-        f"keras.ops.softmax to its predictions at inference."
+        f"keras.ops.softmax to its predictions at inference{other_fix}."
     )
 
 
