@@ -21,5 +21,8 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "jax[cpu]>=0.4.30", "matplotlib>=3.7"],
         "cv": ["keras-cv"],
+        # The PyTorch backend (KERAS_BACKEND=torch). Pinned exactly: this
+        # build is the CPU one; other versions pull a multi-GB CUDA build.
+        "torch": ["torch==2.13.0"],
     },
 )

@@ -380,7 +380,14 @@ def format_markdown(report):
 
 
 def plot(report, path):
-    import matplotlib
+    """Writes the bar and curve figure to `path`; returns False (printing
+    why) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no plot at {path} "
+              f"(pip install matplotlib).")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -413,6 +420,7 @@ def plot(report, path):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    return True
 
 
 def write_report(report, stem):
@@ -422,9 +430,9 @@ def write_report(report, stem):
         markdown += f"\nNote: {note}\n"
     with open(stem + ".md", "w") as f:
         f.write(markdown)
-    plot(report, stem + ".png")
+    plotted = plot(report, stem + ".png")
     print(markdown)
-    print(f"Wrote {stem}.md, .json, .png")
+    print(f"Wrote {stem}.md, .json{', .png' if plotted else ''}")
 
 
 def main(argv):

@@ -36,6 +36,7 @@ KERAS_BACKEND=jax python benchmarks/throughput.py --batch_size=128 \
 """
 
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -471,10 +472,12 @@ class TorchRunner:
         return _clock[0]() - start
 
 
+def torch_installed():
+    return importlib.util.find_spec("torch") is not None
+
+
 def build_torch_runner(teacher, student):
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if not torch_installed():
         return "PyTorch is not installed"
     num_classes, channels = student.output.shape[-1], student.input.shape[-1]
     t = _torch_resnet(teacher.name, num_classes, channels)

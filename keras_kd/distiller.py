@@ -2,10 +2,10 @@ import math
 
 import keras
 from keras import ops
-from keras.src.losses.loss import scale_loss_for_distribution
-from keras.src.losses.loss import unscale_loss_for_distribution
-from keras.src.utils.tracking import DotNotTrackScope
-
+from keras_kd import model_outputs
+from keras_kd._compat import DotNotTrackScope
+from keras_kd._compat import scale_loss_for_distribution
+from keras_kd._compat import unscale_loss_for_distribution
 from keras_kd.distribute import MultiWorkerFitMixin
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
@@ -31,8 +31,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         teacher: a trained `keras.Model`, a `kd.SoftLabelTeacher`, or a list
             of them (multi-teacher). Frozen during distillation.
         student: the `keras.Model` to train. Functional and Sequential models
-            expose every layer by name; a subclassed model must return a dict
-            of named outputs with a `"logits"` entry.
+            expose every layer by name; a subclassed model returns its logits,
+            or a dict of named outputs with a `"logits"` entry when terms read
+            its features. A teacher ending in a softmax is read through its
+            log-probabilities; a softmax student is refused by logit terms.
         distillation_losses: a term or list of terms from `kd.losses`
             (`keras.distillation` losses are wrapped and keep their meaning).
         distillation_loss_weights: one weight per term (default 1.0 each).
@@ -199,48 +201,34 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         # The taps share the models' layers and weights; they are not tracked
         # so the weights are saved once, under `teacher` and `student`.
         with DotNotTrackScope():
-            self._student_tap, student_shapes = _tap(
+            self._student_tap, student_shapes = model_outputs.tap(
                 self.student, student_names, "student"
             )
             teacher_taps = [
-                _tap(model, teacher_names, "teacher") for model in self._teachers
+                model_outputs.tap(model, teacher_names, "teacher")
+                for model in self._teachers
             ]
             self._teacher_taps = [tap for tap, _ in teacher_taps]
         teacher_shapes = [shapes for _, shapes in teacher_taps]
-        num_classes = student_shapes["logits"][-1]
-        for term in self.distillation_losses:
-            if not term.uses_logits:
-                continue
-            for model, shapes in zip(self._teachers, teacher_shapes):
-                teacher_classes = (
-                    shapes.get("logits") or shapes["probabilities"]
-                )[-1]
-                # A term with `class_indices` compares the teacher's scores
-                # of those classes, in order, with the student's.
-                if getattr(term, "class_indices", None) is not None:
-                    _check_class_indices(term, model, shapes, num_classes)
-                elif teacher_classes != num_classes:
-                    raise ValueError(
-                        f"{type(term).__name__} compares class scores, but "
-                        f"teacher '{model.name}' has {teacher_classes} "
-                        f"classes and the student {num_classes}. Use feature "
-                        f"terms only (e.g. kd.losses.FeatureAlignment) when "
-                        f"the label spaces differ."
-                    )
+        model_outputs.check_student_head(self.student, self.distillation_losses)
+        model_outputs.check_label_spaces(
+            self.distillation_losses, self._teachers, teacher_shapes,
+            student_shapes,
+        )
         for term in self.distillation_losses:
             if not term.built:  # Terms loaded from a .keras file are built.
                 term.build(teacher_shapes, student_shapes)
         self.built = True
 
     def _check_input_shapes(self):
-        student_shape = _input_shape(self.student)
+        student_shape = model_outputs.input_shape(self.student)
         if student_shape:
             # A symbolic pass raises a view term's input errors (e.g.
             # rotations of non-square images) before training.
             for term in self._view_terms:
                 term.transform_inputs(keras.KerasTensor(student_shape))
         for model in self._teachers:
-            teacher_shape = _input_shape(model)
+            teacher_shape = model_outputs.input_shape(model)
             if student_shape and teacher_shape and any(
                 s is not None and t is not None and s != t
                 for s, t in zip(student_shape[1:], teacher_shape[1:])
@@ -403,6 +391,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 f"loss=keras.losses.SparseCategoricalCrossentropy("
                 f"from_logits=True)."
             )
+        if self.student_loss_weight > 0:
+            model_outputs.check_student_head(self.student, [], loss)
         optimizer = keras.optimizers.get(optimizer)
         if self.student.dtype_policy.name == "mixed_float16" and not isinstance(
             optimizer, keras.optimizers.LossScaleOptimizer
@@ -501,101 +491,6 @@ def _check_side_inputs(distiller, keys):
 
 def _is_training_output(y_pred):
     return isinstance(y_pred, dict) and set(y_pred) == {"student", "teachers"}
-
-
-def _input_shape(model):
-    inputs = getattr(model, "inputs", None) if isinstance(model, keras.Model) else None
-    if inputs and len(inputs) == 1:
-        return tuple(inputs[0].shape)
-    return None
-
-
-def _tap(model, layer_names, role):
-    """A model returning `{"logits": ..., name: feature}` and their shapes.
-
-    Returns `(None, shapes)` for a `SoftLabelTeacher`, which is fed labels.
-    """
-    features = [name for name in layer_names if name != "logits"]
-    if isinstance(model, RecordedTeacher):  # Fed recorded targets.
-        return None, model.output_shapes()
-    if isinstance(model, SoftLabelTeacher):
-        if features:
-            raise ValueError(
-                f"A SoftLabelTeacher has no features, but the terms ask the "
-                f"{role} for {features}. Use logit terms only with it."
-            )
-        return None, {"probabilities": (None, model.num_classes)}
-    if not model.built:
-        raise ValueError(
-            f"The {role} model '{model.name}' is not built. Build it first "
-            f"(give it a keras.Input, call model.build(input_shape), or call "
-            f"it on a batch)."
-        )
-    try:
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError):
-        inputs = outputs = None
-    if inputs is not None and outputs is not None:
-        if len(outputs) != 1:
-            raise ValueError(
-                f"The {role} model '{model.name}' has {len(outputs)} outputs; "
-                f"keras_kd expects one (the logits)."
-            )
-        available = [layer.name for layer in model.layers]
-        _check_names(features, available, role, model, "layer")
-        tapped = {"logits": outputs[0]}
-        tapped.update({name: model.get_layer(name).output for name in features})
-        tap = keras.Model(inputs, tapped, name=f"{model.name}_tap")
-        return tap, {name: tuple(t.shape) for name, t in tapped.items()}
-    # A subclassed model: it must return a dict of named outputs.
-    input_shape = (model.get_build_config() or {}).get("input_shape")
-    spec = None
-    if input_shape is not None:
-        spec = model.compute_output_spec(keras.KerasTensor(input_shape))
-    if not isinstance(spec, dict) or "logits" not in spec:
-        raise ValueError(
-            f"The {role} model '{model.name}' is a subclassed model whose "
-            f"outputs keras_kd cannot name. Make its call() return a dict of "
-            f"named outputs with a 'logits' entry (and one entry per feature "
-            f"the terms read), or rebuild it as a functional model."
-        )
-    _check_names(features, list(spec), role, model, "output")
-    return model, {name: tuple(t.shape) for name, t in spec.items()}
-
-
-def _check_class_indices(term, model, shapes, num_classes):
-    indices = list(term.class_indices)
-    if "logits" not in shapes:
-        raise ValueError(
-            f"{type(term).__name__} restricts a teacher's logits to "
-            f"class_indices, but '{model.name}' is a label teacher that is "
-            f"fed the student's labels. Use a trained teacher model."
-        )
-    teacher_classes = shapes["logits"][-1]
-    if len(indices) != num_classes:
-        raise ValueError(
-            f"{type(term).__name__} has {len(indices)} class_indices but the "
-            f"student has {num_classes} classes; give one teacher class per "
-            f"student class, in the student's label order (e.g. "
-            f"mapping.original_ids from kd.data.class_subset)."
-        )
-    bad = [i for i in indices if not 0 <= i < teacher_classes]
-    if bad:
-        raise ValueError(
-            f"class_indices {bad} are out of range for teacher "
-            f"'{model.name}', which has {teacher_classes} classes "
-            f"(0..{teacher_classes - 1})."
-        )
-
-
-def _check_names(names, available, role, model, kind):
-    missing = [name for name in names if name not in available]
-    if missing:
-        raise ValueError(
-            f"The {role} model '{model.name}' has no {kind} named "
-            f"{', '.join(repr(n) for n in missing)}. Available {kind}s: "
-            f"{available}."
-        )
 
 
 class _TermEpochs(keras.callbacks.Callback):

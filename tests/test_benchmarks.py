@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
 import keras
 import numpy as np
@@ -50,8 +51,11 @@ def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
     assert list(rows)[:3] == ["student", "teacher_forward", "fused_limit"]
     assert set(rows) == {"student", "teacher_forward", "fused_limit",
                          *configs}
-    # Zoo CNNs for digits have no PyTorch twin: the row says why.
-    assert "ResNets" in rows["torch_kd"]["skipped"]
+    # Zoo CNNs for digits have no PyTorch twin: the row says why (see
+    # test_torch_row_says_why_it_is_skipped for both cases).
+    assert rows["torch_kd"]["skipped"] == (
+        "PyTorch twins exist for the zoo's CIFAR ResNets only"
+        if throughput.torch_installed() else "PyTorch is not installed")
     timed = [r for r in rows.values() if "skipped" not in r]
     for row in timed:
         rates = row["per_repeat_images_per_s"]
@@ -92,6 +96,20 @@ def test_throughput_rejects_unknown_configurations(throughput):
         throughput.run_benchmark(configs=["kd_bogus"])
 
 
+@pytest.mark.parametrize("torch", ["installed", "absent"])
+def test_torch_row_says_why_it_is_skipped(throughput, monkeypatch, torch):
+    if torch == "installed":
+        pytest.importorskip("torch", reason="needs PyTorch installed")
+    else:
+        monkeypatch.setattr(throughput, "torch_installed", lambda: False)
+    import keras_kd as kd
+
+    cnn = kd.models.get("digits_cnn_large", num_classes=10)
+    reason = throughput.build_torch_runner(cnn, cnn)
+    assert reason == ("PyTorch twins exist for the zoo's CIFAR ResNets only"
+                      if torch == "installed" else "PyTorch is not installed")
+
+
 def test_torch_twins_match_the_keras_zoo(throughput):
     """The PyTorch row trains the same networks: same trainable sizes, and
     one KD step runs."""
@@ -120,7 +138,7 @@ def accuracy():
     return _load("accuracy")
 
 
-def test_accuracy_summary_table_and_plot(accuracy, tmp_path):
+def _runs():
     rng = np.random.default_rng(0)
     runs = []
     for method in ("student", "kd"):
@@ -132,22 +150,31 @@ def test_accuracy_summary_table_and_plot(accuracy, tmp_path):
                          "images_per_second": rng.uniform(100, 200),
                          "curve": list(rng.uniform(0, 1, 5))})
     runs.append({"method": "kd", "seed": 3, "failed": "boom", "command": ""})
+    return runs
+
+
+def _report(runs, summary):
+    return {
+        "suite": "cpu", "date": "2026-01-01T00:00:00+00:00",
+        "machine": {"host": "h", "platform": "p", "cpu_count": 2,
+                    "device": "cpu"},
+        "backend": "tensorflow", "command": "cmd", "seeds": [0, 1, 2, 3],
+        "wall_seconds": 60.0,
+        "datasets": [{"key": "digits", "teacher": "t", "student": "s",
+                      "note": "n", "epochs": 5, "teacher_epochs": 5,
+                      "protocol_epochs": [80, 30],
+                      "runs": runs, "summary": summary}],
+    }
+
+
+def test_accuracy_summary_table(accuracy):
+    runs = _runs()
     summary = {row["method"]: row for row in accuracy.summarize(runs)}
     kd_last = [r["last"] for r in runs if r["method"] == "kd" and "last" in r]
     assert summary["kd"]["seeds"] == 3 and summary["kd"]["failed"] == 1
     assert summary["kd"]["last"] == pytest.approx(np.mean(kd_last))
     assert summary["kd"]["last_std"] == pytest.approx(np.std(kd_last))
-    report = {
-        "suite": "cpu", "date": "2026-01-01T00:00:00+00:00",
-        "machine": {"host": "h", "platform": "p", "cpu_count": 2,
-                    "device": "cpu"},
-        "backend": "tensorflow", "command": "cmd", "seeds": [0, 1, 2, 3],
-        "datasets": [{"key": "digits", "teacher": "t", "student": "s",
-                      "note": "n", "epochs": 5, "teacher_epochs": 5,
-                      "protocol_epochs": [80, 30],
-                      "runs": runs, "summary": list(summary.values())}],
-    }
-    table = accuracy.format_markdown(report)
+    table = accuracy.format_markdown(_report(runs, list(summary.values())))
     kd_line = next(line for line in table.splitlines()
                    if line.startswith("| kd |"))
     assert (f"{100 * np.mean(kd_last):.2f} ± {100 * np.std(kd_last):.2f}"
@@ -155,9 +182,29 @@ def test_accuracy_summary_table_and_plot(accuracy, tmp_path):
     assert "3 (1 failed)" in kd_line
     # 5 epochs are fewer than the protocol's 80: flagged.
     assert "**Shortened run**: 5 student / 5 teacher epochs" in table
-    accuracy.plot(report, str(tmp_path / "plot.png"))
-    with open(tmp_path / "plot.png", "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("matplotlib", ["installed", "absent"])
+def test_accuracy_report_plots_when_matplotlib_is_installed(
+        accuracy, tmp_path, monkeypatch, capsys, matplotlib):
+    if matplotlib == "installed":
+        pytest.importorskip("matplotlib", reason="needs matplotlib installed")
+    else:
+        monkeypatch.setitem(sys.modules, "matplotlib", None)
+    runs = _runs()
+    stem = str(tmp_path / "accuracy")
+    accuracy.write_report(_report(runs, accuracy.summarize(runs)), stem)
+    printed = capsys.readouterr().out
+    with open(stem + ".md") as f:
+        assert "| kd |" in f.read()
+    if matplotlib == "installed":
+        with open(stem + ".png", "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert "Wrote " + stem + ".md, .json, .png" in printed
+    else:
+        assert not os.path.exists(stem + ".png")
+        assert "matplotlib is not installed" in printed
+        assert "Wrote " + stem + ".md, .json\n" in printed
 
 
 def test_fashion_subset_is_class_balanced_rows_of_the_source(accuracy,

@@ -435,9 +435,11 @@ def bad_cases():
             "one positive weight per teacher",
         ),
         "unbuilt": (lambda: kd.Distiller(t, unbuilt, logits), "is not built"),
-        "subclassed tensor output": (
-            lambda: kd.Distiller(t, plain, logits),
-            "return a dict of named outputs",
+        "subclassed tensor output, feature term": (
+            lambda: kd.Distiller(
+                t, plain, kd.losses.FeatureAlignment("stage2", "conv")
+            ),
+            r"the terms read \['conv'\].*a dict of named outputs",
         ),
         "table size": (
             lambda: kd.Distiller(kd.SoftLabelTeacher(np.eye(5)), s, logits),

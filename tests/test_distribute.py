@@ -76,15 +76,18 @@ def test_strategy_from_flag_checks_the_flag_and_backend():
         pass
     with pytest.raises(ValueError, match="must be one of"):
         kd.distribute.strategy_from_flag("horovod")
-    wrong = "data_parallel" if BACKEND == "tensorflow" else "mirrored"
-    with pytest.raises(ValueError, match="KERAS_BACKEND"):
-        kd.distribute.strategy_from_flag(wrong)
-    # This process has one device.
-    right = "mirrored" if BACKEND == "tensorflow" else "data_parallel"
-    strategy = kd.distribute.strategy_from_flag(right)
-    assert kd.distribute.num_replicas(strategy) == 1
-    with kd.distribute.scope(strategy):
-        pass
+    # tf.distribute needs TensorFlow, keras.distribution JAX; torch has
+    # neither.
+    right = {"tensorflow": ["mirrored"], "jax": ["data_parallel"]}.get(
+        BACKEND, [])
+    for wrong in {"mirrored", "multi_worker", "data_parallel"} - set(right):
+        with pytest.raises(ValueError, match="KERAS_BACKEND"):
+            kd.distribute.strategy_from_flag(wrong)
+    for name in right:  # This process has one device.
+        strategy = kd.distribute.strategy_from_flag(name)
+        assert kd.distribute.num_replicas(strategy) == 1
+        with kd.distribute.scope(strategy):
+            pass
 
 
 def test_scale_batch_and_learning_rate_linear_rule(capsys):

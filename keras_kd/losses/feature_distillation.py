@@ -3,19 +3,23 @@ from keras import ops
 
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import per_sample_mean
+from keras_kd.losses.keras_api import KerasLossAPI
 
 _LOSSES = ("mse", "mae", "cosine")
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class FeatureDistillation(DistillationTerm):
+class FeatureDistillation(KerasLossAPI, DistillationTerm):
     """Distance between same-shape teacher and student features.
 
     The `keras.distillation.FeatureDistillation` counterpart: no trainable
     weights, so the two layers must have identical shapes (use
     `FeatureAlignment` otherwise). `None` names mean the final outputs.
     `loss` is `"mse"`, `"mae"` or `"cosine"` (1 − cosine similarity of the
-    flattened features).
+    flattened features). Like Keras' loss object it has
+    `compute_loss(teacher_features, student_features)` (equal to Keras'
+    for `"mse"` and `"mae"`), `validate_outputs` and
+    `validate_model_compatibility`.
 
     Example:
 
@@ -43,16 +47,20 @@ class FeatureDistillation(DistillationTerm):
     def build(self, teacher_outputs_shape, student_outputs_shape):
         student_shape = tuple(student_outputs_shape[self.student_layer_names[0]])
         for shapes in teacher_outputs_shape:
-            teacher_shape = tuple(shapes[self.teacher_layer_names[0]])
-            if teacher_shape[1:] != student_shape[1:]:
-                raise ValueError(
-                    f"FeatureDistillation needs features of the same shape, "
-                    f"but teacher layer '{self.teacher_layer_names[0]}' has "
-                    f"shape {teacher_shape} and student layer "
-                    f"'{self.student_layer_names[0]}' has shape "
-                    f"{student_shape}. Use kd.losses.FeatureAlignment, which "
-                    f"learns a mapping between different shapes."
-                )
+            self._check_pair(
+                tuple(shapes[self.teacher_layer_names[0]]), student_shape
+            )
+
+    def _check_pair(self, teacher_shape, student_shape):
+        if teacher_shape[1:] != student_shape[1:]:
+            raise ValueError(
+                f"FeatureDistillation needs features of the same shape, "
+                f"but teacher layer '{self.teacher_layer_names[0]}' has "
+                f"shape {teacher_shape} and student layer "
+                f"'{self.student_layer_names[0]}' has shape "
+                f"{student_shape}. Use kd.losses.FeatureAlignment, which "
+                f"learns a mapping between different shapes."
+            )
 
     def call(self, teacher_outputs, student_outputs, labels=None,
              teacher_weights=None):

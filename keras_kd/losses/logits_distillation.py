@@ -5,10 +5,11 @@ from keras_kd.losses.base import check_standardizable
 from keras_kd.losses.base import standardize_logits
 from keras_kd.losses.base import teacher_probabilities
 from keras_kd.losses.base import tempered_kl
+from keras_kd.losses.keras_api import KerasLossAPI
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class LogitsDistillation(DistillationTerm):
+class LogitsDistillation(KerasLossAPI, DistillationTerm):
     """Hinton KD: `T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))` per sample.
 
     Computed in float32 whatever the models' dtype policy. With several
@@ -17,7 +18,10 @@ class LogitsDistillation(DistillationTerm):
     target directly (not re-tempered).
 
     Unlike `keras.distillation.LogitsDistillation()` with its default
-    arguments, this is exactly the published formula.
+    arguments, this is exactly the published formula. Like Keras' loss
+    object it has `compute_loss(teacher_logits, student_logits)` (the
+    batch mean of `T² · KL`), `validate_outputs` and
+    `validate_model_compatibility`.
 
     With `standardize=True` (logit standardization, Sun et al., CVPR 2024)
     teacher and student logits are z-scored per sample
@@ -65,6 +69,15 @@ class LogitsDistillation(DistillationTerm):
             for w, out in zip(teacher_weights, teacher_outputs)
         )
         return tempered_kl(target, student_outputs, t)
+
+    def _check_pair(self, teacher_shape, student_shape):
+        if teacher_shape[-1] != student_shape[-1]:
+            raise ValueError(
+                f"LogitsDistillation compares class scores, but the teacher "
+                f"has {teacher_shape[-1]} classes and the student "
+                f"{student_shape[-1]}. Use feature terms (e.g. "
+                f"kd.losses.FeatureAlignment) when the label spaces differ."
+            )
 
     def get_config(self):
         return {

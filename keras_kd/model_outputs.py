@@ -1,0 +1,239 @@
+"""What keras_kd reads from teacher and student models.
+
+A "tap" runs a model once and returns `{"logits": ..., name: feature}`:
+functional and Sequential models expose every layer by name; a subclassed
+model returns either its logits (enough for logit-only terms) or a dict of
+named outputs. A teacher whose head is a softmax is tapped for its
+log-probabilities, which tempered softmaxes treat as logits exactly:
+`softmax(log p / T) = p^(1/T) / Σ p^(1/T)`.
+
+Example:
+
+```python
+tap, shapes = model_outputs.tap(teacher, ["stage3"], "teacher")
+outputs = tap(images, training=False)  # {"logits": ..., "stage3": ...}
+```
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_kd._compat import producing_layer
+from keras_kd.offline.recorded_teacher import RecordedTeacher
+from keras_kd.soft_label_teacher import SoftLabelTeacher
+
+# Clip of probabilities before the log: the smallest normal float32, so an
+# underflowed probability gives a finite log (-87.3) without lifting the
+# tempered targets of small but representable ones.
+PROBABILITY_FLOOR = float(np.finfo("float32").tiny)
+
+
+def tap(model, layer_names, role):
+    """A callable returning `{"logits": ..., name: feature}` and the shapes.
+
+    Returns `(None, shapes)` for a `SoftLabelTeacher`, which is fed labels,
+    and for a `kd.offline.RecordedTeacher`, which is fed recorded targets.
+    A teacher with a softmax head yields its log-probabilities as logits.
+    """
+    features = [name for name in layer_names if name != "logits"]
+    if isinstance(model, RecordedTeacher):  # Fed recorded targets.
+        return None, model.output_shapes()
+    if isinstance(model, SoftLabelTeacher):
+        if features:
+            raise ValueError(
+                f"A SoftLabelTeacher has no features, but the terms ask the "
+                f"{role} for {features}. Use logit terms only with it."
+            )
+        return None, {"probabilities": (None, model.num_classes)}
+    if not model.built:
+        raise ValueError(
+            f"The {role} model '{model.name}' is not built. Build it first "
+            f"(give it a keras.Input, call model.build(input_shape), or call "
+            f"it on a batch)."
+        )
+    outputs = _symbolic_outputs(model)
+    if outputs is not None:
+        if len(outputs) != 1:
+            raise ValueError(
+                f"The {role} model '{model.name}' has {len(outputs)} outputs; "
+                f"keras_kd expects one (the logits)."
+            )
+        _check_names(features, [layer.name for layer in model.layers], role,
+                     model, "layer")
+        logits = outputs[0]
+        head = softmax_layer(model)
+        if role == "teacher" and head is not None:
+            print(
+                f"keras_kd: teacher '{model.name}' ends in a softmax (layer "
+                f"'{head.name}'); its log-probabilities are used as logits."
+            )
+            logits = ops.log(
+                ops.maximum(ops.cast(logits, "float32"), PROBABILITY_FLOOR)
+            )
+        tapped = {"logits": logits}
+        tapped.update({name: model.get_layer(name).output for name in features})
+        tapped_model = keras.Model(model.inputs, tapped, name=f"{model.name}_tap")
+        return tapped_model, {name: tuple(t.shape) for name, t in tapped.items()}
+    # A subclassed model: its logits, or a dict of named outputs.
+    input_shape = (model.get_build_config() or {}).get("input_shape")
+    spec = None
+    if input_shape is not None:
+        spec = model.compute_output_spec(keras.KerasTensor(input_shape))
+    if isinstance(spec, keras.KerasTensor) and not features:
+        return _LogitsTap(model), {"logits": tuple(spec.shape)}
+    if not isinstance(spec, dict) or "logits" not in spec:
+        asked = f" and the terms read {features}" if features else ""
+        raise ValueError(
+            f"The {role} model '{model.name}' is a subclassed model whose "
+            f"outputs keras_kd cannot name{asked}. Make its call() return "
+            f"its logits tensor (enough for logit-only terms) or a dict of "
+            f"named outputs with a 'logits' entry and one entry per feature "
+            f"the terms read, or rebuild it as a functional model."
+        )
+    _check_names(features, list(spec), role, model, "output")
+    return model, {name: tuple(t.shape) for name, t in spec.items()}
+
+
+def softmax_layer(model):
+    """The layer whose softmax makes a model's single output, else `None`.
+
+    Seen through functional and Sequential models (nested ones included):
+    a `Softmax` layer, or any layer with `activation="softmax"`
+    (`Dense(..., activation="softmax")`, `Activation("softmax")`).
+    Subclassed models are opaque and give `None`.
+    """
+    outputs = _symbolic_outputs(model)
+    if not outputs or len(outputs) != 1:
+        return None
+    layer = producing_layer(outputs[0])
+    if isinstance(layer, keras.Model):
+        return softmax_layer(layer)
+    if isinstance(layer, keras.layers.Softmax):
+        return layer
+    activation = getattr(layer, "activation", None)
+    if activation is keras.activations.softmax or (
+        getattr(activation, "__name__", None) == "softmax"
+    ):
+        return layer
+    return None
+
+
+def check_student_head(student, terms, loss=None):
+    """Refuses a softmax student read as logits, naming the layer and fix.
+
+    `terms` are the Distiller's terms; `loss` the compiled supervised loss
+    (a `from_logits=True` loss would apply a second softmax).
+    """
+    head = softmax_layer(student)
+    if head is None:
+        return
+    logit_terms = [term.name for term in terms if term.uses_logits]
+    from_logits = [
+        type(item).__name__
+        for item in keras.tree.flatten(loss)
+        if _from_logits(item)
+    ]
+    if not logit_terms and not from_logits:
+        return
+    if logit_terms:
+        readers, other_fix = f"the terms {logit_terms} read its outputs", ""
+    else:
+        readers = f"the loss {from_logits} has from_logits=True and reads them"
+        other_fix = " (or compile with from_logits=False)"
+    raise ValueError(
+        f"The student '{student.name}' ends in a softmax (layer "
+        f"'{head.name}'), but {readers} as logits: a second softmax would "
+        f"flatten them. Remove the softmax from the student (e.g. "
+        f"Dense(..., activation=None)) so it returns logits, and apply "
+        f"keras.ops.softmax to its predictions at inference{other_fix}."
+    )
+
+
+def check_label_spaces(terms, teachers, teacher_shapes, student_shapes):
+    """Refuses logit terms between teachers and student of other classes."""
+    num_classes = student_shapes["logits"][-1]
+    for term in terms:
+        if not term.uses_logits:
+            continue
+        for model, shapes in zip(teachers, teacher_shapes):
+            teacher_classes = (
+                shapes.get("logits") or shapes["probabilities"]
+            )[-1]
+            # A term with `class_indices` compares the teacher's scores
+            # of those classes, in order, with the student's.
+            if getattr(term, "class_indices", None) is not None:
+                _check_class_indices(term, model, shapes, num_classes)
+            elif teacher_classes != num_classes:
+                raise ValueError(
+                    f"{type(term).__name__} compares class scores, but "
+                    f"teacher '{model.name}' has {teacher_classes} "
+                    f"classes and the student {num_classes}. Use feature "
+                    f"terms only (e.g. kd.losses.FeatureAlignment) when "
+                    f"the label spaces differ."
+                )
+
+
+def input_shape(model):
+    """The shape of a model's single symbolic input, or `None`."""
+    inputs = getattr(model, "inputs", None) if isinstance(model, keras.Model) else None
+    if inputs and len(inputs) == 1:
+        return tuple(inputs[0].shape)
+    return None
+
+
+class _LogitsTap:
+    """Runs a subclassed model that returns its logits as `{"logits": ...}`."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, inputs, training=None):
+        return {"logits": self.model(inputs, training=training)}
+
+
+def _symbolic_outputs(model):
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        return None
+    return outputs if inputs is not None else None
+
+
+def _from_logits(loss):
+    return getattr(loss, "from_logits", False) is True
+
+
+def _check_class_indices(term, model, shapes, num_classes):
+    indices = list(term.class_indices)
+    if "logits" not in shapes:
+        raise ValueError(
+            f"{type(term).__name__} restricts a teacher's logits to "
+            f"class_indices, but '{model.name}' is a label teacher that is "
+            f"fed the student's labels. Use a trained teacher model."
+        )
+    teacher_classes = shapes["logits"][-1]
+    if len(indices) != num_classes:
+        raise ValueError(
+            f"{type(term).__name__} has {len(indices)} class_indices but the "
+            f"student has {num_classes} classes; give one teacher class per "
+            f"student class, in the student's label order (e.g. "
+            f"mapping.original_ids from kd.data.class_subset)."
+        )
+    bad = [i for i in indices if not 0 <= i < teacher_classes]
+    if bad:
+        raise ValueError(
+            f"class_indices {bad} are out of range for teacher "
+            f"'{model.name}', which has {teacher_classes} classes "
+            f"(0..{teacher_classes - 1})."
+        )
+
+
+def _check_names(names, available, role, model, kind):
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise ValueError(
+            f"The {role} model '{model.name}' has no {kind} named "
+            f"{', '.join(repr(n) for n in missing)}. Available {kind}s: "
+            f"{available}."
+        )
