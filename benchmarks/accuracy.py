@@ -20,7 +20,7 @@ Suites:
 
 - `cpu`: scikit-learn's digits (the recipes' `digits` protocol: Adam,
   student on 100 images; its epochs and batch size are read from
-  `recipes_lib.PROTOCOLS` and the batch size is pinned for the whole suite)
+  `keras_kd.cli.protocols.PROTOCOLS` and the batch size is pinned for the whole suite)
   and, with `--fashion_mnist=PATH`, a class-balanced Fashion-MNIST subset
   written to `--work_dir` (never into the repository), sized to finish in
   about 30 minutes on 2 idle CPU cores with two seeds.
@@ -57,7 +57,8 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from keras_kd import recipes_lib  # noqa: E402
+from keras_kd import presets  # noqa: E402
+from keras_kd.cli.protocols import PROTOCOLS  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -114,12 +115,12 @@ def define_flags():
 
 
 def default_methods():
-    return sorted(recipes_lib.METHODS)
+    return presets.names()
 
 
 def suite_datasets(suite):
     """`[(key, recipe flags, teacher, student, note), ...]` of a suite."""
-    digits = recipes_lib.PROTOCOLS["digits"]
+    digits = PROTOCOLS["digits"]
     # The batch size is pinned so that every run of a suite uses the same
     # one even if the recipes' defaults change meanwhile.
     digits_batch = f"--batch_size={digits['batch_size']}"
@@ -159,7 +160,7 @@ def suite_datasets(suite):
         return datasets
     if not FLAGS.cifar_dataset:
         raise app.UsageError("--suite=cifar needs --cifar_dataset.")
-    cifar = recipes_lib.PROTOCOLS["cifar"]
+    cifar = PROTOCOLS["cifar"]
     extra = [f"--dataset={FLAGS.cifar_dataset}", "--protocol=cifar",
              f"--batch_size={cifar['batch_size']}"]
     if FLAGS.data_dir:
@@ -240,7 +241,7 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None):
         (method, seed) for seed in seeds for method in methods
         if method != "kd"]
     for method, seed in order:
-        spec = recipes_lib.METHODS[method]
+        spec = presets.get(method)
         out = os.path.join(work, f"{method}_s{seed}")
         args = common + [
             f"--method={method}", f"--seed={seed}",
@@ -442,7 +443,7 @@ def main(argv):
         return
 
     methods = FLAGS.methods or default_methods()
-    unknown = [m for m in methods if m not in recipes_lib.METHODS]
+    unknown = [m for m in methods if m not in presets.names()]
     if unknown:
         raise app.UsageError(
             f"Unknown methods {unknown}; the recipes know "

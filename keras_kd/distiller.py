@@ -6,6 +6,7 @@ from keras.src.losses.loss import scale_loss_for_distribution
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.utils.tracking import DotNotTrackScope
 
+from keras_kd import callbacks as callbacks_lib
 from keras_kd.distribute import MultiWorkerFitMixin
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
@@ -44,6 +45,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             the accelerator is not starved by a host pipeline.
         teacher_weights: one positive weight per teacher, normalised to sum
             to 1 (default equal).
+        stop_on_nonfinite_loss: whether `fit` adds a
+            `kd.callbacks.StopOnNonFiniteLoss` (stops on a NaN/Inf term).
 
     Every term is reported as its own metric (named after the term), beside
     `student_loss` and `total_loss`.
@@ -75,10 +78,12 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         teacher_weights=None,
         weighting="convex",
         augmentation=None,
+        stop_on_nonfinite_loss=True,
         name="distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        self.stop_on_nonfinite_loss = bool(stop_on_nonfinite_loss)
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         if not teachers:
             raise ValueError("`teacher` is an empty list; give at least one.")
@@ -385,10 +390,15 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, stopping with an error on a NaN or Inf loss."""
-        callbacks = list(callbacks or []) + [
-            _StopOnNonFiniteLoss(sorted(self._tracker_names) + ["loss"])
-        ]
+        """`keras.Model.fit`; with `stop_on_nonfinite_loss` (the default),
+        adds a `kd.callbacks.StopOnNonFiniteLoss` watching every term."""
+        callbacks = list(callbacks or [])
+        if self.stop_on_nonfinite_loss:
+            callbacks.append(
+                callbacks_lib.StopOnNonFiniteLoss(
+                    sorted(self._tracker_names) + ["loss"]
+                )
+            )
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def get_config(self):
@@ -411,6 +421,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 "teacher_weights": self.teacher_weights,
                 "weighting": self.weighting,
                 "augmentation": serialize(self.augmentation),
+                "stop_on_nonfinite_loss": self.stop_on_nonfinite_loss,
             }
         )
         return config
@@ -528,30 +539,3 @@ def _check_names(names, available, role, model, kind):
             f"{', '.join(repr(n) for n in missing)}. Available {kind}s: "
             f"{available}."
         )
-
-
-class _StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training with an error naming the loss term that is NaN/Inf."""
-
-    def __init__(self, names):
-        super().__init__()
-        self.names = names
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        bad = {
-            name: float(logs[name])
-            for name in self.names
-            if name in (logs or {}) and not math.isfinite(float(logs[name]))
-        }
-        if bad:
-            raise FloatingPointError(
-                f"Non-finite loss at epoch {self.epoch + 1}, batch {batch + 1}:"
-                f" {bad}. Training stopped: the last update may already have "
-                f"written NaN into the weights, so restore them from a "
-                f"checkpoint. Check the inputs for NaN/Inf, lower the learning "
-                f"rate, or use a LossScaleOptimizer under mixed_float16."
-            )
