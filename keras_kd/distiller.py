@@ -2,12 +2,13 @@ import math
 
 import keras
 from keras import ops
-from keras.src.losses.loss import scale_loss_for_distribution
-from keras.src.losses.loss import unscale_loss_for_distribution
-from keras.src.utils.tracking import DotNotTrackScope
 
 from keras_kd import callbacks as callbacks_lib
-from keras_kd.distribute import MultiWorkerFitMixin
+from keras_kd._compat import DotNotTrackScope
+from keras_kd._compat import MultiWorkerFitMixin
+from keras_kd._compat import compiled_loss
+from keras_kd._compat import scale_loss_for_distribution
+from keras_kd._compat import unscale_loss_for_distribution
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
 from keras_kd.soft_label_teacher import SoftLabelTeacher
@@ -285,7 +286,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         if self.student_loss_weight > 0.0:
             student_loss = unscale_loss_for_distribution(
                 ops.cast(
-                    self._compile_loss(
+                    compiled_loss(self)(
                         y, self._labelled_logits(student_outputs), sample_weight
                     ),
                     "float32",

@@ -32,6 +32,7 @@ import warnings
 import numpy as np
 
 from keras_kd.callbacks import TrainTimer
+from keras_kd.data import pipeline
 
 
 def tensorboard_available():
@@ -96,78 +97,6 @@ class Data:
     def normalize(self, images):
         return ((images.astype("float32") - self.mean) / self.std).astype(
             "float32")
-
-
-def train_indices(n, batch_size, epochs, first_epoch, seed):
-    """Per-epoch shuffled index batches for epochs `first_epoch..epochs-1`.
-
-    Each epoch's order depends only on `(seed, epoch)`, so a resumed run sees
-    the same batches as an uninterrupted one.
-    """
-    return [
-        np.random.default_rng([seed, epoch]).permutation(n)
-        for epoch in range(first_epoch, epochs)
-    ]
-
-
-def make_train_dataset(data, x, y, config, first_epoch, seed, host_augment):
-    """Normalised `(images, labels)` batches of every remaining epoch."""
-    import tensorflow as tf
-
-    batch_size = config.batch_size
-    perms = train_indices(len(x), batch_size, config.epochs, first_epoch,
-                          seed)
-    x_const, y_const = tf.constant(x), tf.constant(y)
-    mean, std = tf.constant(data.mean), tf.constant(data.std)
-    steps = steps_per_epoch(len(x), config)
-    batches = []
-    for epoch, perm in zip(range(first_epoch, config.epochs), perms):
-        for step in range(steps):
-            batches.append(perm[step * batch_size:(step + 1) * batch_size])
-    lengths = [len(b) for b in batches]
-    flat = np.concatenate(batches) if batches else np.zeros(0, "int64")
-    # A ragged list of batches: (start, length) into `flat`, so the last
-    # batch of an epoch may be smaller, as PyTorch's DataLoader.
-    starts = np.cumsum([0] + lengths[:-1]).astype("int64")
-    flat_const = tf.constant(flat, "int64")
-    global_step0 = first_epoch * steps
-
-    def gather(i, start, length):
-        index = flat_const[start:start + length]
-        images = tf.cast(tf.gather(x_const, index), "float32")
-        labels = tf.gather(y_const, index)
-        if host_augment:
-            images = _host_crop_flip(images, seed, global_step0 + i)
-        return (images - mean) / std, labels
-
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(batches), dtype="int64"), starts,
-         np.asarray(lengths, "int64")))
-    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True).prefetch(tf.data.AUTOTUNE), steps
-
-
-def _host_crop_flip(images, seed, step, padding=4):
-    """Random crop + flip of a batch, seeded by `(seed, step)` (stateless)."""
-    import tensorflow as tf
-
-    shape = tf.shape(images)
-    padded = tf.pad(images, [[0, 0], [padding, padding],
-                             [padding, padding], [0, 0]])
-    base = tf.stack([tf.cast(seed, "int64"), step])
-    offsets = tf.random.stateless_uniform(
-        tf.stack([shape[0], 2]), base, 0, 2 * padding + 1, dtype="int32")
-    flips = tf.random.stateless_uniform(
-        tf.stack([shape[0]]), base + [0, 1 << 40]) < 0.5
-
-    def one(args):
-        image, offset, flip = args
-        crop = tf.slice(image, [offset[0], offset[1], 0],
-                        [shape[1], shape[2], shape[3]])
-        return tf.cond(flip, lambda: tf.reverse(crop, [1]), lambda: crop)
-
-    return tf.map_fn(one, (padded, offsets, flips),
-                     fn_output_signature=tf.float32)
 
 
 def steps_per_epoch(n, config):
@@ -273,8 +202,9 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
               f" from {backup_dir}.")
     else:
         log(f"[{name}] training {config.epochs} epochs on {len(x)} images.")
-    train_ds, steps = make_train_dataset(data, x, y, config, first_epoch,
-                                         seed, host_augment)
+    train_ds = pipeline.epoch_batches(
+        x, y, config.batch_size, steps, config.epochs, first_epoch, seed,
+        augment=host_augment, normalize=(data.mean, data.std))
     test = (data.normalize(data.x_test), data.y_test)
     timer = TrainTimer()
     callbacks = [

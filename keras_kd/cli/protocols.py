@@ -124,6 +124,8 @@ def learning_rate(cfg, student_name, defaults):
         from keras_kd import distribute
 
         per_replica = cfg["batch_size"] // cfg["replicas"]
+        print(distribute.describe_scaling(per_replica, lr, per_replica,
+                                          STRATEGY[0]))
         _, lr = distribute.scale_batch_and_learning_rate(
             per_replica, lr, per_replica, STRATEGY[0])
     return lr

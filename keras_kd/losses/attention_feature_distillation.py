@@ -98,7 +98,7 @@ class AttentionFeatureDistillation(DistillationTerm):
 
     Args:
         teacher_layer_names: candidate teacher feature maps (e.g. every
-            residual-block output, `kd.layers_util.residual_block_outputs`).
+            residual-block output, `kd.models.block_layer_names`).
         student_layer_names: candidate student feature maps.
         qk_dim: query/key size `d` (128 in the paper).
 
@@ -106,8 +106,8 @@ class AttentionFeatureDistillation(DistillationTerm):
 
     ```python
     afd = kd.losses.AttentionFeatureDistillation(
-        kd.layers_util.residual_block_outputs(teacher),
-        kd.layers_util.residual_block_outputs(student))
+        kd.models.block_layer_names(teacher),
+        kd.models.block_layer_names(student))
     distiller = kd.Distiller(
         teacher, student, [kd.losses.LogitsDistillation(4.0), afd],
         distillation_loss_weights=[0.9, 200.0], weighting="additive",

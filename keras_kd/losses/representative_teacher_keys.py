@@ -37,8 +37,8 @@ class RepresentativeTeacherKeys(AttentionFeatureDistillation):
 
     ```python
     rtk = kd.losses.RepresentativeTeacherKeys(
-        kd.layers_util.residual_block_outputs(teacher),
-        kd.layers_util.residual_block_outputs(student), num_keys=2)
+        kd.models.block_layer_names(teacher),
+        kd.models.block_layer_names(student), num_keys=2)
     distiller = kd.Distiller(
         teacher, student, [kd.losses.LogitsDistillation(4.0), rtk],
         distillation_loss_weights=[0.9, 200.0], weighting="additive",

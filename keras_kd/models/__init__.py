@@ -14,6 +14,8 @@ import re
 
 from keras import layers
 
+from keras_kd import _compat
+
 from keras_kd.models.digits import digits_cnn_large, digits_cnn_small
 from keras_kd.models.mobilenetv2 import mobilenetv2
 from keras_kd.models.resnet import (
@@ -100,7 +102,10 @@ def block_layer_names(model):
     For a zoo model these are the layers named `block{stage}_{index}`. For
     any other model, a block output is each `Add` layer of the model, or the
     activation layer (`ReLU`, `Activation`) that is the sum's only consumer
-    when there is one (post-activation blocks).
+    when there is one (post-activation blocks). Raises a ValueError when
+    the model has none. The candidates of
+    `kd.losses.AttentionFeatureDistillation` and
+    `kd.losses.RepresentativeTeacherKeys`.
 
     Example:
 
@@ -121,12 +126,17 @@ def block_layer_names(model):
         if not isinstance(layer, layers.Add):
             continue
         consumers = [
-            node.operation for node in layer._outbound_nodes
-            if id(node.operation) in own_layers
+            consumer for consumer in _compat.consumer_layers(layer)
+            if id(consumer) in own_layers
         ]
         if len(consumers) == 1 and isinstance(
             consumers[0], (layers.ReLU, layers.Activation)
         ):
             layer = consumers[0]
         names.append(layer.name)
+    if not names:
+        raise ValueError(
+            f"Model '{model.name}' has no keras.layers.Add layers, so no "
+            f"residual blocks to list; name the feature layers explicitly."
+        )
     return names

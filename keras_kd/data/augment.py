@@ -1,0 +1,71 @@
+"""Random crop + horizontal flip inside the model, with `keras.ops`."""
+
+import keras
+from keras import ops
+
+
+def augment_batch(images, seed_generator, padding=4):
+    """Random crop with zero padding and horizontal flip of an NHWC batch.
+
+    Each image gets its own offset (0 to `2 * padding` on each axis) into
+    the padded batch and is flipped with probability 1/2, all in one gather
+    with `keras.ops`, so it runs inside compiled train steps on any backend.
+
+    Example:
+
+    ```python
+    seed_generator = keras.random.SeedGenerator(0)
+    images = augment_batch(images, seed_generator)
+    ```
+    """
+    batch = ops.shape(images)[0]
+    height, width, channels = images.shape[1:]
+    padded_height, padded_width = height + 2 * padding, width + 2 * padding
+    padded = ops.pad(
+        images, [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+    )
+    offsets = keras.random.randint(
+        (batch, 2), 0, 2 * padding + 1, seed=seed_generator
+    )
+    flip = keras.random.uniform((batch, 1), seed=seed_generator) < 0.5
+    cols = ops.arange(width)
+    cols = ops.where(flip, width - 1 - cols, cols) + offsets[:, 1:]
+    rows = ops.arange(height) + offsets[:, :1]
+    index = ops.arange(batch)[:, None, None] * padded_height + rows[:, :, None]
+    index = index * padded_width + cols[:, None, :]
+    return ops.take(ops.reshape(padded, (-1, channels)), index, axis=0)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class RandomCropFlip(keras.layers.Layer):
+    """Random crop (zero padding `padding`) and horizontal flip in training.
+
+    The identity at inference. See `augment_batch`.
+
+    Example:
+
+    ```python
+    inputs = keras.Input((32, 32, 3))
+    x = RandomCropFlip(padding=4)(inputs)
+    ```
+    """
+
+    def __init__(self, padding=4, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = padding
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        return augment_batch(inputs, self.seed_generator, self.padding)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"padding": self.padding, "seed": self.seed})
+        return config
+
