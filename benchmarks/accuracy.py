@@ -44,8 +44,6 @@ import csv
 import datetime
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import time
@@ -55,10 +53,10 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from keras_kd import presets  # noqa: E402
-from keras_kd.cli.protocols import PROTOCOLS  # noqa: E402
+from keras_kd import machine
+from keras_kd import presets
+from keras_kd.cli.protocols import PROTOCOLS
 
 FLAGS = flags.FLAGS
 
@@ -457,10 +455,8 @@ def main(argv):
         "suite": FLAGS.suite,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
-        "machine": {"host": socket.gethostname(),
-                    "platform": platform.platform(),
-                    "cpu_count": os.cpu_count(),
-                    "device": "cpu" if FLAGS.suite == "cpu" else "see runs"},
+        "machine": machine.machine_info(
+            "cpu" if FLAGS.suite == "cpu" else "see runs"),
         "backend": keras.backend.backend(),
         "command": " ".join([f"KERAS_BACKEND={keras.backend.backend()}",
                              "python"] + sys.argv),

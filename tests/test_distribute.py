@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 
 import keras_kd as kd
-from conftest import small_cnn
-from conftest import sparse_ce
+from helpers import small_cnn
+from helpers import sparse_ce
 
 pytestmark = pytest.mark.multi_backend
 

@@ -5,12 +5,12 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import numpy_softmax
-from conftest import sparse_ce
+from helpers import numpy_softmax
+from helpers import sparse_ce
 from keras import layers
 from keras import ops
-from test_at import np_attention
-from test_at import tiny_resnet
+from helpers import np_attention
+from helpers import tiny_resnet
 
 import keras_kd as kd
 from keras_kd.models import block_layer_names
