@@ -24,7 +24,7 @@ Suites:
   and, with `--fashion_mnist=PATH`, a class-balanced Fashion-MNIST subset
   written to `--work_dir` (never into the repository), sized to finish in
   about 30 minutes on 2 idle CPU cores with two seeds.
-- `cifar`: methods.md §6 (SGD 0.05, ×0.1 at 62.5/75/87.5% of the epochs,
+- `cifar`: docs/methods.md §6 (SGD 0.05, ×0.1 at 62.5/75/87.5% of the epochs,
   batch 64, coupled L2 5e-4, crop+flip) for resnet32x4 → resnet8x4 and
   wrn_40_2 → wrn_16_2 on `--cifar_dataset` (e.g. `cifar100` with
   `--data_dir`, or `npz:/path/cifar10_jpeg`); `--epochs` scales the
@@ -170,7 +170,7 @@ def suite_datasets(suite):
          "teacher_epochs": FLAGS.teacher_epochs or epochs, "teacher": t,
          "student": s, "protocol_epochs": [cifar["epochs"],
                                            cifar["teacher_epochs"]],
-         "note": f"methods.md §6 protocol, {epochs} epochs (240 published)"}
+         "note": f"docs/methods.md §6 protocol, {epochs} epochs (240 published)"}
         for t, s in (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"))
     ]
 

@@ -65,12 +65,8 @@ def load_data(cfg):
     from keras_kd import data
 
     try:
-        if FLAGS.dataset == "digits" or FLAGS.dataset.startswith("npz:"):
-            (x, y), (x_test, y_test), info = data.load(FLAGS.dataset,
-                                                       FLAGS.data_dir)
-        else:
-            (x, y), (x_test, y_test), info = _load_tfds(FLAGS.dataset,
-                                                        FLAGS.data_dir)
+        (x, y), (x_test, y_test), info = data.load(FLAGS.dataset,
+                                                   FLAGS.data_dir)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise RecipeError(f"--dataset={FLAGS.dataset}: {e}") from None
     except ImportError as e:
@@ -87,44 +83,6 @@ def load_data(cfg):
         mean = np.zeros(x.shape[-1], "float32")
         std = np.full(x.shape[-1], 255.0, "float32")
     return Data(x, y, x_test, y_test, info, mean, std)
-
-
-def _load_tfds(name, data_dir):
-    """A tensorflow-datasets dataset as NumPy arrays, read in batches.
-
-    Unlike `keras_kd.data.load`, does not ask TFDS for whole splits
-    (`batch_size=-1`), which `tfds.testing.mock_data` cannot serve.
-    """
-    import tensorflow_datasets as tfds
-
-    try:
-        (train, test), builder_info = tfds.load(
-            name, split=["train", "test"], data_dir=data_dir,
-            as_supervised=True, with_info=True)
-    except tfds.core.DatasetNotFoundError as e:
-        raise ValueError(
-            f"Unknown dataset '{name}': use 'digits', 'npz:PATH' (a folder "
-            f"of train/test .npz files) or a tensorflow-datasets name, and "
-            f"'{name}' is not a known tensorflow-datasets name.") from e
-
-    def arrays(ds):
-        xs, ys = [], []
-        for images, labels in tfds.as_numpy(ds.batch(4096)):
-            xs.append(images)
-            ys.append(labels)
-        x, y = np.concatenate(xs), np.concatenate(ys).astype("int64")
-        return (x[..., None] if x.ndim == 3 else x), y
-
-    (x, y), (x_test, y_test) = arrays(train), arrays(test)
-    if x.dtype != np.uint8:
-        raise ValueError(f"'{name}' images are {x.dtype}; the recipes take "
-                         f"uint8 images.")
-    label = builder_info.features[builder_info.supervised_keys[1]]
-    info = {"num_classes": int(label.num_classes),
-            "class_names": list(label.names),
-            "input_shape": tuple(int(d) for d in x.shape[1:]),
-            "source": f"tensorflow_datasets:{name}"}
-    return (x, y), (x_test, y_test), info
 
 
 def resolve_model(spec, num_classes, input_shape, role, weight_decay,
@@ -164,6 +122,19 @@ def resolve_model(spec, num_classes, input_shape, role, weight_decay,
     finally:
         keras.config.set_dtype_policy(previous)
     return model, False
+
+
+def build_student(name, num_classes, input_shape, cfg, seed, what):
+    """A fresh student (seeded by `seed`), checked against `num_classes`
+    (the classes of `what`, e.g. "the dataset")."""
+    seed_all(seed)
+    model, _ = resolve_model(name, num_classes, input_shape, "student",
+                             cfg["weight_decay"], FLAGS.mixed_precision)
+    if num_outputs(model) != num_classes:
+        raise RecipeError(
+            f"--student={name} has {num_outputs(model)} outputs but {what} "
+            f"has {num_classes} classes.")
+    return model
 
 
 def num_outputs(model):

@@ -12,6 +12,7 @@ from keras_kd.cli.common import FLAGS
 from keras_kd.cli.common import RecipeError
 from keras_kd.cli.common import run
 from keras_kd.cli.common import augmentation_layer
+from keras_kd.cli.common import build_student
 from keras_kd.cli.common import load_data
 from keras_kd.cli.common import num_outputs
 from keras_kd.cli.common import resolve_model
@@ -222,19 +223,12 @@ def distill_main(argv, recipe="distill"):
     student_name = FLAGS.student or defaults["student"]
     lr = learning_rate(cfg, student_name, defaults)
 
-    def build_student():
-        seed_all(seed + 1)
-        model, _ = resolve_model(student_name, num_classes, input_shape,
-                                 "student", cfg["weight_decay"],
-                                 FLAGS.mixed_precision)
-        if num_outputs(model) != num_classes:
-            raise RecipeError(
-                f"--student={student_name} has {num_outputs(model)} outputs "
-                f"but the dataset has {num_classes} classes.")
-        return model
+    def new_student():
+        return build_student(student_name, num_classes, input_shape, cfg,
+                             seed + 1, "the dataset")
 
-    student = build_student()
-    baseline = build_student() if FLAGS.baseline else None
+    student = new_student()
+    baseline = new_student() if FLAGS.baseline else None
 
     # The terms and the Distiller, built now so that bad combinations fail
     # before anything is written.

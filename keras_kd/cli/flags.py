@@ -22,7 +22,7 @@ def define_common_flags(default_output_dir):
         "protocol", "auto", ["auto", "digits", "cifar"],
         "Training protocol giving the defaults of unset training flags: "
         "'digits' (Adam 3e-3, 120 epochs, low-data student), 'cifar' "
-        "(methods.md §6: SGD 0.05, step schedule, L2 5e-4, crop+flip). "
+        "(docs/methods.md §6: SGD 0.05, step schedule, L2 5e-4, crop+flip). "
         "'auto': 'digits' for --dataset=digits, 'cifar' otherwise.")
     flags.DEFINE_string(
         "output_dir", default_output_dir,
@@ -131,7 +131,7 @@ def define_student_flags(baseline=True):
 
 
 def define_method_flags(default_method="kd"):
-    """`--method` and every method's hyper-parameters (methods.md)."""
+    """`--method` and every method's hyper-parameters (docs/methods.md)."""
     flags.DEFINE_string(
         "method", default_method,
         f"Distillation method (a kd.presets name), or several joined by '+' "
@@ -140,7 +140,7 @@ def define_method_flags(default_method="kd"):
     flags.DEFINE_float(
         "ce_weight", None,
         "Weight of the students' cross-entropy. Default: 0.1 for kd alone "
-        "(0.1·CE + 0.9·KD, methods.md §0; 0.5 on digits), 1 - "
+        "(0.1·CE + 0.9·KD, docs/methods.md §0; 0.5 on digits), 1 - "
         "reffakd_alpha for reffakd, 1 otherwise (CE + Σ w·term).")
     define_kd_flags()
     flags.DEFINE_float(
@@ -223,7 +223,7 @@ def define_skd_flags():
 
 
 def define_specialize_flags():
-    """Flags of `recipes/specialize.py` (SKD, methods.md §2)."""
+    """Flags of `recipes/specialize.py` (SKD, docs/methods.md §2)."""
     flags.DEFINE_list(
         "classes", None,
         "The task: class ids or names of --dataset to specialise to "

@@ -36,7 +36,7 @@ PROTOCOLS = {
         "kd_temperature": 4.0,
         "kd_weight": 0.5,
         "kd_ce_weight": 0.5,
-        # methods.md's CIFAR weights / 10 (see the module docstring).
+        # docs/methods.md's CIFAR weights / 10 (see the module docstring).
         "term_weights": {"fitnets": 10.0, "at": 100.0, "fa": 10.0,
                          "skd": 10.0},
     },

@@ -4,15 +4,14 @@ import os
 import time
 
 import keras_kd as kd
-from keras_kd import presets
 from keras_kd.cli import flags as cli_flags
 from keras_kd.cli.common import FLAGS
 from keras_kd.cli.common import RecipeError
 from keras_kd.cli.common import run
 from keras_kd.cli.common import augmentation_layer
+from keras_kd.cli.common import build_student
 from keras_kd.cli.common import load_data
 from keras_kd.cli.common import num_outputs
-from keras_kd.cli.common import resolve_model
 from keras_kd.cli.common import seed_all
 from keras_kd.cli.common import train_phase
 from keras_kd.cli.common import train_plain
@@ -93,18 +92,11 @@ def specialize_main(argv):
     student_name = FLAGS.student or defaults["student"]
     lr = learning_rate(cfg, student_name, defaults)
 
-    def build_student():
-        seed_all(seed + 1)
-        model, _ = resolve_model(student_name, num_task,
-                                 data.info["input_shape"], "student",
-                                 cfg["weight_decay"], FLAGS.mixed_precision)
-        if num_outputs(model) != num_task:
-            raise RecipeError(
-                f"--student={student_name} has {num_outputs(model)} outputs "
-                f"but the task has {num_task} classes.")
-        return model
+    def new_student():
+        return build_student(student_name, num_task, data.info["input_shape"],
+                             cfg, seed + 1, "the task")
 
-    student = build_student()
+    student = new_student()
     # SKD's own weights: the flags, else the paper's (not the protocol's).
     kwargs = build_terms(
         "skd", [teacher], student,
@@ -118,16 +110,13 @@ def specialize_main(argv):
                                  augmentation=augmentation)
         others = {}
         if "scratch" in baselines:
-            others["scratch"] = build_student()
+            others["scratch"] = new_student()
         if "subset_kd" in baselines:
             kd_temperature = FLAGS.kd_temperature or defaults[
                 "kd_temperature"]
-            others["subset_kd"] = kd.Distiller(
-                teacher, build_student(),
-                kd.losses.SubsetLogitsDistillation(mapping.original_ids,
-                                                   kd_temperature),
-                distillation_loss_weights=[0.9], student_loss_weight=0.1,
-                weighting="additive", augmentation=augmentation)
+            others["subset_kd"] = kd.skd.renormalised_logits_distiller(
+                teacher, new_student(), mapping.original_ids, kd_temperature,
+                augmentation=augmentation)
     except ValueError as e:
         raise RecipeError(f"SKD: {e}") from None
 

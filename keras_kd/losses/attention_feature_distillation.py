@@ -84,7 +84,7 @@ class _MetaNetwork(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class AttentionFeatureDistillation(DistillationTerm):
-    """AFD, "Show, Attend and Distill" (Ji et al., AAAI 2021), methods.md §4.
+    """AFD, "Show, Attend and Distill" (Ji et al., AAAI 2021), docs/methods.md §4.
 
     Every teacher feature `t` attends over every student feature `s`
     through a trainable meta-network (see `_MetaNetwork`, `qk_dim = d`):

@@ -13,7 +13,7 @@ class RepresentativeTeacherKeys(AttentionFeatureDistillation):
     AFD (`kd.losses.AttentionFeatureDistillation`) where each query attends
     only to its `num_keys` highest-scoring keys: the other logits are
     dropped (−∞) before the softmax, so every row of attention weights sums
-    to 1 over the representative keys (methods.md §4, our reading of the
+    to 1 over the representative keys (docs/methods.md §4, our reading of the
     abstract).
 
     - `query_side="student"` (default): each student feature queries the

@@ -7,7 +7,7 @@ from keras_kd.presets._layers import kd_term
 from keras_kd.presets.registry import register
 
 _REFERENCE = ("clovaai/attention-feature-distillation (qk_dim 128, "
-              "beta 200); methods.md §4 for RTK's top-k keys.")
+              "beta 200); docs/methods.md §4 for RTK's top-k keys.")
 
 
 def _blocks(teachers, student):

@@ -8,7 +8,7 @@ from keras_kd.presets.registry import register
     "dlkd",
     help="Dual-level KD on 4 rotated views: correlation, supervised "
     "contrastive and alignment of the pooled 'features' (§3).",
-    reference="methods.md §3 (CIFAR weights 50/1/20; ImageNet 20/0.5/10).",
+    reference="docs/methods.md §3 (CIFAR weights 50/1/20; ImageNet 20/0.5/10).",
     defaults={"dlkd_correlation_weight": 50.0, "dlkd_contrastive_weight": 1.0,
               "dlkd_alignment_weight": 20.0},
     student_loss_weight=1.0,

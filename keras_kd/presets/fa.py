@@ -8,7 +8,7 @@ from keras_kd.presets.registry import register
 _DEFAULTS = {"kd_temperature": 4.0, "kd_weight": 0.9, "fa_weight": 100.0,
              "fa_aligner": "nonlinear", "teacher_layer": None,
              "student_layer": None}
-_REFERENCE = ("methods.md §1 (KD + β·mean((g(F_s) − F_t)²) at the last "
+_REFERENCE = ("docs/methods.md §1 (KD + β·mean((g(F_s) − F_t)²) at the last "
               "stage; β as FitNets' 100).")
 
 

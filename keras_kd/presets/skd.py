@@ -9,7 +9,7 @@ from keras_kd.presets.registry import register
     "skd",
     help="Feature-level KD only, an adapter per stage, no logit term; the "
     "teacher may have more classes (§2).",
-    reference="methods.md §2 (β 100 per stage, Conv1x1+BN adapters).",
+    reference="docs/methods.md §2 (β 100 per stage, Conv1x1+BN adapters).",
     defaults={"skd_weight": 100.0, "skd_aligner": "linear",
               "skd_layers": None},
     student_loss_weight=1.0,
