@@ -30,9 +30,13 @@ def namespace():
     x_uint8 = rng.integers(0, 256, (400, 8, 8, 1)).astype("uint8")
     y = np.arange(400) % 10
     shape = dict(input_shape=(8, 8, 1))
+    teacher = kd.models.get("resnet20", num_classes=10, **shape)
+    student = kd.models.get("resnet20", num_classes=10, **shape)
     return {
-        "teacher": kd.models.get("resnet20", num_classes=10, **shape),
-        "student": kd.models.get("resnet20", num_classes=10, **shape),
+        "teacher": teacher, "student": student,
+        # What the earlier sections built, for the later ones.
+        "distiller": kd.Distiller(teacher, student,
+                                  **kd.presets.build("kd", teacher, student)),
         "student_3way": kd.models.get("resnet20", num_classes=3, **shape),
         "x_train": x_uint8.astype("float32") / 255.0, "y_train": y,
         "x_val": x_uint8[:4].astype("float32") / 255.0,
