@@ -18,6 +18,14 @@ setup(
         "scikit-learn>=1.3",
         "numpy",
     ],
+    entry_points={
+        "console_scripts": [
+            "keras-kd-distill=keras_kd.cli.distill:main",
+            "keras-kd-reffakd=keras_kd.cli.distill:reffakd_main",
+            "keras-kd-specialize=keras_kd.cli.specialize:main",
+            "keras-kd-train-teacher=keras_kd.cli.train_teacher:main",
+        ],
+    },
     extras_require={
         "dev": ["pytest>=8", "jax[cpu]>=0.4.30", "matplotlib>=3.7"],
         "cv": ["keras-cv"],

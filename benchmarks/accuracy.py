@@ -20,11 +20,11 @@ Suites:
 
 - `cpu`: scikit-learn's digits (the recipes' `digits` protocol: Adam,
   student on 100 images; its epochs and batch size are read from
-  `recipes_lib.PROTOCOLS` and the batch size is pinned for the whole suite)
+  `keras_kd.cli.protocols.PROTOCOLS` and the batch size is pinned for the whole suite)
   and, with `--fashion_mnist=PATH`, a class-balanced Fashion-MNIST subset
   written to `--work_dir` (never into the repository), sized to finish in
   about 30 minutes on 2 idle CPU cores with two seeds.
-- `cifar`: methods.md §6 (SGD 0.05, ×0.1 at 62.5/75/87.5% of the epochs,
+- `cifar`: docs/methods.md §6 (SGD 0.05, ×0.1 at 62.5/75/87.5% of the epochs,
   batch 64, coupled L2 5e-4, crop+flip) for resnet32x4 → resnet8x4 and
   wrn_40_2 → wrn_16_2 on `--cifar_dataset` (e.g. `cifar100` with
   `--data_dir`, or `npz:/path/cifar10_jpeg`); `--epochs` scales the
@@ -44,8 +44,6 @@ import csv
 import datetime
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import time
@@ -55,9 +53,10 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from keras_kd import recipes_lib  # noqa: E402
+from keras_kd import machine
+from keras_kd import presets
+from keras_kd.cli.protocols import PROTOCOLS
 
 FLAGS = flags.FLAGS
 
@@ -114,12 +113,12 @@ def define_flags():
 
 
 def default_methods():
-    return sorted(recipes_lib.METHODS)
+    return presets.names()
 
 
 def suite_datasets(suite):
     """`[(key, recipe flags, teacher, student, note), ...]` of a suite."""
-    digits = recipes_lib.PROTOCOLS["digits"]
+    digits = PROTOCOLS["digits"]
     # The batch size is pinned so that every run of a suite uses the same
     # one even if the recipes' defaults change meanwhile.
     digits_batch = f"--batch_size={digits['batch_size']}"
@@ -159,7 +158,7 @@ def suite_datasets(suite):
         return datasets
     if not FLAGS.cifar_dataset:
         raise app.UsageError("--suite=cifar needs --cifar_dataset.")
-    cifar = recipes_lib.PROTOCOLS["cifar"]
+    cifar = PROTOCOLS["cifar"]
     extra = [f"--dataset={FLAGS.cifar_dataset}", "--protocol=cifar",
              f"--batch_size={cifar['batch_size']}"]
     if FLAGS.data_dir:
@@ -171,7 +170,7 @@ def suite_datasets(suite):
          "teacher_epochs": FLAGS.teacher_epochs or epochs, "teacher": t,
          "student": s, "protocol_epochs": [cifar["epochs"],
                                            cifar["teacher_epochs"]],
-         "note": f"methods.md §6 protocol, {epochs} epochs (240 published)"}
+         "note": f"docs/methods.md §6 protocol, {epochs} epochs (240 published)"}
         for t, s in (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"))
     ]
 
@@ -240,7 +239,7 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None):
         (method, seed) for seed in seeds for method in methods
         if method != "kd"]
     for method, seed in order:
-        spec = recipes_lib.METHODS[method]
+        spec = presets.get(method)
         out = os.path.join(work, f"{method}_s{seed}")
         args = common + [
             f"--method={method}", f"--seed={seed}",
@@ -450,7 +449,7 @@ def main(argv):
         return
 
     methods = FLAGS.methods or default_methods()
-    unknown = [m for m in methods if m not in recipes_lib.METHODS]
+    unknown = [m for m in methods if m not in presets.names()]
     if unknown:
         raise app.UsageError(
             f"Unknown methods {unknown}; the recipes know "
@@ -464,10 +463,8 @@ def main(argv):
         "suite": FLAGS.suite,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
-        "machine": {"host": socket.gethostname(),
-                    "platform": platform.platform(),
-                    "cpu_count": os.cpu_count(),
-                    "device": "cpu" if FLAGS.suite == "cpu" else "see runs"},
+        "machine": machine.machine_info(
+            "cpu" if FLAGS.suite == "cpu" else "see runs"),
         "backend": keras.backend.backend(),
         "command": " ".join([f"KERAS_BACKEND={keras.backend.backend()}",
                              "python"] + sys.argv),

@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import resource
-import socket
 import sys
 import threading
 import time
@@ -50,11 +49,11 @@ import numpy as np
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 
 import keras_kd as kd  # noqa: E402
+from keras_kd import machine  # noqa: E402
 
 TEMPERATURE = 4.0
 KD_CONFIGS = (
@@ -135,39 +134,6 @@ def define_flags():
         "cost stays put while wall time swings with the other jobs' load).")
 
 
-def device_kind():
-    """`"cpu"`, or the accelerator platform Keras' backend runs on."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.devices()[0].platform
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
-    if backend == "torch":
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "cpu"
-
-
-def device_description():
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return str(jax.devices()[0].device_kind)
-    if backend == "tensorflow" and device_kind() == "gpu":
-        import tensorflow as tf
-
-        gpu = tf.config.list_physical_devices("GPU")[0]
-        details = tf.config.experimental.get_device_details(gpu)
-        return details.get("device_name", gpu.name)
-    return platform.processor() or platform.machine()
-
-
 # Memory.
 
 
@@ -183,7 +149,7 @@ def host_rss_bytes():
 
 def device_memory_bytes():
     """Bytes in use on the first accelerator, or None on CPU."""
-    if device_kind() == "cpu":
+    if machine.device_kind() == "cpu":
         return None
     backend = keras.backend.backend()
     if backend == "jax":
@@ -269,42 +235,22 @@ def _ce():
 
 
 def _kd_terms(config, teacher, student, feature_layer):
-    """`(terms, weights, kwargs)` of one kd.Distiller configuration, with the
-    papers' weights (methods.md) where they exist."""
-    logits = kd.losses.LogitsDistillation(TEMPERATURE)
-    stages_t = kd.models.stage_layer_names(teacher)[1:]
-    stages_s = kd.models.stage_layer_names(student)[1:]
-    convex = {"student_loss_weight": 0.1}
-    additive = {"student_loss_weight": 1.0, "weighting": "additive"}
-    if config == "kd_logits":
-        return [logits], [1.0], convex
+    """The `kd.Distiller` keyword arguments of one configuration, from
+    `kd.presets` with the papers' defaults (SKD's stages at weight 1)."""
+    presets = {"kd_logits": ("kd", {}), "kd_logits_feature": ("kd", {}),
+               "kd_fa": ("fa", {}), "kd_at": ("kd+at", {}),
+               "kd_afd": ("afd", {}), "kd_rtk": ("rtk", {}),
+               "kd_skd": ("skd", {"skd_weight": 1.0}), "kd_dlkd": ("dlkd", {})}
+    if config not in presets:
+        raise ValueError(f"Unknown configuration '{config}'.")
+    name, overrides = presets[config]
+    kwargs = kd.presets.build(name, teacher, student,
+                              kd_temperature=TEMPERATURE, **overrides)
     if config == "kd_logits_feature":
-        feature = kd.losses.FeatureDistillation(feature_layer, feature_layer)
-        return [logits, feature], [1.0, 1.0], convex
-    if config == "kd_fa":
-        fa = kd.losses.FeatureAlignment(stages_t[-1], stages_s[-1], "nonlinear")
-        return [logits, fa], [0.9, 100.0], additive
-    if config == "kd_at":
-        at = kd.losses.AttentionTransfer(stages_t, stages_s)
-        return [logits, at], [0.9, 1000.0], additive
-    if config in ("kd_afd", "kd_rtk"):
-        cls = (
-            kd.losses.AttentionFeatureDistillation if config == "kd_afd"
-            else kd.losses.RepresentativeTeacherKeys
-        )
-        term = cls(kd.models.block_layer_names(teacher),
-                   kd.models.block_layer_names(student))
-        return [logits, term], [0.9, 200.0], additive
-    if config == "kd_skd":
-        terms = [
-            kd.losses.FeatureAlignment(t, s, "linear", name=f"skd_{s}")
-            for t, s in zip(stages_t, stages_s)
-        ]
-        return terms, [1.0] * len(terms), additive
-    if config == "kd_dlkd":
-        dlkd = kd.losses.DualLevelDistillation("features", "features")
-        return [dlkd], [1.0], additive
-    raise ValueError(f"Unknown configuration '{config}'.")
+        kwargs["distillation_losses"].append(
+            kd.losses.FeatureDistillation(feature_layer, feature_layer))
+        kwargs["distillation_loss_weights"].append(0.9)
+    return kwargs
 
 
 # Row timers; `run_benchmark(clock=...)` picks one.
@@ -363,9 +309,9 @@ def build_runner(config, teacher, make_student, feature_layer, num_classes):
             return "kd.losses.DualLevelDistillation is not in this version"
         if config == "kd_logits_feature" and feature_layer is None:
             return "no same-shape layer in teacher and student"
-        terms, weights, kwargs = _kd_terms(
-            config, teacher, student, feature_layer)
-        model = kd.Distiller(teacher, student, terms, weights, **kwargs)
+        model = kd.Distiller(
+            teacher, student,
+            **_kd_terms(config, teacher, student, feature_layer))
     model.compile(optimizer=_optimizer(), loss=_ce())
     return KerasRunner(model)
 
@@ -514,7 +460,7 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {list(CLOCKS)}, got {clock!r}.")
     _clock[0] = CLOCKS[clock]
-    kind = device_kind()
+    kind = machine.device_kind()
     batch_size = batch_size or (64 if kind == "cpu" else 128)
     steps = steps or (3 if kind == "cpu" else 50)
     configs = list(configs or ALL_CONFIGS)
@@ -605,13 +551,7 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
-        "machine": {
-            "host": socket.gethostname(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "device": kind,
-            "device_name": device_description(),
-        },
+        "machine": machine.machine_info(),
         "backend": keras.backend.backend(),
         "versions": _versions(),
         "command": command,

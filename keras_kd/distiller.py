@@ -2,11 +2,13 @@ import math
 
 import keras
 from keras import ops
+from keras_kd import callbacks as callbacks_lib
 from keras_kd import model_outputs
 from keras_kd._compat import DotNotTrackScope
+from keras_kd._compat import MultiWorkerFitMixin
+from keras_kd._compat import compiled_loss
 from keras_kd._compat import scale_loss_for_distribution
 from keras_kd._compat import unscale_loss_for_distribution
-from keras_kd.distribute import MultiWorkerFitMixin
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
 from keras_kd.offline.recorded_teacher import RecordedTeacher
@@ -47,6 +49,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             the accelerator is not starved by a host pipeline.
         teacher_weights: one positive weight per teacher, normalised to sum
             to 1 (default equal).
+        stop_on_nonfinite_loss: whether `fit` adds a
+            `kd.callbacks.StopOnNonFiniteLoss` (stops on a NaN/Inf term).
 
     Every term is reported as its own metric (named after the term), beside
     `student_loss` and `total_loss`.
@@ -78,10 +82,12 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         teacher_weights=None,
         weighting="convex",
         augmentation=None,
+        stop_on_nonfinite_loss=True,
         name="distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        self.stop_on_nonfinite_loss = bool(stop_on_nonfinite_loss)
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         if not teachers:
             raise ValueError("`teacher` is an empty list; give at least one.")
@@ -284,7 +290,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         if self.student_loss_weight > 0.0:
             student_loss = unscale_loss_for_distribution(
                 ops.cast(
-                    self._compile_loss(
+                    compiled_loss(self)(
                         y, self._labelled_logits(student_outputs), sample_weight
                     ),
                     "float32",
@@ -406,7 +412,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, stopping with an error on a NaN or Inf loss.
+        """`keras.Model.fit`; with `stop_on_nonfinite_loss` (the default),
+        adds a `kd.callbacks.StopOnNonFiniteLoss` watching every term.
 
         Each term's `on_epoch_begin(epoch)` is called before every epoch
         (from `initial_epoch` on, so a resumed run continues its schedules).
@@ -420,9 +427,14 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 x = spec[0] if isinstance(spec, tuple) else spec
             _check_side_inputs(self, list(x) if isinstance(x, dict) else None)
         callbacks = list(callbacks or []) + [
-            _TermEpochs(self.distillation_losses),
-            _StopOnNonFiniteLoss(sorted(self._tracker_names) + ["loss"]),
+            callbacks_lib.TermEpochs(self.distillation_losses)
         ]
+        if self.stop_on_nonfinite_loss:
+            callbacks.append(
+                callbacks_lib.StopOnNonFiniteLoss(
+                    sorted(self._tracker_names) + ["loss"]
+                )
+            )
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def get_config(self):
@@ -445,6 +457,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 "teacher_weights": self.teacher_weights,
                 "weighting": self.weighting,
                 "augmentation": serialize(self.augmentation),
+                "stop_on_nonfinite_loss": self.stop_on_nonfinite_loss,
             }
         )
         return config
@@ -491,42 +504,3 @@ def _check_side_inputs(distiller, keys):
 
 def _is_training_output(y_pred):
     return isinstance(y_pred, dict) and set(y_pred) == {"student", "teachers"}
-
-
-class _TermEpochs(keras.callbacks.Callback):
-    """Tells every term the epoch about to start (`term.on_epoch_begin`)."""
-
-    def __init__(self, terms):
-        super().__init__()
-        self.terms = terms
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for term in self.terms:
-            term.on_epoch_begin(epoch)
-
-
-class _StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training with an error naming the loss term that is NaN/Inf."""
-
-    def __init__(self, names):
-        super().__init__()
-        self.names = names
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        bad = {
-            name: float(logs[name])
-            for name in self.names
-            if name in (logs or {}) and not math.isfinite(float(logs[name]))
-        }
-        if bad:
-            raise FloatingPointError(
-                f"Non-finite loss at epoch {self.epoch + 1}, batch {batch + 1}:"
-                f" {bad}. Training stopped: the last update may already have "
-                f"written NaN into the weights, so restore them from a "
-                f"checkpoint. Check the inputs for NaN/Inf, lower the learning "
-                f"rate, or use a LossScaleOptimizer under mixed_float16."
-            )

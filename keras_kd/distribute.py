@@ -42,7 +42,9 @@ import contextlib
 
 import keras
 
-FLAGS = ("none", "mirrored", "multi_worker", "data_parallel")
+from keras_kd import _compat
+
+STRATEGY_NAMES = ("none", "mirrored", "multi_worker", "data_parallel")
 
 
 def strategy_from_flag(name):
@@ -59,8 +61,8 @@ def strategy_from_flag(name):
         `None`, a `tf.distribute.Strategy` or a
         `keras.distribution.Distribution`; give it to `scope`.
     """
-    if name not in FLAGS:
-        raise ValueError(f"distribution must be one of {FLAGS}, got {name!r}.")
+    if name not in STRATEGY_NAMES:
+        raise ValueError(f"distribution must be one of {STRATEGY_NAMES}, got {name!r}.")
     if name == "none":
         return None
     backend = keras.backend.backend()
@@ -102,28 +104,34 @@ def num_replicas(strategy):
 def scale_batch_and_learning_rate(
     batch_size, learning_rate, reference_batch_size, strategy=None
 ):
-    """The global batch and its linearly scaled learning rate, printed.
+    """The global batch and its linearly scaled learning rate.
 
     Each replica keeps `batch_size` samples, so the global batch is
     `batch_size × replicas`, and the learning rate follows the linear
     scaling rule (Goyal et al., 2017):
     `learning_rate × global_batch / reference_batch_size`, where
     `learning_rate` is tuned for `reference_batch_size` (e.g. 0.1 at 128).
-    Pair large global batches with a warm-up.
+    Pair large global batches with a warm-up. `describe_scaling` says it
+    in words.
 
     Returns:
         `(global_batch_size, scaled_learning_rate)`.
     """
-    replicas = num_replicas(strategy)
-    global_batch = batch_size * replicas
-    scaled = learning_rate * global_batch / reference_batch_size
-    print(
+    global_batch = batch_size * num_replicas(strategy)
+    return global_batch, learning_rate * global_batch / reference_batch_size
+
+
+def describe_scaling(batch_size, learning_rate, reference_batch_size,
+                     strategy=None):
+    """One line on `scale_batch_and_learning_rate`'s result, to print."""
+    global_batch, scaled = scale_batch_and_learning_rate(
+        batch_size, learning_rate, reference_batch_size, strategy)
+    return (
         f"Global batch {global_batch} = {batch_size} per replica × "
-        f"{replicas} replica(s); learning rate {learning_rate:g} × "
-        f"{global_batch} / {reference_batch_size} = {scaled:g} "
-        f"(linear scaling)."
+        f"{num_replicas(strategy)} replica(s); learning rate "
+        f"{learning_rate:g} × {global_batch} / {reference_batch_size} = "
+        f"{scaled:g} (linear scaling)."
     )
-    return global_batch, scaled
 
 
 @contextlib.contextmanager
@@ -156,7 +164,7 @@ def synchronized_batch_norm(model):
     if keras.backend.backend() == "tensorflow":
         layers = [
             layer
-            for layer in model._flatten_layers(include_self=True)
+            for layer in _compat.flatten_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization)
             and not layer.synchronized
         ]
@@ -172,59 +180,3 @@ def _set_synchronized(model, layers, value):
         layer.synchronized = value
     if layers and isinstance(model, keras.Model):
         model.train_function = None  # Retraced by the next `fit`.
-
-
-class MultiWorkerFitMixin:
-    """Lets a `keras.Model`'s `fit`/`evaluate` run under
-    `tf.distribute.MultiWorkerMirroredStrategy` (Keras 3.15).
-
-    Keras' TensorFlow trainer has two faults in multi-worker mode
-    (keras-team/keras#20585): it all-reduces the first batch with one
-    `strategy.reduce` call on a nested structure (rejected by the collective
-    strategy) only to read its shapes, and it reduces each scalar log with
-    `strategy.reduce("MEAN", value, axis=0)`, which needs an axis. This mixin
-    reads the shapes from this worker's share of the batch, and gives each
-    log a leading axis of length 1 in multi-worker mode (the logs are
-    synchronized metric results, so their mean over workers is the value).
-    Other strategies and backends are unaffected. `kd.Distiller` uses it:
-
-    ```python
-    class Distiller(MultiWorkerFitMixin, keras.Model): ...
-    ```
-    """
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Only called by the TensorFlow trainer.
-        if iterator is not None and self._distribute_strategy is not None:
-            import tensorflow as tf
-
-            local_results = self._distribute_strategy.experimental_local_results
-            for _, _, batches in iterator:
-                batch = next(batches)
-                break
-            data_batch = keras.tree.map_structure(
-                lambda v: local_results(v)[0]
-                if isinstance(v, tf.distribute.DistributedValues)
-                else v,
-                batch,
-            )
-        return super()._maybe_symbolic_build(data_batch=data_batch)
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        results = super().compute_metrics(x, y, y_pred, sample_weight)
-        if _in_multi_worker_mode(self):
-            results = keras.tree.map_structure(
-                lambda v: keras.ops.expand_dims(v, 0), results
-            )
-        return results
-
-
-def _in_multi_worker_mode(model):
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    strategy = getattr(model, "_distribute_strategy", None)
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and strategy.extended._in_multi_worker_mode()

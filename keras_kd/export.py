@@ -37,6 +37,8 @@ import keras
 import numpy as np
 from keras import tree
 
+from keras_kd import _compat
+
 FORMATS = ("saved_model", "tflite")
 TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_range", "int8")
 FLOAT32_RTOL = 1e-4
@@ -253,24 +255,20 @@ def _check_built(model):
 
 def _has_input_shape(model):
     try:
-        from keras.src.export.export_utils import get_input_signature
-
-        get_input_signature(model)
+        _compat.get_input_signature(model)
         return True
     except ValueError:
         return False
 
 
 def _random_inputs(model):
-    from keras.src.export.export_utils import get_input_signature
-
     rng = np.random.default_rng(0)
 
     def sample(spec):
         shape = [8] + [d if d is not None else 1 for d in spec.shape[1:]]
         return rng.standard_normal(shape).astype("float32")
 
-    signature = get_input_signature(model)
+    signature = _compat.get_input_signature(model)
     structure = signature[0] if len(signature) == 1 else signature
     return tree.map_structure(sample, structure)
 
@@ -466,7 +464,7 @@ def _add_classifier_metrics(entry, reference, outputs, labels):
 def _mixed_precision_layers(model):
     return [
         layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
+        for layer in _compat.flatten_layers(model)
         if layer.dtype_policy.name.startswith("mixed")
     ]
 

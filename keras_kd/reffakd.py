@@ -1,4 +1,4 @@
-"""ReffAKD: soft labels from a tiny autoencoder, no teacher (methods.md §5).
+"""ReffAKD: soft labels from a tiny autoencoder, no teacher (docs/methods.md §5).
 
 Doshi & Kim, arXiv 2404.09886. Train a ~47k-parameter convolutional
 autoencoder on the images, average the cosine similarity of its bottleneck

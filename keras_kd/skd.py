@@ -1,4 +1,4 @@
-"""SKD: network specialisation by feature-level KD (methods.md §2).
+"""SKD: network specialisation by feature-level KD (docs/methods.md §2).
 
 Specialise a model to a task that is a subset `S` of its classes, usually
 with little data: the student has an `|S|`-way head and learns from the
@@ -113,7 +113,7 @@ def renormalised_logits_distiller(teacher, student, class_indices,
     `KD_S` is `kd.losses.SubsetLogitsDistillation(class_indices,
     temperature)`, Hinton KD against the teacher's softmax restricted to
     the subset and renormalised; the weights are the CIFAR-100 KD setting
-    of methods.md §0.
+    of docs/methods.md §0.
 
     Example:
 

@@ -12,13 +12,7 @@ parameters, size) and exports the distilled student to TFLite.
 `python recipes/distill.py --helpfull` documents every flag.
 """
 
-from keras_kd import recipes_lib
-
-recipes_lib.define_common_flags(default_output_dir="runs/distill")
-recipes_lib.define_teacher_flags()
-recipes_lib.define_student_flags()
-recipes_lib.define_method_flags(default_method="kd")
-recipes_lib.set_flag_defaults(export=["tflite"])
+from keras_kd.cli import distill
 
 if __name__ == "__main__":
-    recipes_lib.run(recipes_lib.distill_main)
+    distill.main()

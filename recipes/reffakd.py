@@ -11,17 +11,7 @@ its class similarities into a soft-label table, and trains the student with
 `python recipes/reffakd.py --helpfull` documents every flag.
 """
 
-from keras_kd import recipes_lib
-
-recipes_lib.define_common_flags(default_output_dir="runs/reffakd")
-recipes_lib.define_teacher_flags()
-recipes_lib.define_student_flags()
-recipes_lib.define_method_flags(default_method="reffakd")
-
-
-def main(argv):
-    recipes_lib.distill_main(argv, recipe="reffakd")
-
+from keras_kd.cli import distill
 
 if __name__ == "__main__":
-    recipes_lib.run(main)
+    distill.reffakd_main()

@@ -14,14 +14,7 @@ KD against the teacher's renormalised softmax over the task classes.
 `python recipes/specialize.py --helpfull` documents every flag.
 """
 
-from keras_kd import recipes_lib
-
-recipes_lib.define_common_flags(default_output_dir="runs/specialize")
-recipes_lib.define_teacher_flags()
-recipes_lib.define_student_flags(baseline=False)
-recipes_lib.define_kd_flags()
-recipes_lib.define_skd_flags()
-recipes_lib.define_specialize_flags()
+from keras_kd.cli import specialize
 
 if __name__ == "__main__":
-    recipes_lib.run(recipes_lib.specialize_main)
+    specialize.main()

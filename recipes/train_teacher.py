@@ -7,15 +7,7 @@
 `python recipes/train_teacher.py --helpfull` documents every flag.
 """
 
-from absl import flags
-
-from keras_kd import recipes_lib
-
-recipes_lib.define_common_flags(default_output_dir="runs/teacher")
-flags.DEFINE_string(
-    "model", None, "Zoo model name (see keras_kd.models.MODELS) or a .keras "
-    "path to fine-tune. Protocol default: digits_cnn_large (digits), "
-    "resnet32x4 (cifar).")
+from keras_kd.cli import train_teacher
 
 if __name__ == "__main__":
-    recipes_lib.run(recipes_lib.train_teacher_main)
+    train_teacher.main()

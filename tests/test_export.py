@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import small_cnn
-from conftest import sparse_ce
+from helpers import small_cnn
+from helpers import sparse_ce
 
 import keras_kd as kd
 

@@ -5,8 +5,8 @@ refused by logit terms)."""
 import keras
 import numpy as np
 import pytest
-from conftest import numpy_log_softmax
-from conftest import sparse_ce
+from helpers import numpy_log_softmax
+from helpers import sparse_ce
 from keras import ops
 
 import keras_kd as kd

@@ -5,11 +5,11 @@ import itertools
 import keras
 import numpy as np
 import pytest
-from conftest import numpy_log_softmax
-from conftest import numpy_softmax
-from conftest import sparse_ce
+from helpers import numpy_log_softmax
+from helpers import numpy_softmax
+from helpers import sparse_ce
 from keras import ops
-from test_at import tiny_resnet
+from helpers import tiny_resnet
 
 import keras_kd as kd
 from keras_kd import reffakd

@@ -84,7 +84,7 @@ class _MetaNetwork(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class AttentionFeatureDistillation(DistillationTerm):
-    """AFD, "Show, Attend and Distill" (Ji et al., AAAI 2021), methods.md §4.
+    """AFD, "Show, Attend and Distill" (Ji et al., AAAI 2021), docs/methods.md §4.
 
     Every teacher feature `t` attends over every student feature `s`
     through a trainable meta-network (see `_MetaNetwork`, `qk_dim = d`):
@@ -100,7 +100,7 @@ class AttentionFeatureDistillation(DistillationTerm):
 
     Args:
         teacher_layer_names: candidate teacher feature maps (e.g. every
-            residual-block output, `kd.layers_util.residual_block_outputs`).
+            residual-block output, `kd.models.block_layer_names`).
         student_layer_names: candidate student feature maps.
         qk_dim: query/key size `d` (128 in the paper).
 
@@ -108,8 +108,8 @@ class AttentionFeatureDistillation(DistillationTerm):
 
     ```python
     afd = kd.losses.AttentionFeatureDistillation(
-        kd.layers_util.residual_block_outputs(teacher),
-        kd.layers_util.residual_block_outputs(student))
+        kd.models.block_layer_names(teacher),
+        kd.models.block_layer_names(student))
     distiller = kd.Distiller(
         teacher, student, [kd.losses.LogitsDistillation(4.0), afd],
         distillation_loss_weights=[0.9, 200.0], weighting="additive",

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
-from keras.src.utils.naming import to_snake_case
+
+from keras_kd._compat import to_snake_case
 
 
 class DistillationTerm(keras.layers.Layer):

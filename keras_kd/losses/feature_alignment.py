@@ -107,7 +107,7 @@ def make_aligner(student_shape, teacher_shape, kind="nonlinear", name=None):
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class FeatureAlignment(DistillationTerm):
-    """FA: non-linear feature alignment (methods.md §1); FitNets with "hint".
+    """FA: non-linear feature alignment (docs/methods.md §1); FitNets with "hint".
 
     A trainable aligner `g_m` per teacher maps the student feature to the
     teacher's: `Σ_m w_m · mean((g_m(F_s) − F_t^m)²)` per sample. Channel

@@ -5,7 +5,7 @@ import numpy as np
 from keras import layers
 from keras import ops
 
-from keras_kd.layers_util import batch_norm_before
+from keras_kd.models import batch_norm_before
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.variational_information_distillation import (
     adaptive_average_pool,
@@ -99,7 +99,7 @@ class OverhaulFeatureDistillation(DistillationTerm):
     Example:
 
     ```python
-    names = kd.layers_util.preactivation_layer_names
+    names = kd.models.preactivation_layer_names
     ofd = kd.losses.OverhaulFeatureDistillation.from_teacher(
         teacher, names(teacher), names(student))
     distiller = kd.Distiller(teacher, student, ofd,
@@ -143,7 +143,7 @@ class OverhaulFeatureDistillation(DistillationTerm):
         """The term with margins from the teacher(s)' batch norms.
 
         `teacher_bn_layer_names` names the batch norm before each tapped
-        layer's ReLU; by default `kd.layers_util.batch_norm_before` finds it
+        layer's ReLU; by default `kd.models.batch_norm_before` finds it
         (the tap itself, or the batch norm feeding a residual sum).
         """
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [
@@ -238,7 +238,7 @@ def _map_shape(shapes, name, role):
             f"OverhaulFeatureDistillation needs feature maps (batch, H, W, "
             f"C), but the {role} output '{name}' has shape {shape}. Pick the "
             f"pre-ReLU convolutional layers "
-            f"(kd.layers_util.preactivation_layer_names)."
+            f"(kd.models.preactivation_layer_names)."
         )
     return shape
 

@@ -13,7 +13,7 @@ class RepresentativeTeacherKeys(AttentionFeatureDistillation):
     AFD (`kd.losses.AttentionFeatureDistillation`) where each query attends
     only to its `num_keys` highest-scoring keys: the other logits are
     dropped (−∞) before the softmax, so every row of attention weights sums
-    to 1 over the representative keys (methods.md §4, our reading of the
+    to 1 over the representative keys (docs/methods.md §4, our reading of the
     abstract).
 
     - `query_side="student"` (default): each student feature queries the
@@ -37,8 +37,8 @@ class RepresentativeTeacherKeys(AttentionFeatureDistillation):
 
     ```python
     rtk = kd.losses.RepresentativeTeacherKeys(
-        kd.layers_util.residual_block_outputs(teacher),
-        kd.layers_util.residual_block_outputs(student), num_keys=2)
+        kd.models.block_layer_names(teacher),
+        kd.models.block_layer_names(student), num_keys=2)
     distiller = kd.Distiller(
         teacher, student, [kd.losses.LogitsDistillation(4.0), rtk],
         distillation_loss_weights=[0.9, 200.0], weighting="additive",

@@ -8,7 +8,7 @@ from keras_kd.losses.base import tempered_kl
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class SubsetLogitsDistillation(DistillationTerm):
-    """Logit KD on a class subset: the SKD baseline of methods.md §2.
+    """Logit KD on a class subset: the SKD baseline of docs/methods.md §2.
 
     The teacher covers more classes than the student, whose class `k` is
     the teacher's class `class_indices[k]`. The target is the teacher's

@@ -15,6 +15,7 @@ import re
 from keras import layers
 from keras import tree
 
+
 from keras_kd.models.digits import digits_cnn_large, digits_cnn_small
 from keras_kd.models.mobilenetv2 import mobilenetv2
 from keras_kd.models.resnet import (
@@ -134,7 +135,9 @@ def block_layer_names(model):
     of the model, replaced by the activation layer (`ReLU`, `Activation`)
     that is the sum's only consumer (post-activation blocks) or that is the
     only consumer of a `BatchNormalization` reading the sum (pre-activation
-    blocks).
+    blocks). Raises a ValueError when the model has none. The candidates
+    of `kd.losses.AttentionFeatureDistillation` and
+    `kd.losses.RepresentativeTeacherKeys`.
 
     Example:
 
@@ -171,4 +174,14 @@ def block_layer_names(model):
                                              layers.BatchNormalization):
                 output = activation_after(consumer)
         names.append((output or layer).name)
+    if not names:
+        raise ValueError(
+            f"Model '{model.name}' has no keras.layers.Add layers, so no "
+            f"residual blocks to list; name the feature layers explicitly."
+        )
     return names
+
+
+# Imported last: these finders build on stage_layer_names above.
+from keras_kd.models.preactivation import batch_norm_before  # noqa: E402
+from keras_kd.models.preactivation import preactivation_layer_names  # noqa: E402,E501

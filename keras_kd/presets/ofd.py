@@ -1,7 +1,7 @@
 """Overhaul of feature distillation (docs/methods/ofd.md)."""
 
 from keras_kd import losses
-from keras_kd.layers_util import preactivation_layer_names
+from keras_kd.models import preactivation_layer_names
 from keras_kd.presets.registry import register
 
 

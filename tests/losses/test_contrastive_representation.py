@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import keras_kd as kd
-from conftest import small_cnn, sparse_ce
+from helpers import small_cnn, sparse_ce
 
 N, K, DIM = 12, 5, 4
 EPS = 1e-7

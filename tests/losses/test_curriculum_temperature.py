@@ -5,8 +5,8 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import small_cnn
-from conftest import sparse_ce
+from helpers import small_cnn
+from helpers import sparse_ce
 from keras import ops
 
 import keras_kd as kd

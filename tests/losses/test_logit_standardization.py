@@ -4,8 +4,8 @@ the official code: z-score with torch.std's unbiased std and 1e-7 added."""
 import keras
 import numpy as np
 import pytest
-from conftest import small_cnn
-from conftest import sparse_ce
+from helpers import small_cnn
+from helpers import sparse_ce
 from keras import ops
 
 import keras_kd as kd

@@ -5,7 +5,7 @@ pooling of the larger map."""
 import keras
 import numpy as np
 import pytest
-from conftest import gradient
+from helpers import gradient
 from keras import ops
 
 import keras_kd as kd

@@ -13,8 +13,8 @@ from keras import layers
 from keras import ops
 
 import keras_kd as kd
-from keras_kd.layers_util import batch_norm_before
-from keras_kd.layers_util import preactivation_layer_names
+from keras_kd.models import batch_norm_before
+from keras_kd.models import preactivation_layer_names
 from keras_kd.losses.overhaul_feature_distillation import margin_from_batch_norm
 
 

@@ -4,7 +4,7 @@ reductions (distances over the mean of non-zero pairs, smooth-L1 means)."""
 import keras
 import numpy as np
 import pytest
-from conftest import gradient
+from helpers import gradient
 from keras import ops
 
 import keras_kd as kd

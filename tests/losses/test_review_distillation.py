@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_kd as kd
-from conftest import small_cnn, sparse_ce
+from helpers import small_cnn, sparse_ce
 from keras_kd.losses.review_distillation import hierarchical_context_loss
 
 

@@ -5,25 +5,25 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import numpy_softmax
-from conftest import sparse_ce
+from helpers import numpy_softmax
+from helpers import sparse_ce
 from keras import layers
 from keras import ops
-from test_at import np_attention
-from test_at import tiny_resnet
+from helpers import np_attention
+from helpers import tiny_resnet
 
 import keras_kd as kd
-from keras_kd.layers_util import residual_block_outputs
+from keras_kd.models import block_layer_names
 
 
-def test_residual_block_outputs():
+def test_block_layer_names_finds_add_outputs():
     post = tiny_resnet(4, 2, "post")
-    assert residual_block_outputs(post) == ["block1_1", "block1_2", "block2_1", "block2_2"]
+    assert block_layer_names(post) == ["block1_1", "block1_2", "block2_1", "block2_2"]
     pre = tiny_resnet(4, 1, "pre", preactivation=True)
-    assert residual_block_outputs(pre) == ["block1_1", "block2_1"]
+    assert block_layer_names(pre) == ["block1_1", "block2_1"]
     plain = keras.Sequential([keras.Input((4,)), layers.Dense(2)])
     with pytest.raises(ValueError, match="no keras.layers.Add"):
-        residual_block_outputs(plain)
+        block_layer_names(plain)
 
 
 # --- NumPy reference ---------------------------------------------------------
@@ -218,7 +218,7 @@ def test_trains_on_digits_meta_networks_learn_teacher_frozen(digits):
     keras.utils.set_random_seed(0)
     teacher = tiny_resnet(8, 2, "teacher")
     student = tiny_resnet(4, 1, "student")
-    names = residual_block_outputs(teacher), residual_block_outputs(student)
+    names = block_layer_names(teacher), block_layer_names(student)
     terms = [kd.losses.AttentionFeatureDistillation(*names, qk_dim=16),
              kd.losses.RepresentativeTeacherKeys(*names, qk_dim=16)]
     distiller = kd.Distiller(

@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 import pytest
-from conftest import numpy_log_softmax
-from conftest import numpy_softmax
+from helpers import numpy_log_softmax
+from helpers import numpy_softmax
 from keras import ops
 
 import keras_kd as kd

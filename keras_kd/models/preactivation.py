@@ -1,34 +1,17 @@
-"""Finding the layers distillation terms read in functional models."""
+"""Pre-ReLU taps and the batch norms before them, for overhaul distillation.
+
+Example:
+
+```python
+teacher_taps = kd.models.preactivation_layer_names(teacher)
+bn = kd.models.batch_norm_before(teacher, teacher_taps[0])
+```
+"""
+
+import keras
+from keras import layers
 
 from keras_kd import models
-
-from keras_kd.models import stage_layer_names
-
-
-def residual_block_outputs(model):
-    """Names of the residual-block outputs of a functional model, in order.
-
-    `keras_kd.models.block_layer_names`, or a ValueError when there are
-    none: each `keras.layers.Add`, or the activation that follows it
-    (post-activation) or its batch norm (pre-activation). Candidates for
-    `kd.losses.AttentionFeatureDistillation` and
-    `kd.losses.RepresentativeTeacherKeys`.
-
-    Example:
-
-    ```python
-    afd = kd.losses.AttentionFeatureDistillation(
-        kd.layers_util.residual_block_outputs(teacher),
-        kd.layers_util.residual_block_outputs(student))
-    ```
-    """
-    names = models.block_layer_names(model)
-    if not names:
-        raise ValueError(
-            f"Model '{model.name}' has no keras.layers.Add layers, so no "
-            f"residual blocks to list; name the feature layers explicitly."
-        )
-    return names
 
 
 def preactivation_layer_names(model):
@@ -50,7 +33,7 @@ def preactivation_layer_names(model):
     """
     producers, consumers = _graph(model)
     names = []
-    for name in stage_layer_names(model):
+    for name in models.stage_layer_names(model):
         if name == "stem":
             continue
         stage = model.get_layer(name)
@@ -96,7 +79,7 @@ def batch_norm_before(model, layer_name):
         f"({type(layer).__name__}) is neither a BatchNormalization nor a "
         f"sum (Add) fed by one, so no batch norm gives the statistics of "
         f"its values before the ReLU. Tap the output of the batch norm "
-        f"before the ReLU (kd.layers_util.preactivation_layer_names lists "
+        f"before the ReLU (kd.models.preactivation_layer_names lists "
         f"them for zoo models), or name the batch norms explicitly."
     )
 

@@ -20,7 +20,7 @@ import pytest
 
 from keras_kd import data as kd_data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def recipe(name, *args, check=True, timeout=400):

@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 import pytest
-from conftest import numpy_log_softmax
-from conftest import numpy_softmax
-from conftest import small_cnn
-from conftest import sparse_ce
+from helpers import numpy_log_softmax
+from helpers import numpy_softmax
+from helpers import small_cnn
+from helpers import sparse_ce
 from keras import layers
 from keras import ops
 

@@ -7,8 +7,8 @@ import types
 import keras
 import numpy as np
 import pytest
-from conftest import small_cnn
-from conftest import sparse_ce
+from helpers import small_cnn
+from helpers import sparse_ce
 
 import keras_kd as kd
 

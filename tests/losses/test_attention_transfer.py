@@ -1,68 +1,15 @@
-"""Attention transfer against NumPy; the tiny residual nets other tests share."""
+"""Attention transfer against NumPy."""
 
 import keras
 import numpy as np
 import pytest
-from conftest import sparse_ce
-from keras import layers
+from helpers import np_attention
+from helpers import sparse_ce
+from helpers import tiny_resnet
 from keras import ops
 
 import keras_kd as kd
 from keras_kd.losses.attention_transfer import spatial_attention
-
-
-def tiny_resnet(width, blocks, name, preactivation=False):
-    """Two stages (8×8, 4×4) of `blocks` residual blocks on 8×8×1 inputs.
-
-    Post-activation blocks end in `ReLU(name=block{stage}_{i})`; with
-    `preactivation` the `Add` (named so) is the block output.
-    """
-    inputs = keras.Input((8, 8, 1))
-    x = layers.Conv2D(width, 3, padding="same")(inputs)
-    for stage in (1, 2):
-        for i in range(1, blocks + 1):
-            strides, filters = (2 if stage == 2 and i == 1 else 1), width * stage
-            y = layers.BatchNormalization()(x) if preactivation else x
-            y = layers.Conv2D(filters, 3, strides, padding="same")(y)
-            y = layers.ReLU()(layers.BatchNormalization()(y))
-            y = layers.Conv2D(filters, 3, padding="same")(y)
-            shortcut = x
-            if strides != 1 or x.shape[-1] != filters:
-                shortcut = layers.Conv2D(filters, 1, strides)(x)
-            name_ = f"block{stage}_{i}"
-            if preactivation:
-                x = layers.Add(name=name_)([y, shortcut])
-            else:
-                x = layers.ReLU(name=name_)(layers.Add()([y, shortcut]))
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, layers.Dense(10, dtype="float32")(x), name=name)
-
-
-def np_adaptive_pool(maps, size):
-    """PyTorch's AdaptiveAvgPool2d on (batch, H, W), with explicit bins."""
-    _, h, w = maps.shape
-    out = np.zeros((maps.shape[0],) + tuple(size))
-    for i in range(size[0]):
-        r0, r1 = (i * h) // size[0], -(-((i + 1) * h) // size[0])
-        for j in range(size[1]):
-            c0, c1 = (j * w) // size[1], -(-((j + 1) * w) // size[1])
-            out[:, i, j] = maps[:, r0:r1, c0:c1].mean(axis=(1, 2))
-    return out
-
-
-def np_attention(f, size=None, pool="features"):
-    """AT's official order (RepDistiller AT.py) pools the feature map, then
-    squares; AFD's (`Sample` in AFD.py) pools the energy map `mean_c(F²)`."""
-    f = f.astype("float64")
-    if size is not None and pool == "energy":
-        flat = np_adaptive_pool((f**2).mean(-1), size).reshape(len(f), -1)
-        return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-    if size is not None:
-        channels = np.moveaxis(f, -1, 1).reshape((-1,) + f.shape[1:3])
-        pooled = np_adaptive_pool(channels, size)
-        f = np.moveaxis(pooled.reshape((len(f), f.shape[-1]) + tuple(size)), 1, -1)
-    flat = (f**2).mean(-1).reshape(len(f), -1)
-    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
 
 
 def test_attention_pools_the_feature_map_before_squaring():

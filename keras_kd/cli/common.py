@@ -1,0 +1,189 @@
+"""What every recipe shares: errors, `run`, data and model resolution and the
+training phases (over `keras_kd.training`)."""
+
+import os
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from keras_kd import training
+from keras_kd.training import Data
+
+FLAGS = flags.FLAGS
+# absl's own flags, not part of a run's identity.
+ABSL_FLAGS = set(FLAGS)
+# The tf.distribute strategy of the run (`--distribution`), set by `run`.
+STRATEGY = [None]
+# Whether TensorBoard logs are written (`check_optional_writers`).
+TENSORBOARD = [True]
+
+
+class RecipeError(ValueError):
+    """A bad flag value or input, reported without a traceback."""
+
+
+def run(main):
+    """`absl.app.run(main)`, reporting `RecipeError`s as one-line errors."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    def wrapped(argv):
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)
+        if len(argv) > 1:
+            raise app.UsageError(
+                f"Unexpected arguments {argv[1:]}; every option is a "
+                f"--flag (see --helpfull).")
+        try:
+            from keras_kd import distribute
+
+            try:
+                STRATEGY[0] = distribute.strategy_from_flag(
+                    FLAGS.distribution)
+            except ValueError as e:
+                raise RecipeError(f"--distribution: {e}") from None
+            check_optional_writers()
+            with distribute.scope(STRATEGY[0]):
+                main(argv)
+        except RecipeError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(wrapped)
+
+
+def seed_all(seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def load_data(cfg):
+    """Loads `--dataset` and builds the normalisation, or a RecipeError."""
+    from keras_kd import data
+
+    try:
+        (x, y), (x_test, y_test), info = data.load(FLAGS.dataset,
+                                                   FLAGS.data_dir)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise RecipeError(f"--dataset={FLAGS.dataset}: {e}") from None
+    except ImportError as e:
+        raise RecipeError(
+            f"--dataset={FLAGS.dataset} needs tensorflow-datasets: {e}"
+        ) from None
+    if len(x) == 0 or len(x_test) == 0:
+        raise RecipeError(f"--dataset={FLAGS.dataset} has an empty train or "
+                          f"test split.")
+    if cfg["normalize"] == "channel":
+        mean, std = data.channel_stats(x)
+        std = np.maximum(std, 1e-3)
+    else:
+        mean = np.zeros(x.shape[-1], "float32")
+        std = np.full(x.shape[-1], 255.0, "float32")
+    return Data(x, y, x_test, y_test, info, mean, std)
+
+
+def resolve_model(spec, num_classes, input_shape, role, weight_decay,
+                  dtype_policy="float32"):
+    """A zoo model (untrained) or a loaded `.keras` model, checked.
+
+    Returns `(model, loaded)`.
+    """
+    import keras
+
+    from keras_kd import models
+
+    if spec.endswith(".keras") or os.path.sep in spec:
+        if not os.path.exists(spec):
+            raise RecipeError(f"--{role}={spec}: no such file.")
+        try:
+            model = keras.models.load_model(spec, compile=False)
+        except Exception as e:  # Keras raises many kinds here.
+            raise RecipeError(f"--{role}={spec} is not a loadable .keras "
+                              f"model: {e}") from None
+        shape = tuple(model.inputs[0].shape[1:]) if getattr(
+            model, "inputs", None) else None
+        if shape is not None and shape != tuple(input_shape):
+            raise RecipeError(
+                f"--{role}={spec} takes inputs of shape {shape}, but the "
+                f"dataset's images are {tuple(input_shape)}.")
+        return model, True
+    if spec not in models.MODELS:
+        raise RecipeError(
+            f"Unknown model --{role}={spec}: use a path to a .keras file or "
+            f"one of {', '.join(sorted(models.MODELS))}.")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy)
+    try:
+        model = models.get(spec, num_classes=num_classes,
+                           input_shape=input_shape, weight_decay=weight_decay)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return model, False
+
+
+def build_student(name, num_classes, input_shape, cfg, seed, what):
+    """A fresh student (seeded by `seed`), checked against `num_classes`
+    (the classes of `what`, e.g. "the dataset")."""
+    seed_all(seed)
+    model, _ = resolve_model(name, num_classes, input_shape, "student",
+                             cfg["weight_decay"], FLAGS.mixed_precision)
+    if num_outputs(model) != num_classes:
+        raise RecipeError(
+            f"--student={name} has {num_outputs(model)} outputs but {what} "
+            f"has {num_classes} classes.")
+    return model
+
+
+def num_outputs(model):
+    return int(model.outputs[0].shape[-1])
+
+
+def student_data(data, cfg):
+    limit = cfg["train_limit"]
+    if limit:
+        return data.x[:limit], data.y[:limit]
+    return data.x, data.y
+
+
+def augmentation_layer(cfg, seed):
+    if cfg["augment"] and FLAGS.augment_on_device:
+        from keras_kd.data import RandomCropFlip
+
+        return RandomCropFlip(padding=4, seed=seed)
+    return None
+
+
+def check_optional_writers():
+    """Before any training: without TensorBoard, warn once and log CSV only
+    (instead of failing in the middle of the first phase)."""
+    TENSORBOARD[0] = training.tensorboard_available()
+    if not TENSORBOARD[0]:
+        print(f"Warning: {training.TENSORBOARD_MISSING}", file=sys.stderr)
+
+
+def train_phase(name, model, data, x, y, cfg, lr, seed, host_augment):
+    """`training.fit_resumable` with the run's flags, in `--output_dir`."""
+    return training.fit_resumable(
+        name, model, data, x, y, training.TrainConfig.from_dict(cfg, lr),
+        FLAGS.output_dir, seed=seed, host_augment=host_augment,
+        jit_compile=FLAGS.jit_compile, verbose=FLAGS.verbose,
+        tensorboard=TENSORBOARD[0])
+
+
+def train_plain(name, model, data, x, y, cfg, lr, seed):
+    """Trains a model alone with cross-entropy (a teacher or a baseline)."""
+    import keras
+
+    augmentation = augmentation_layer(cfg, seed)
+    trained = model
+    if augmentation is not None:
+        inputs = keras.Input(model.inputs[0].shape[1:])
+        trained = keras.Model(inputs, model(augmentation(inputs)),
+                              name=f"{model.name}_augmented")
+    result = train_phase(name, trained, data, x, y, cfg, lr, seed,
+                         host_augment=cfg["augment"] and not augmentation)
+    return result
+

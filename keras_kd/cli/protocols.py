@@ -1,0 +1,132 @@
+"""Training protocols: the value every unset training flag takes.
+
+- `digits` (scikit-learn's digits, the offline main job): Adam 3e-3, 120
+  epochs, batch 32, no weight decay or augmentation; the student trains on
+  the first 100 training images (the teacher, 30 epochs, on all of them),
+  KD at T=4 with `0.5·CE + 0.5·KD`; FitNets, AT, FA and SKD at one tenth of
+  the CIFAR weights (measurements: benchmarks/README.md).
+- `cifar` (docs/methods.md §6, any other dataset): SGD momentum 0.9, lr
+  0.05 (0.01 for MobileNetV2 students), ×0.1 at 62.5/75/87.5% of the
+  epochs (150/180/210 of 240), batch 64, coupled L2 weight decay 5e-4,
+  random crop (4-pixel padding) and horizontal flip, per-channel
+  normalisation; each method's paper weights (the presets' defaults).
+"""
+
+from keras_kd.cli.common import FLAGS
+from keras_kd.cli.common import RecipeError
+from keras_kd.cli.common import STRATEGY
+
+
+# Protocols: the value every unset training flag takes.
+PROTOCOLS = {
+    "digits": {
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "momentum": 0.9,
+        "epochs": 120,
+        "teacher_epochs": 30,
+        "batch_size": 32,
+        "weight_decay": 0.0,
+        "lr_decay_fractions": [],
+        "augment": False,
+        "normalize": "unit",
+        "teacher": ["digits_cnn_large"],
+        "student": "digits_cnn_small",
+        "train_limit": 100,
+        "kd_temperature": 4.0,
+        "kd_weight": 0.5,
+        "kd_ce_weight": 0.5,
+        # docs/methods.md's CIFAR weights / 10 (see the module docstring).
+        "term_weights": {"fitnets": 10.0, "at": 100.0, "fa": 10.0,
+                         "skd": 10.0},
+    },
+    "cifar": {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "epochs": 240,
+        "teacher_epochs": 240,
+        "batch_size": 64,
+        "weight_decay": 5e-4,
+        "lr_decay_fractions": [150 / 240, 180 / 240, 210 / 240],
+        "augment": True,
+        "normalize": "channel",
+        "teacher": ["resnet32x4"],
+        "student": "resnet8x4",
+        "train_limit": 0,
+        "kd_temperature": 4.0,
+        "kd_weight": 0.9,
+        "kd_ce_weight": 0.1,
+    },
+}
+
+
+def resolve_protocol():
+    """The protocol name and the settings of every training flag."""
+    protocol = FLAGS.protocol
+    if protocol == "auto":
+        protocol = "digits" if FLAGS.dataset == "digits" else "cifar"
+    defaults = PROTOCOLS[protocol]
+
+    def pick(name):
+        value = getattr(FLAGS, name, None)
+        return defaults[name] if value is None else value
+
+    cfg = {"protocol": protocol}
+    for name in ("optimizer", "momentum", "epochs", "batch_size",
+                 "weight_decay", "augment", "train_limit"):
+        cfg[name] = pick(name)
+    teacher_epochs = getattr(FLAGS, "teacher_epochs", None)
+    cfg["teacher_epochs"] = (
+        teacher_epochs if teacher_epochs is not None
+        else defaults["teacher_epochs"] if protocol == "digits"
+        else cfg["epochs"])
+    cfg["normalize"] = defaults["normalize"]
+    cfg["replicas"] = 1
+    if STRATEGY[0] is not None:
+        from keras_kd import distribute
+
+        cfg["replicas"] = distribute.num_replicas(STRATEGY[0])
+        cfg["batch_size"] *= cfg["replicas"]
+    if FLAGS.lr_decay_epochs is None:
+        cfg["lr_decay_epochs"] = [
+            int(round(f * cfg["epochs"])) for f in defaults["lr_decay_fractions"]
+        ]
+    else:
+        try:
+            cfg["lr_decay_epochs"] = sorted(int(e) for e in FLAGS.lr_decay_epochs)
+        except ValueError:
+            raise RecipeError(
+                f"--lr_decay_epochs must be integers, got "
+                f"{FLAGS.lr_decay_epochs}.") from None
+    for name, low in (("epochs", 1), ("batch_size", 1), ("train_limit", 0),
+                      ("teacher_epochs", 0)):
+        if cfg[name] < low:
+            raise RecipeError(f"--{name} must be at least {low}, got "
+                              f"{cfg[name]}.")
+    if cfg["weight_decay"] < 0:
+        raise RecipeError(f"--weight_decay must be >= 0, got "
+                          f"{cfg['weight_decay']}.")
+    return cfg, defaults
+
+
+def learning_rate(cfg, student_name, defaults):
+    """The learning rate, scaled linearly with the number of replicas."""
+    if FLAGS.lr is not None:
+        if FLAGS.lr <= 0:
+            raise RecipeError(f"--lr must be positive, got {FLAGS.lr}.")
+        lr = FLAGS.lr
+    elif cfg["protocol"] == "cifar" and student_name == "mobilenetv2":
+        lr = 0.01
+    else:
+        lr = defaults["lr"]
+    if STRATEGY[0] is not None:
+        from keras_kd import distribute
+
+        per_replica = cfg["batch_size"] // cfg["replicas"]
+        print(distribute.describe_scaling(per_replica, lr, per_replica,
+                                          STRATEGY[0]))
+        _, lr = distribute.scale_batch_and_learning_rate(
+            per_replica, lr, per_replica, STRATEGY[0])
+    return lr
+

@@ -1,0 +1,125 @@
+"""Random crop + horizontal flip inside the model, with `keras.ops`."""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def augment_batch(images, seed_generator, padding=4):
+    """Random crop with zero padding and horizontal flip of an NHWC batch.
+
+    Each image gets its own offset (0 to `2 * padding` on each axis) into
+    the padded batch and is flipped with probability 1/2, all in one gather
+    with `keras.ops`, so it runs inside compiled train steps on any backend.
+
+    Example:
+
+    ```python
+    seed_generator = keras.random.SeedGenerator(0)
+    images = augment_batch(images, seed_generator)
+    ```
+    """
+    batch = ops.shape(images)[0]
+    height, width, channels = images.shape[1:]
+    padded_height, padded_width = height + 2 * padding, width + 2 * padding
+    padded = ops.pad(
+        images, [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+    )
+    offsets = keras.random.randint(
+        (batch, 2), 0, 2 * padding + 1, seed=seed_generator
+    )
+    flip = keras.random.uniform((batch, 1), seed=seed_generator) < 0.5
+    cols = ops.arange(width)
+    cols = ops.where(flip, width - 1 - cols, cols) + offsets[:, 1:]
+    rows = ops.arange(height) + offsets[:, :1]
+    index = ops.arange(batch)[:, None, None] * padded_height + rows[:, :, None]
+    index = index * padded_width + cols[:, None, :]
+    return ops.take(ops.reshape(padded, (-1, channels)), index, axis=0)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class RandomCropFlip(keras.layers.Layer):
+    """Random crop (zero padding `padding`) and horizontal flip in training.
+
+    The identity at inference. See `augment_batch`.
+
+    Example:
+
+    ```python
+    inputs = keras.Input((32, 32, 3))
+    x = RandomCropFlip(padding=4)(inputs)
+    ```
+    """
+
+    def __init__(self, padding=4, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = padding
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        return augment_batch(inputs, self.seed_generator, self.padding)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"padding": self.padding, "seed": self.seed})
+        return config
+
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class RandomPaddedCrop(keras.layers.Layer):
+    """torchvision's `RandomCrop(size, padding)`: pad, crop at random.
+
+    In training each image is padded by `padding` pixels of `fill_value`
+    on every side and cropped back to its size at its own uniform offset;
+    at inference the layer is the identity. `fill_value` (a scalar or one
+    value per channel) is 0, black, for images in pixel units; for
+    normalised images pass the normalised black, `−mean / std`, so the
+    padding is black as torchvision pads before `Normalize`. Cropping is a
+    product with one-hot row and column selectors, so it runs on every
+    backend.
+
+    Example:
+
+    ```python
+    x = RandomPaddedCrop(4)(images, training=True)
+    ```
+    """
+
+    def __init__(self, padding, fill_value=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = padding
+        self.fill_value = (float(fill_value) if np.ndim(fill_value) == 0
+                           else [float(v) for v in fill_value])
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        p = self.padding
+        height, width = inputs.shape[1:3]
+        fill = ops.cast(self.fill_value, inputs.dtype)
+        pad = ((0, 0), (p, p), (p, p), (0, 0))
+        border = 1 - ops.pad(ops.ones_like(inputs[:1, ..., :1]), pad)
+        padded = ops.pad(inputs, pad) + border * fill  # Exact inside.
+        offsets = keras.random.randint(
+            (ops.shape(inputs)[0], 2), 0, 2 * p + 1, seed=self.seed_generator)
+        rows = ops.one_hot(offsets[:, :1] + ops.arange(height), height + 2 * p,
+                           dtype=inputs.dtype)
+        cols = ops.one_hot(offsets[:, 1:] + ops.arange(width), width + 2 * p,
+                           dtype=inputs.dtype)
+        return ops.einsum("bih,bhwc,bjw->bijc", rows, padded, cols)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding,
+                "fill_value": self.fill_value, "seed": self.seed}

@@ -1,0 +1,100 @@
+"""Dataset loaders: scikit-learn's digits, `.npz` folders, tensorflow-datasets.
+
+Every loader returns `((x_train, y_train), (x_test, y_test), info)` with
+`x` uint8 NHWC, `y` int64 and `info` a dict (`num_classes`, `class_names`,
+`input_shape`, `source`).
+"""
+
+import numpy as np
+
+
+def load(name, data_dir=None, split_seed=0):
+    """Loads a dataset as `((x_train, y_train), (x_test, y_test), info)`.
+
+    `x` is uint8 NHWC, `y` int64, and `info` a dict with `num_classes`,
+    `class_names`, `input_shape` and `source`. `name` is one of:
+
+    - `"digits"`: scikit-learn's 8x8 digits, scaled to 0..255, split 75/25,
+      stratified, with `split_seed`;
+    - `"npz:PATH"`: a folder with `train.npz` and `test.npz` (or numbered
+      parts `train_0.npz`, `train_1.npz`, ...) holding `x` (uint8 NHWC or
+      NHW) and `y` (integers), or `jpeg` (concatenated JPEG files),
+      `offsets` (int, N + 1) and `y`. JPEGs are decoded with
+      `tf.io.decode_jpeg` using the accurate integer DCT, which gives the
+      same pixels as Pillow. Class names come from `meta.json` (`"classes"`)
+      when present;
+    - any other name: a tensorflow-datasets dataset with `train` and `test`
+      splits, read from (or downloaded to) `data_dir`.
+
+    Example:
+
+    ```python
+    (x, y), (x_test, y_test), info = keras_kd.data.load("npz:data/mnist")
+    ```
+    """
+    if name == "digits":
+        return _load_digits(split_seed)
+    if name.startswith("npz:"):
+        from keras_kd.data.npz import load_npz
+
+        return load_npz(name[len("npz:"):])
+    return _load_tfds(name, data_dir)
+
+
+def dataset_info(num_classes, class_names, input_shape, source):
+    """The `info` dict every loader returns."""
+    return {
+        "num_classes": int(num_classes),
+        "class_names": list(class_names),
+        "input_shape": tuple(int(d) for d in input_shape),
+        "source": source,
+    }
+
+
+def _load_digits(split_seed):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = np.round(digits.images * (255 / 16)).astype("uint8")[..., None]
+    y = digits.target.astype("int64")
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.25, stratify=y, random_state=split_seed
+    )
+    info = dataset_info(10, [str(i) for i in range(10)], x.shape[1:],
+                 "sklearn.datasets.load_digits")
+    return (x_train, y_train), (x_test, y_test), info
+
+
+
+def _load_tfds(name, data_dir):
+    """A tensorflow-datasets dataset as NumPy arrays, read in batches (not
+    whole splits, which `tfds.testing.mock_data` cannot serve)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        (train, test), builder_info = tfds.load(
+            name, split=["train", "test"], data_dir=data_dir,
+            as_supervised=True, with_info=True)
+    except tfds.core.DatasetNotFoundError as e:
+        raise ValueError(
+            f"Unknown dataset '{name}': use 'digits', 'npz:PATH' (a folder "
+            f"of train/test .npz files) or a tensorflow-datasets name, and "
+            f"'{name}' is not a known tensorflow-datasets name.") from e
+
+    def arrays(ds):
+        xs, ys = [], []
+        for images, labels in tfds.as_numpy(ds.batch(4096)):
+            xs.append(images)
+            ys.append(labels)
+        x, y = np.concatenate(xs), np.concatenate(ys).astype("int64")
+        return (x[..., None] if x.ndim == 3 else x), y
+
+    (x, y), (x_test, y_test) = arrays(train), arrays(test)
+    if x.dtype != np.uint8:
+        raise ValueError(f"'{name}' images are {x.dtype}; keras_kd takes "
+                         f"uint8 images.")
+    label = builder_info.features[builder_info.supervised_keys[1]]
+    info = dataset_info(label.num_classes, label.names, x.shape[1:],
+                 f"tensorflow_datasets:{name}")
+    return (x, y), (x_test, y_test), info

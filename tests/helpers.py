@@ -1,0 +1,106 @@
+"""Test helpers shared by the test modules: tiny models, NumPy softmaxes."""
+
+import keras
+import numpy as np
+from keras import layers
+
+
+def small_cnn(width, num_classes=10, name=None, input_shape=(8, 8, 1)):
+    """A conv net with named stages, for tests: stage1 8×8, stage2 4×4."""
+    inputs = keras.Input(input_shape)
+    h = keras.layers.Conv2D(width, 3, padding="same", name="conv1")(inputs)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="bn1")(h)
+    h = keras.layers.ReLU(name="stage1")(h)
+    h = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", name="conv2")(h)
+    h = keras.layers.BatchNormalization(momentum=0.9, name="bn2")(h)
+    h = keras.layers.ReLU(name="stage2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="features")(h)
+    outputs = keras.layers.Dense(num_classes, name="logits", dtype="float32")(h)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def sparse_ce():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def numpy_log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def numpy_softmax(z):
+    return np.exp(numpy_log_softmax(z))
+
+
+def tiny_resnet(width, blocks, name, preactivation=False):
+    """Two stages (8×8, 4×4) of `blocks` residual blocks on 8×8×1 inputs.
+
+    Post-activation blocks end in `ReLU(name=block{stage}_{i})`; with
+    `preactivation` the `Add` (named so) is the block output.
+    """
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(width, 3, padding="same")(inputs)
+    for stage in (1, 2):
+        for i in range(1, blocks + 1):
+            strides, filters = (2 if stage == 2 and i == 1 else 1), width * stage
+            y = layers.BatchNormalization()(x) if preactivation else x
+            y = layers.Conv2D(filters, 3, strides, padding="same")(y)
+            y = layers.ReLU()(layers.BatchNormalization()(y))
+            y = layers.Conv2D(filters, 3, padding="same")(y)
+            shortcut = x
+            if strides != 1 or x.shape[-1] != filters:
+                shortcut = layers.Conv2D(filters, 1, strides)(x)
+            name_ = f"block{stage}_{i}"
+            if preactivation:
+                x = layers.Add(name=name_)([y, shortcut])
+            else:
+                x = layers.ReLU(name=name_)(layers.Add()([y, shortcut]))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(10, dtype="float32")(x), name=name)
+
+
+def np_adaptive_pool(maps, size):
+    """PyTorch's AdaptiveAvgPool2d on (batch, H, W), with explicit bins."""
+    _, h, w = maps.shape
+    out = np.zeros((maps.shape[0],) + tuple(size))
+    for i in range(size[0]):
+        r0, r1 = (i * h) // size[0], -(-((i + 1) * h) // size[0])
+        for j in range(size[1]):
+            c0, c1 = (j * w) // size[1], -(-((j + 1) * w) // size[1])
+            out[:, i, j] = maps[:, r0:r1, c0:c1].mean(axis=(1, 2))
+    return out
+
+
+def np_attention(f, size=None, pool="features"):
+    """AT's official order (RepDistiller AT.py) pools the feature map, then
+    squares; AFD's (`Sample` in AFD.py) pools the energy map `mean_c(F²)`."""
+    f = f.astype("float64")
+    if size is not None and pool == "energy":
+        flat = np_adaptive_pool((f**2).mean(-1), size).reshape(len(f), -1)
+        return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    if size is not None:
+        channels = np.moveaxis(f, -1, 1).reshape((-1,) + f.shape[1:3])
+        pooled = np_adaptive_pool(channels, size)
+        f = np.moveaxis(pooled.reshape((len(f), f.shape[-1]) + tuple(size)), 1, -1)
+    flat = (f**2).mean(-1).reshape(len(f), -1)
+    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+
+
+def gradient(fn, variable):
+    """NumPy gradient of the scalar `fn(x)` at a `keras.Variable`'s value."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = fn(variable)
+        return tape.gradient(loss, variable).numpy()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(fn)(variable.value))
+    import torch
+
+    x = variable.value.detach().clone().requires_grad_(True)
+    fn(x).backward()
+    return x.grad.numpy()
