@@ -4,6 +4,7 @@ import keras
 from keras import ops
 from keras_kd import callbacks as callbacks_lib
 from keras_kd import model_outputs
+from keras_kd import side_inputs
 from keras_kd._compat import DotNotTrackScope
 from keras_kd._compat import MultiWorkerFitMixin
 from keras_kd._compat import compiled_loss
@@ -355,11 +356,18 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         if not self._side_input_names:
             return x
         if isinstance(x, dict) and "inputs" in x:
-            _check_side_inputs(self, list(x))
+            self._check_side_inputs(list(x))
             return x["inputs"]
         if training:
-            _check_side_inputs(self, None)
+            self._check_side_inputs(None)
         return x  # Evaluation and prediction also take plain images.
+
+    def _check_side_inputs(self, keys):
+        readers = [t.name for t in self.distillation_losses if t.side_inputs]
+        readers += [
+            m.name for m in self._teachers if getattr(m, "side_inputs", ())
+        ]
+        side_inputs.check(self._side_input_names, readers, keys)
 
     def _labelled_logits(self, student_outputs):
         """The student's logits on the original (first) view of the batch."""
@@ -420,12 +428,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         """
         if self._side_input_names:
             x = args[0] if args else kwargs.get("x")
-            if isinstance(x, keras.utils.PyDataset):
-                x = x[0][0]
-            spec = getattr(x, "element_spec", None)  # A tf.data.Dataset.
-            if spec is not None:
-                x = spec[0] if isinstance(spec, tuple) else spec
-            _check_side_inputs(self, list(x) if isinstance(x, dict) else None)
+            self._check_side_inputs(side_inputs.batch_keys(x))
         callbacks = list(callbacks or []) + [
             callbacks_lib.TermEpochs(self.distillation_losses)
         ]
@@ -478,28 +481,6 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             deserialize(term) for term in config["distillation_losses"]
         ]
         return cls(**config)
-
-
-def _check_side_inputs(distiller, keys):
-    """Raises when a batch lacks the entries its terms read."""
-    needed = ["inputs"] + distiller._side_input_names
-    missing = needed if keys is None else [k for k in needed if k not in keys]
-    if missing:
-        readers = [
-            term.name for term in distiller.distillation_losses
-            if term.side_inputs
-        ] + [
-            model.name for model in distiller._teachers
-            if getattr(model, "side_inputs", ())
-        ]
-        raise ValueError(
-            f"The terms or teachers {readers} read "
-            f"{distiller._side_input_names} from each batch, but x has no "
-            f"{missing}. Give x as a dict {{'inputs': images, name: ...}}, "
-            f"e.g. fit(kd.data.with_example_index(x_train), y_train) for "
-            f"example indices, or fit(kd.offline.dataset(x, y, batch_size, "
-            f"record=path)) for a kd.offline.RecordedTeacher."
-        )
 
 
 def _is_training_output(y_pred):

@@ -134,7 +134,7 @@ def dataset(x, y, batch_size, record=None, augmentation=None, seed=None,
                   steps_per_epoch=kd.offline.steps_per_epoch(len(x), 64))
     ```
     """
-    from keras.src.utils.module_utils import tensorflow as tf
+    from keras_kd._compat import tensorflow as tf
 
     replay = _Replay(x, y, batch_size, record, augmentation, seed, epochs,
                      shuffle, drop_remainder, targets, initial_epoch)
