@@ -129,7 +129,8 @@ def preset_hyperparameters(method_names, defaults, protocol_weights=True):
         for key, default in presets.get(name).defaults.items():
             value = (None if key in cli_flags.TRAINING_FLAGS
                      else getattr(FLAGS, key, None))
-            if value is None and _HINTON_KD.get(key) == default:
+            if value is None and key in _HINTON_KD and (
+                    _HINTON_KD[key] == default):
                 value = defaults[key]
             elif value is None and protocol_weights and key.endswith(
                     "_weight"):
@@ -322,6 +323,9 @@ def distill_main(argv, recipe="distill"):
     if cache:
         teacher_cache.check_cacheable(kwargs["distillation_losses"],
                                       soft_labels)
+        teacher_cache.check_record(
+            cache, (x, y), teacher_cache.cache_augmentation(cfg, data), cfg,
+            seed, len(teachers))
 
     prepare_output_dir(recipe)
     print_config(cfg, lr, method_names, terms, ce_weight, data, x,

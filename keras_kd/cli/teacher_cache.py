@@ -56,6 +56,57 @@ def cache_augmentation(cfg, data):
                             normalize=(data.mean, data.std))
 
 
+_SHARD_SIZE = 4096
+
+
+def check_record(path, data, augmentation, cfg, seed, num_teachers):
+    """Refuses a record at `path` made from other data, augmentation, seed,
+    epochs or storage (before the teachers exist); returns its manifest,
+    or None when there is none or `--overwrite_teacher_cache`."""
+    from keras_kd.offline import manifest as manifest_lib
+
+    if FLAGS.overwrite_teacher_cache:
+        return None
+    stored = manifest_lib.read(path)
+    if stored is None:
+        if os.path.isdir(path) and os.listdir(path):
+            raise RecipeError(
+                f"--teacher_cache={path} is not empty and holds no record "
+                f"(no manifest.json). Choose an empty or new folder.")
+        return None
+    wanted = {
+        "teachers": stored.get("teachers"),  # Checked once they exist.
+        "dataset": manifest_lib.data_fingerprint(*data),
+        "augmentation": augmentation.get_config(),
+        "seed": int(seed),
+        "epochs": int(cfg["epochs"]),
+        "storage": {"format": "logits_float16", "top_k": None,
+                    "temperature": None,
+                    "ensemble": "per_teacher" if num_teachers > 1 else "mean",
+                    "shard_size": _SHARD_SIZE},
+    }
+    _refuse(path, stored, wanted)
+    return stored
+
+
+def _refuse(path, stored, wanted):
+    from keras_kd.offline import manifest as manifest_lib
+
+    different = manifest_lib.mismatches(stored, wanted)
+    if not different:
+        return
+    values = "".join(
+        f"; {key}: recorded {stored.get(key)}, now {wanted[key]}"
+        for key in ("seed", "epochs") if stored.get(key) != wanted[key])
+    raise RecipeError(
+        f"--teacher_cache={path} holds a record made with other "
+        f"{', '.join(different)} than this run{values}. The record must "
+        f"match the teachers' weights, --seed, the student's data "
+        f"(--dataset, --train_limit), --augment and --epochs: rerun with "
+        f"the flags it was recorded with, choose another --teacher_cache, "
+        f"or pass --overwrite_teacher_cache to record it again.")
+
+
 def record_teachers(teachers, data, augmentation, cfg, seed, path):
     """Records the teachers' logits at `path`, or reuses a matching record.
 
@@ -71,28 +122,15 @@ def record_teachers(teachers, data, augmentation, cfg, seed, path):
     options = {"per_teacher": len(teachers) > 1}
     if FLAGS.overwrite_teacher_cache and os.path.isdir(path):
         print(f"[teacher_cache] deleting {path} (--overwrite_teacher_cache).")
-    stored = None if FLAGS.overwrite_teacher_cache else manifest_lib.read(path)
-    if stored is None and os.path.isdir(path) and os.listdir(path) and not (
-            FLAGS.overwrite_teacher_cache):
-        raise RecipeError(
-            f"--teacher_cache={path} is not empty and holds no record (no "
-            f"manifest.json). Choose an empty or new folder.")
+    stored = check_record(path, data, augmentation, cfg, seed, len(teachers))
     if stored is not None:
         try:
             wanted = describe(
                 teachers, data, augmentation, cfg["epochs"], seed, None, 4.0,
-                None, options["per_teacher"], 4096)
+                None, options["per_teacher"], _SHARD_SIZE)
         except ValueError as e:
             raise RecipeError(f"--teacher_cache={path}: {e}") from None
-        different = manifest_lib.mismatches(stored, wanted)
-        if different:
-            raise RecipeError(
-                f"--teacher_cache={path} holds a record made with other "
-                f"{', '.join(different)} than this run (e.g. another "
-                f"teacher, --seed, --train_limit, --augment or --epochs). "
-                f"Rerun with the flags it was recorded with, choose another "
-                f"--teacher_cache, or pass --overwrite_teacher_cache to "
-                f"record it again.")
+        _refuse(path, stored, wanted)
     reused = stored is not None and stored["complete"]
     if reused:
         print(f"[teacher_cache] reusing the record at {path} "
@@ -104,7 +142,7 @@ def record_teachers(teachers, data, augmentation, cfg, seed, path):
     try:
         offline.ensure_record(
             teachers, data, augmentation, cfg["epochs"], path, seed,
-            overwrite=FLAGS.overwrite_teacher_cache,
+            overwrite=FLAGS.overwrite_teacher_cache, shard_size=_SHARD_SIZE,
             verbose=min(FLAGS.verbose, 1), **options)
     except ValueError as e:
         raise RecipeError(f"--teacher_cache={path}: {e}") from None
