@@ -35,22 +35,25 @@ from keras_kd.cli.run_dir import write_results
 
 
 def parse_methods(spec):
-    """`'kd+fa'` → `['kd', 'fa']`, checked against the method table."""
+    """`'kd+fa'` → `['kd', 'fa']` (a registered joined name such as `kd+ls`
+    stays whole), checked against the registry."""
     names = [n.strip() for n in spec.split("+")]
-    unknown = [n for n in names if n not in presets.names()]
-    if unknown or not names:
+    unknown = [n for n in names if n not in presets.names()
+               and not any(n in joined.split("+") for joined in presets.names()
+                           if "+" in joined)]
+    if unknown or not spec.strip():
         raise RecipeError(
             f"Unknown method {'+'.join(unknown) or spec!r} in "
             f"--method={spec}. Available: {', '.join(presets.names())}, or "
             f"several joined by '+', e.g. --method=kd+fa.")
-    if len(set(names)) != len(names):
-        raise RecipeError(f"--method={spec} repeats a method.")
-    kinds = {presets.get(n).teacher for n in names}
-    if len(kinds) > 1:
-        raise RecipeError(
-            f"--method={spec} mixes reffakd (soft labels, no teacher) with "
-            f"methods that need a teacher network; run them separately.")
-    return names
+    try:
+        parsed = presets.parse(spec)
+    except ValueError as e:
+        if "Unknown preset" in str(e):
+            raise RecipeError(
+                f"Unknown method in --method={spec}: {e}") from None
+        raise RecipeError(f"--method={spec}: {e}") from None
+    return [preset.name for preset in parsed]
 
 
 def _resolve_teachers(specs, data, cfg, seed):
