@@ -189,7 +189,7 @@ def kill_then_resume(args, out, phase="distilled", epoch=2):
 
 @pytest.mark.slow
 def test_cache_resume_after_kill_gives_the_same_weights(recorded, tmp_path):
-    args = ["--epochs=10", "--nobaseline", "--export=",
+    args = ["--epochs=12", "--nobaseline", "--export=",
             f"--teacher={recorded['teacher']}",
             f"--teacher_cache={tmp_path / 'cache'}"]
     full = str(tmp_path / "full")
@@ -202,7 +202,7 @@ def test_cache_resume_after_kill_gives_the_same_weights(recorded, tmp_path):
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
     log = read_csv(tmp_path / "killed" / "distilled" / "log.csv")
-    assert [int(r["epoch"]) for r in log] == list(range(10))
+    assert [int(r["epoch"]) for r in log] == list(range(12))
 
 
 @pytest.mark.slow
