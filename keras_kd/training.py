@@ -149,9 +149,44 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+def side_inputs(model):
+    """The batch entries besides the images that `model` reads: the
+    `side_inputs` of a Distiller's terms and teachers (none for a plain
+    model), e.g. `["example_index"]` for CRD."""
+    terms = getattr(model, "distillation_losses", None) or []
+    teachers = getattr(model, "teacher", None)
+    teachers = teachers if isinstance(teachers, (list, tuple)) else [teachers]
+    return sorted({n for term in terms for n in term.side_inputs}
+                  | {n for t in teachers for n in getattr(t, "side_inputs", ())})
+
+
+def _indexed_batches(x, y, batch_size, steps, epochs, first_epoch, seed,
+                     augment, normalize):
+    """`epoch_batches` whose inputs are `{"inputs", "example_index"}`.
+
+    The positions travel as a second label column, so the batches (order,
+    crops) are exactly `epoch_batches`' own.
+    """
+    from keras_kd._compat import tensorflow as tf
+
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"Example indices are supplied for integer class labels of shape "
+            f"(n,); got labels of shape {y.shape} and dtype {y.dtype}.")
+    labels = np.stack([y.astype("int64"), np.arange(len(y), dtype="int64")],
+                      axis=1)
+    ds = pipeline.epoch_batches(x, labels, batch_size, steps, epochs,
+                                first_epoch, seed, augment=augment,
+                                normalize=normalize)
+    return ds.map(lambda images, both: (
+        {"inputs": images, "example_index": both[:, 1]}, both[:, 0]),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
                   host_augment=False, jit_compile=False, verbose=0,
-                  tensorboard=True, log=print):
+                  tensorboard=True, log=print, batches=None):
     """Fits `model` (a student or a Distiller) with checkpoint/resume.
 
     Args:
@@ -165,6 +200,12 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
         tensorboard: also write TensorBoard logs (skipped with a warning
             when TensorBoard is not installed).
         log: where progress lines go (`print`; `None` for silence).
+        batches: None for `kd.data.epoch_batches` (with `"example_index"`
+            in the inputs when the model's terms read it, see
+            `side_inputs`); or a function `(first_epoch, steps)` returning
+            the batches of epochs `first_epoch..config.epochs - 1`, each
+            epoch's depending only on the epoch (e.g. a
+            `kd.offline.dataset` replay), so that resuming changes nothing.
 
     Writes `<out_dir>/<name>/`: `log.csv` (every loss term and the test
     accuracy per epoch), `tensorboard/`, `backup/` while running, and
@@ -173,6 +214,17 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
     """
     log = log or (lambda message: None)
     import keras
+
+    indexed = False
+    if batches is None:
+        needed = side_inputs(model)
+        unknown = [n for n in needed if n != "example_index"]
+        if unknown:
+            raise ValueError(
+                f"{name}: the model reads {unknown} from each batch, which "
+                f"the default pipeline cannot supply (it supplies "
+                f"'example_index'); pass `batches=` yielding them.")
+        indexed = "example_index" in needed
 
     phase_dir = os.path.join(out_dir, name)
     result_path = os.path.join(phase_dir, "result.json")
@@ -202,9 +254,13 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
               f" from {backup_dir}.")
     else:
         log(f"[{name}] training {config.epochs} epochs on {len(x)} images.")
-    train_ds = pipeline.epoch_batches(
-        x, y, config.batch_size, steps, config.epochs, first_epoch, seed,
-        augment=host_augment, normalize=(data.mean, data.std))
+    if batches is not None:
+        train_ds = batches(first_epoch, steps)
+    else:
+        make = _indexed_batches if indexed else pipeline.epoch_batches
+        train_ds = make(x, y, config.batch_size, steps, config.epochs,
+                        first_epoch, seed, augment=host_augment,
+                        normalize=(data.mean, data.std))
     test = (data.normalize(data.x_test), data.y_test)
     timer = TrainTimer()
     callbacks = [

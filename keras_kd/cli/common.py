@@ -164,13 +164,14 @@ def check_optional_writers():
         print(f"Warning: {training.TENSORBOARD_MISSING}", file=sys.stderr)
 
 
-def train_phase(name, model, data, x, y, cfg, lr, seed, host_augment):
+def train_phase(name, model, data, x, y, cfg, lr, seed, host_augment,
+                batches=None):
     """`training.fit_resumable` with the run's flags, in `--output_dir`."""
     return training.fit_resumable(
         name, model, data, x, y, training.TrainConfig.from_dict(cfg, lr),
         FLAGS.output_dir, seed=seed, host_augment=host_augment,
         jit_compile=FLAGS.jit_compile, verbose=FLAGS.verbose,
-        tensorboard=TENSORBOARD[0])
+        tensorboard=TENSORBOARD[0], batches=batches)
 
 
 def train_plain(name, model, data, x, y, cfg, lr, seed):

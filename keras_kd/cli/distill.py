@@ -1,5 +1,6 @@
 """`distill` and `reffakd`: teacher(s), the student alone and distilled."""
 
+import ast
 import os
 import time
 
@@ -8,6 +9,7 @@ import numpy as np
 import keras_kd as kd
 from keras_kd import presets
 from keras_kd.cli import flags as cli_flags
+from keras_kd.cli import teacher_cache
 from keras_kd.cli.common import FLAGS
 from keras_kd.cli.common import RecipeError
 from keras_kd.cli.common import run
@@ -33,22 +35,25 @@ from keras_kd.cli.run_dir import write_results
 
 
 def parse_methods(spec):
-    """`'kd+fa'` → `['kd', 'fa']`, checked against the method table."""
+    """`'kd+fa'` → `['kd', 'fa']` (a registered joined name such as `kd+ls`
+    stays whole), checked against the registry."""
     names = [n.strip() for n in spec.split("+")]
-    unknown = [n for n in names if n not in presets.names()]
-    if unknown or not names:
+    unknown = [n for n in names if n not in presets.names()
+               and not any(n in joined.split("+") for joined in presets.names()
+                           if "+" in joined)]
+    if unknown or not spec.strip():
         raise RecipeError(
             f"Unknown method {'+'.join(unknown) or spec!r} in "
             f"--method={spec}. Available: {', '.join(presets.names())}, or "
             f"several joined by '+', e.g. --method=kd+fa.")
-    if len(set(names)) != len(names):
-        raise RecipeError(f"--method={spec} repeats a method.")
-    kinds = {presets.get(n).teacher for n in names}
-    if len(kinds) > 1:
-        raise RecipeError(
-            f"--method={spec} mixes reffakd (soft labels, no teacher) with "
-            f"methods that need a teacher network; run them separately.")
-    return names
+    try:
+        parsed = presets.parse(spec)
+    except ValueError as e:
+        if "Unknown preset" in str(e):
+            raise RecipeError(
+                f"Unknown method in --method={spec}: {e}") from None
+        raise RecipeError(f"--method={spec}: {e}") from None
+    return [preset.name for preset in parsed]
 
 
 def _resolve_teachers(specs, data, cfg, seed):
@@ -107,34 +112,89 @@ def _ce_weight(method_names, defaults):
     return None
 
 
+# Hinton KD's paper values: the protocol's KD temperature and weight replace
+# a preset's default only where the default is this (kd, fa, afd, rtk,
+# ctkd), not where a preset has its own (kd+ls's weight 9).
+_HINTON_KD = {"kd_temperature": 4.0, "kd_weight": 0.9}
+
+
 def preset_hyperparameters(method_names, defaults, protocol_weights=True):
     """The presets' hyper-parameters set by flags or by the protocol.
 
-    A preset's hyper-parameter named like a flag takes the flag's value; an
-    unset `kd_temperature`/`kd_weight`, or `<name>_weight` with
-    `protocol_weights`, takes the protocol's; else the preset's default.
+    A preset's hyper-parameter named like a method flag takes the flag's
+    value (training flags such as `--momentum` are not read); an unset
+    `kd_temperature`/`kd_weight` at Hinton KD's default, or `<name>_weight`
+    with `protocol_weights`, takes the protocol's; then `--hparam` values;
+    else the preset's default.
     """
     values = {}
     for name in method_names:
-        for key in presets.get(name).defaults:
-            value = getattr(FLAGS, key, None)
-            if key == "kd_temperature":
-                value = value or defaults[key]
-            elif value is None and key == "kd_weight":
+        for key, default in presets.get(name).defaults.items():
+            value = (None if key in cli_flags.TRAINING_FLAGS
+                     else getattr(FLAGS, key, None))
+            if value is None and key in _HINTON_KD and (
+                    _HINTON_KD[key] == default):
                 value = defaults[key]
             elif value is None and protocol_weights and key.endswith(
                     "_weight"):
                 value = defaults.get("term_weights", {}).get(key[:-7])
             if value is not None:
                 values[key] = value
+    values.update(parse_hparams(getattr(FLAGS, "hparam", None) or []))
     return values
+
+
+def parse_hparams(specs):
+    """`["beta=6", "schedule=linear"]` → `{"beta": 6, "schedule": "linear"}`.
+
+    Values are Python literals (numbers, True/False, None, lists, quoted
+    strings); a bare word is a string (`true`/`false`/`none` in any case
+    are the bool and None).
+    """
+    values = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name.isidentifier() or not text:
+            raise RecipeError(
+                f"--hparam={spec}: expected name=value, e.g. "
+                f"--hparam=beta=6.")
+        if name in values:
+            raise RecipeError(f"--hparam={name} is given twice.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            if not text.isidentifier():
+                raise RecipeError(
+                    f"--hparam={spec}: {text!r} is not a Python literal "
+                    f"(number, True/False, None, list, 'string') or a bare "
+                    f"word.") from None
+            value = {"true": True, "false": False, "none": None}.get(
+                text.lower(), text)
+        values[name] = value
+    return values
+
+
+def data_hyperparameters(method_names, hyperparameters, num_examples):
+    """Sets `num_data` (CRD's memory bank rows) to the training-set size."""
+    if not any("num_data" in presets.get(n).defaults for n in method_names):
+        return
+    given = hyperparameters.get("num_data")
+    if given is not None and given != num_examples:
+        raise RecipeError(
+            f"--hparam=num_data={given}, but the student trains on "
+            f"{num_examples} images: num_data is one memory row per "
+            f"training image and is set from the data; drop it.")
+    hyperparameters["num_data"] = num_examples
 
 
 def build_terms(spec, teachers, student, hyperparameters, context):
     """`kd.presets.build`, its errors as RecipeErrors naming `context`."""
+    if getattr(FLAGS, "hparam", None):
+        context += " " + " ".join(f"--hparam={h}" for h in FLAGS.hparam)
     try:
         return presets.build(spec, teachers, student, **hyperparameters)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise RecipeError(f"{context}: {e}") from None
 
 
@@ -236,6 +296,7 @@ def distill_main(argv, recipe="distill"):
     kd_weight = (defaults["kd_weight"] if FLAGS.kd_weight is None
                  else FLAGS.kd_weight)
     hyperparameters = preset_hyperparameters(method_names, defaults)
+    data_hyperparameters(method_names, hyperparameters, len(x))
     ce_weight = _ce_weight(method_names, defaults)
     if ce_weight is not None:
         hyperparameters["student_loss_weight"] = ce_weight
@@ -261,6 +322,13 @@ def distill_main(argv, recipe="distill"):
             raise RecipeError(f"--method={FLAGS.method}: {e}") from None
 
     distiller = build_distiller(teacher_models)
+    cache = getattr(FLAGS, "teacher_cache", None)
+    if cache:
+        teacher_cache.check_cacheable(kwargs["distillation_losses"],
+                                      soft_labels)
+        teacher_cache.check_record(
+            cache, (x, y), teacher_cache.cache_augmentation(cfg, data), cfg,
+            seed, len(teachers))
 
     prepare_output_dir(recipe)
     print_config(cfg, lr, method_names, terms, ce_weight, data, x,
@@ -275,13 +343,22 @@ def distill_main(argv, recipe="distill"):
         # Rebuilt with the real table; the terms are built already.
         distiller = build_distiller(kd.SoftLabelTeacher(table))
 
+    batches, cache_report = None, None
+    if cache:
+        reused = teacher_cache.record_teachers(
+            teacher_models, (x, y), teacher_cache.cache_augmentation(cfg, data),
+            cfg, seed, cache)
+        distiller = build_distiller(teacher_cache.recorded_teachers(cache))
+        batches = teacher_cache.replay_batches(x, y, cfg, cache)
+        cache_report = {"path": cache, "reused": reused}
+
     baseline_result = None
     if baseline is not None:
         baseline_result = train_plain("student_alone", baseline, data, x, y,
                                       cfg, lr, seed + 1)
     distilled_result = train_phase(
         "distilled", distiller, data, x, y, cfg, lr, seed + 1,
-        host_augment=cfg["augment"] and not augmentation)
+        host_augment=cfg["augment"] and not augmentation, batches=batches)
     student_path = os.path.join(FLAGS.output_dir, "student.keras")
     student.save(student_path)
 
@@ -319,7 +396,7 @@ def distill_main(argv, recipe="distill"):
         "flags": run_flags(recipe),
         "resolved": dict(cfg, lr=lr, method=method_names,
                          ce_weight=ce_weight, kd_temperature=kd_temperature,
-                         kd_weight=kd_weight,
+                         kd_weight=kd_weight, hyperparameters=hyperparameters,
                          term_weights={k: w for k, (_, w) in terms.items()}),
         "dataset": {**data.info, "train_images": int(len(data.x)),
                     "student_train_images": int(len(x)),
@@ -327,6 +404,7 @@ def distill_main(argv, recipe="distill"):
                     "normalization": {"mean": data.mean, "std": data.std}},
         "models": models_report,
         "reffakd_autoencoder": reffakd_cost,
+        "teacher_cache": cache_report,
         "export": export_report,
         "wall_seconds": time.perf_counter() - start,
     }
@@ -341,6 +419,7 @@ def define_flags(default_method="kd", default_output_dir="runs/distill"):
     cli_flags.define_teacher_flags()
     cli_flags.define_student_flags()
     cli_flags.define_method_flags(default_method=default_method)
+    cli_flags.define_teacher_cache_flags()
 
 
 def main():

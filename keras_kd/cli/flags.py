@@ -5,10 +5,15 @@ from absl import flags
 from keras_kd import presets
 
 FLAGS = flags.FLAGS
+# Training flags (defined by `define_common_flags`, `define_teacher_flags`,
+# `define_student_flags`): never read as a preset's hyper-parameter (CRD's
+# memory `momentum` is not SGD's `--momentum`).
+TRAINING_FLAGS = set()
 
 
 def define_common_flags(default_output_dir):
     """Dataset, training protocol, output and export flags of every recipe."""
+    before = set(FLAGS)
     flags.DEFINE_string(
         "dataset", "digits",
         "'digits' (scikit-learn's 8x8 digits, bundled, offline), 'npz:PATH' "
@@ -96,10 +101,12 @@ def define_common_flags(default_output_dir):
         "data_parallel (keras.distribution, JAX). --batch_size is per "
         "replica; the learning rate is scaled linearly with the global "
         "batch.")
+    TRAINING_FLAGS.update(set(FLAGS) - before)
 
 
 def define_teacher_flags(multiple=True):
     """`--teacher` (zoo names or .keras paths) and teacher training flags."""
+    before = set(FLAGS)
     if multiple:
         flags.DEFINE_list(
             "teacher", None,
@@ -115,9 +122,11 @@ def define_teacher_flags(multiple=True):
         "teacher_epochs", None,
         "Epochs for teachers trained in this run (protocol default: 30 "
         "digits, --epochs cifar).")
+    TRAINING_FLAGS.update(set(FLAGS) - before)
 
 
 def define_student_flags(baseline=True):
+    before = set(FLAGS)
     flags.DEFINE_string(
         "student", None,
         "Student: a zoo model name (see keras_kd.models.MODELS) or a path "
@@ -128,6 +137,7 @@ def define_student_flags(baseline=True):
             "baseline", True,
             "Also train the student alone (CE only) with the same protocol "
             "and report it beside the distilled student.")
+    TRAINING_FLAGS.update(set(FLAGS) - before)
 
 
 def define_method_flags(default_method="kd"):
@@ -137,6 +147,14 @@ def define_method_flags(default_method="kd"):
         f"Distillation method (a kd.presets name), or several joined by '+' "
         f"(e.g. kd+fa): {', '.join(presets.names())}. " + " ".join(
             f"{name}: {presets.get(name).help}" for name in presets.names()))
+    flags.DEFINE_multi_string(
+        "hparam", [],
+        "A preset hyper-parameter as name=value (repeatable), e.g. "
+        "--hparam=beta=6 --hparam=warmup_epochs=5 for dkd; the value is a "
+        "Python literal (number, True/False, None, list, quoted string) or "
+        "a bare word taken as a string. Overrides the per-method flags; "
+        "every preset's hyper-parameters are listed in its docs/methods "
+        "page and in kd.presets.get(name).defaults.")
     flags.DEFINE_float(
         "ce_weight", None,
         "Weight of the students' cross-entropy. Default: 0.1 for kd alone "
@@ -200,6 +218,22 @@ def define_method_flags(default_method="kd"):
                        "DLKD weight of L_sup (§3; ImageNet: 0.5).")
     flags.DEFINE_float("dlkd_alignment_weight", 20.0,
                        "DLKD weight of L_align (§3; ImageNet: 10).")
+
+
+def define_teacher_cache_flags():
+    """`--teacher_cache`: offline distillation from recorded targets."""
+    flags.DEFINE_string(
+        "teacher_cache", None,
+        "Folder of a kd.offline record of the teachers' logits on the "
+        "student's training stream (crop + flip as the protocol augments, "
+        "one draw per --epochs). Recorded when missing, reused when its "
+        "manifest matches this run (teacher weights, data, augmentation, "
+        "seed, epochs), refused otherwise; the student then trains without "
+        "running the teacher. Logit methods only (docs/methods/offline.md).")
+    flags.DEFINE_bool(
+        "overwrite_teacher_cache", False,
+        "Delete the --teacher_cache record and record it again (--overwrite "
+        "concerns --output_dir only).")
 
 
 def define_kd_flags():

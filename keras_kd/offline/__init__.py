@@ -11,5 +11,6 @@ from keras_kd.offline.record import ensure_record
 from keras_kd.offline.record import record
 from keras_kd.offline.recorded_teacher import RecordedTeacher
 from keras_kd.offline.recorded_teacher import dense_probabilities
+from keras_kd.offline.recorded_teacher import live_teacher_terms
 from keras_kd.offline.recorded_teacher import recorded_teachers
 from keras_kd.offline.store import Record

@@ -74,11 +74,7 @@ class RecordedTeacher(keras.layers.Layer):
 
     def check_terms(self, terms, augmentation=None):
         """Raises before training for terms a record cannot feed."""
-        live = [
-            term.name for term in terms
-            if [n for n in term.teacher_layer_names if n != "logits"]
-            or term.num_views > 1
-        ]
+        live = live_teacher_terms(terms)
         if live:
             raise ValueError(
                 f"The terms {live} read teacher features or views (rotation "
@@ -128,6 +124,23 @@ class RecordedTeacher(keras.layers.Layer):
             config.pop(key, None)
         return {**config, "path": self.record_path,
                 "teacher_index": self.teacher_index}
+
+
+def live_teacher_terms(terms):
+    """The names of the terms a record cannot feed: those reading teacher
+    features (any teacher output but `"logits"`) or expanding views.
+
+    Example:
+
+    ```python
+    kd.offline.live_teacher_terms([kd.losses.FeatureDistillation(...)])
+    ```
+    """
+    return [
+        term.name for term in terms
+        if [n for n in term.teacher_layer_names if n != "logits"]
+        or term.num_views > 1
+    ]
 
 
 def dense_probabilities(top_probs, top_indices, num_classes):

@@ -265,6 +265,11 @@ BAD_INPUTS = {
     "unknown_flag": ("distill", ["--epoch=3"], "Unknown command line flag 'epoch'"),
     "teacher_file_missing": ("distill", ["--teacher=/nonexistent/t.keras"],
                              "no such file"),
+    "hparam_unknown": ("distill", ["--method=dkd", "--hparam=bogus=3"],
+                       "--hparam=bogus=3: Unknown hyper-parameter(s) ['bogus'] "
+                       "for preset 'dkd'"),
+    "hparam_num_data": ("distill", ["--method=crd", "--hparam=num_data=50"],
+                        "the student trains on 100 images"),
     "distribution_backend": ("distill", ["--distribution=data_parallel"],
                              "needs KERAS_BACKEND=jax"),
     "npz_missing_test": ("train_teacher", ["--dataset=npz:{npz}"],
@@ -299,7 +304,7 @@ def prepare_bad_case(case, root, digits_split):
 # Cases beyond the list run with the slow tests (each subprocess
 # costs ~6 s of imports on 2 cores).
 _SLOW_BAD_INPUTS = {"unknown_flag", "teacher_file_missing", "distribution_backend",
-                    "dir_not_a_run_overwrite"}
+                    "dir_not_a_run_overwrite", "hparam_num_data"}
 
 
 @pytest.mark.parametrize("case", [
