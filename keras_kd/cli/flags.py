@@ -229,7 +229,7 @@ def define_teacher_cache_flags():
         "one draw per --epochs). Recorded when missing, reused when its "
         "manifest matches this run (teacher weights, data, augmentation, "
         "seed, epochs), refused otherwise; the student then trains without "
-        "running the teacher. Logit methods only (docs/methods/offline.md).")
+        "running the teacher. Logit methods only (docs/methods.md §10).")
     flags.DEFINE_bool(
         "overwrite_teacher_cache", False,
         "Delete the --teacher_cache record and record it again (--overwrite "

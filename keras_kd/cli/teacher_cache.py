@@ -5,7 +5,7 @@ recorded once with `kd.offline.ensure_record` (one crop + flip draw per
 epoch, or the plain images when the protocol does not augment) and replayed
 by `kd.offline.dataset`; the student then trains from
 `kd.offline.RecordedTeacher`s without running a teacher. A record is reused
-only when its manifest matches the run. See docs/methods/offline.md.
+only when its manifest matches the run. See docs/methods.md §10.
 
 Example (what `recipes/distill.py --teacher_cache=cache/kd` does):
 

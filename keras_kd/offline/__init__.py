@@ -1,6 +1,6 @@
 """Offline distillation: record teachers' targets once, replay them.
 
-See docs/methods/offline.md.
+See docs/methods.md §10.
 """
 
 from keras_kd.offline.augment import CropFlip

@@ -33,7 +33,7 @@ def record(teachers, data, augmentation, epochs, path, seed, top_k=None,
         top_k: None stores float16 logits; an integer stores the `top_k`
             largest probabilities of `softmax(z / temperature)` (float16)
             with their class indices, the rest of the mass spread evenly
-            over the other classes on replay (see docs/methods/offline.md
+            over the other classes on replay (see docs/methods.md §10
             for the error bound).
         temperature: the temperature of the top-k probabilities (the terms
             must use the same one); unused for logits.

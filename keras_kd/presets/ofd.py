@@ -1,4 +1,4 @@
-"""Overhaul of feature distillation (docs/methods/ofd.md)."""
+"""Overhaul of feature distillation (docs/methods.md §9)."""
 
 from keras_kd import losses
 from keras_kd.models import preactivation_layer_names

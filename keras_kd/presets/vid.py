@@ -1,4 +1,4 @@
-"""Variational information distillation (docs/methods/vid.md)."""
+"""Variational information distillation (docs/methods.md §9)."""
 
 from keras_kd import losses
 from keras_kd import models
