@@ -84,15 +84,33 @@ def define_flags():
         "fashion_mnist", None,
         "cpu suite: folder with Fashion-MNIST's train.npz/test.npz (e.g. "
         "../shared/data/fashion_mnist); omitted: digits only.")
-    flags.DEFINE_integer("fashion_train", 3000,
-                         "Fashion-MNIST subset: training images (teacher).")
-    flags.DEFINE_integer("fashion_test", 1000,
-                         "Fashion-MNIST subset: test images.")
-    flags.DEFINE_integer("fashion_student_images", 500,
-                         "Fashion-MNIST subset: the students' training images.")
-    flags.DEFINE_integer("fashion_epochs", 15, "Fashion-MNIST student epochs.")
-    flags.DEFINE_integer("fashion_teacher_epochs", 10,
+    flags.DEFINE_integer(
+        "fashion_train", 20000,
+        "Fashion-MNIST: training images, a class-stratified subset of the "
+        "60,000 (fixed seed 0); 60000 takes them all.")
+    flags.DEFINE_integer(
+        "fashion_val", 5000,
+        "Fashion-MNIST: validation images, class-stratified, carved from the "
+        "training images the subset leaves out (from the subset when it "
+        "takes all 60,000); used for every choice (--tune), never test.")
+    flags.DEFINE_integer("fashion_epochs", 2, "Fashion-MNIST student epochs.")
+    flags.DEFINE_integer("fashion_teacher_epochs", 3,
                          "Fashion-MNIST teacher epochs.")
+    flags.DEFINE_integer("fashion_batch_size", 128,
+                         "Fashion-MNIST batch size (digits protocol, Adam).")
+    flags.DEFINE_bool(
+        "with_kd", True,
+        "Run the kd runs (teachers, student alone) first. --nowith_kd: "
+        "another process runs them in the same --work_dir; this one waits "
+        "for their teachers (a suite in parts, merged with --merge).")
+    flags.DEFINE_string(
+        "part", None,
+        "A name for this part of a suite run in parts (added to the file "
+        "names).")
+    flags.DEFINE_list(
+        "merge", None,
+        "Merge these JSON files (parts of one suite: runs of the same "
+        "datasets) into --output_dir and exit.")
     flags.DEFINE_string(
         "cifar_dataset", None,
         "cifar suite: the recipes' --dataset (cifar100, or npz:PATH).")
@@ -138,22 +156,29 @@ def suite_datasets(suite):
                     "protocol)",
         }] if "digits" in FLAGS.datasets else []
         if FLAGS.fashion_mnist and "fashion_mnist" in FLAGS.datasets:
-            path = fashion_subset(FLAGS.fashion_mnist, FLAGS.work_dir,
-                                  FLAGS.fashion_train, FLAGS.fashion_test)
+            path, val_path = fashion_subset(
+                FLAGS.fashion_mnist, FLAGS.work_dir, FLAGS.fashion_train,
+                FLAGS.fashion_val)
             datasets.append({
-                "key": "fashion_mnist_subset",
+                "key": f"fashion_mnist_{FLAGS.fashion_train}",
                 "flags": [f"--dataset=npz:{path}", "--protocol=digits",
-                          digits_batch,
-                          f"--train_limit={FLAGS.fashion_student_images}",
-                          "--reffakd_diagonal=0.008"],
+                          f"--batch_size={FLAGS.fashion_batch_size}",
+                          "--train_limit=0", "--reffakd_diagonal=0.008"],
+                "val_flags": [f"--dataset=npz:{val_path}"],
                 "epochs": FLAGS.fashion_epochs,
                 "teacher_epochs": FLAGS.fashion_teacher_epochs,
-                "teacher": "digits_cnn_large", "student": "digits_cnn_small",
-                "note": f"Fashion-MNIST, a class-balanced subset of "
-                        f"{FLAGS.fashion_train} train / {FLAGS.fashion_test} "
-                        f"test images; students on the first "
-                        f"{FLAGS.fashion_student_images}; digits protocol "
-                        f"(Adam 3e-3, no augmentation)",
+                "teacher": "fashion_cnn_large",
+                "student": "fashion_cnn_small",
+                "validation": {
+                    "images": FLAGS.fashion_val, "stratified": True,
+                    "seed": 0, "from": "Fashion-MNIST training images "
+                    "outside the training subset"},
+                "note": f"Fashion-MNIST (exact data), a class-stratified "
+                        f"subset of {FLAGS.fashion_train} of the 60,000 "
+                        f"training images (seed 0), all 10,000 test images; "
+                        f"teacher and students on the whole subset; digits "
+                        f"protocol (Adam 3e-3, no augmentation), batch "
+                        f"{FLAGS.fashion_batch_size}",
             })
         return datasets
     if not FLAGS.cifar_dataset:
@@ -175,32 +200,41 @@ def suite_datasets(suite):
     ]
 
 
-def fashion_subset(source, work_dir, train, test):
-    """Writes a class-balanced, shuffled subset of an npz dataset folder
-    (`train` and `test` images) under `work_dir`; returns its folder."""
-    out = os.path.join(work_dir, f"fashion_mnist_{train}_{test}")
-    if os.path.exists(os.path.join(out, "test.npz")):
-        return out
-    os.makedirs(out, exist_ok=True)
+def stratified_split(y, count, rng, exclude=()):
+    """`count` indices of `y`, the same number per class, none in `exclude`."""
+    classes = np.unique(y)
+    free = np.setdiff1d(np.arange(len(y)), np.asarray(exclude, int))
+    picked = np.concatenate([
+        rng.choice(free[y[free] == c], count // len(classes), replace=False)
+        for c in classes])
+    return rng.permutation(picked)  # Mixed classes in every prefix.
+
+
+def fashion_subset(source, work_dir, train, val):
+    """Writes a class-stratified training subset of an npz dataset folder
+    with its test split (folder one) and the same training subset with a
+    stratified validation split as its `test` (folder two) under
+    `work_dir`; returns the two folders. The validation images are training
+    images outside the subset (inside it when the subset is everything)."""
+    out = os.path.join(work_dir, f"fashion_mnist_{train}")
+    out_val = os.path.join(work_dir, f"fashion_mnist_{train}_val{val}")
+    if os.path.exists(os.path.join(out_val, "test.npz")):
+        return out, out_val
     rng = np.random.default_rng(0)
-    for split, count in (("train", train), ("test", test)):
-        data = np.load(os.path.join(source, f"{split}.npz"))
-        x, y = data["x"], data["y"]
-        classes = np.unique(y)
-        per_class = count // len(classes)
-        picked = np.concatenate([
-            rng.choice(np.flatnonzero(y == c), per_class, replace=False)
-            for c in classes])
-        picked = rng.permutation(picked)  # Mixed classes in every prefix.
-        np.savez(os.path.join(out, f"{split}.npz"), x=x[picked], y=y[picked])
-    meta = os.path.join(source, "meta.json")
-    if os.path.exists(meta):
-        with open(meta) as f:
-            classes = json.load(f).get("classes")
-        if classes:
-            with open(os.path.join(out, "meta.json"), "w") as f:
-                json.dump({"classes": classes}, f)
-    return out
+    data = np.load(os.path.join(source, "train.npz"))
+    x, y = data["x"], data["y"]
+    picked = stratified_split(y, train, rng)
+    rest = stratified_split(y, val, rng, exclude=(
+        picked if train < len(y) else ()))
+    if train >= len(y):
+        picked = np.setdiff1d(picked, rest)
+    test = np.load(os.path.join(source, "test.npz"))
+    for folder, (tx, ty) in ((out, (test["x"], test["y"])),
+                             (out_val, (x[rest], y[rest]))):
+        os.makedirs(folder, exist_ok=True)
+        np.savez(os.path.join(folder, "train.npz"), x=x[picked], y=y[picked])
+        np.savez(os.path.join(folder, "test.npz"), x=tx, y=ty)
+    return out, out_val
 
 
 def run_recipe(script, args, log_path):
@@ -225,23 +259,44 @@ def _curve(path):
         return [float(row["val_accuracy"]) for row in csv.DictReader(f)]
 
 
-def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None):
-    """Trains the teachers and every (method, seed); returns the runs."""
-    work = os.path.join(FLAGS.work_dir, dataset["key"])
+def _wait_for_teacher(work, seed, log, timeout=3600):
+    """The teacher file of another process's kd run of `seed` (a suite in
+    parts, --nowith_kd), once that run has finished; None if it failed."""
+    out = os.path.join(work, f"kd_s{seed}")
+    deadline = time.time() + timeout
+    while not os.path.exists(os.path.join(out, "results.json")):
+        if time.time() > deadline:
+            return None
+        log(f"waiting for the teacher of seed {seed} in {out}")
+        time.sleep(30)
+    return os.path.join(out, "teacher_0.keras")
+
+
+def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
+                weights=None, flags_key="flags", work_key=None):
+    """Trains the teachers and every (method, seed); returns the runs.
+
+    `weights` maps a method to extra recipe flags (a chosen term weight);
+    `flags_key` picks the dataset's flags (`"val_flags"` adds the
+    validation folder: its "test" accuracy is validation accuracy);
+    `work_key` names the runs' folder (default: the dataset's key)."""
+    work = os.path.join(FLAGS.work_dir, work_key or dataset["key"])
     os.makedirs(work, exist_ok=True)
-    common = dataset["flags"] + FLAGS.extra_flags
+    common = dataset["flags"] + dataset.get(flags_key, []) * (
+        flags_key != "flags") + FLAGS.extra_flags
+    weights = weights or {}
     runs, teachers = [], {}
     # The kd runs come first: for seed s, the kd run trains the teacher
     # (seeded by the recipe) and the student alone; every other method of
     # seed s distils from that teacher file. Then seed by seed, so that an
     # interrupted suite has complete seeds.
-    order = [("kd", seed) for seed in seeds] + [
+    order = [("kd", seed) for seed in seeds if "kd" in methods] + [
         (method, seed) for seed in seeds for method in methods
         if method != "kd"]
     for method, seed in order:
         spec = presets.get(method)
         out = os.path.join(work, f"{method}_s{seed}")
-        args = common + [
+        args = common + list(weights.get(method, [])) + [
             f"--method={method}", f"--seed={seed}",
             f"--student={dataset['student']}",
             f"--epochs={dataset['epochs']}", f"--output_dir={out}",
@@ -253,7 +308,10 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None):
         elif spec.teacher == "model":
             # Several teachers: those of the next seeds, in turn.
             rotation = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
-            picked = [teachers.get(rotation[i % len(rotation)])
+            for s in rotation[:max(spec.min_teachers, 1)]:
+                if s not in teachers:
+                    teachers[s] = _wait_for_teacher(work, s, log)
+            picked = [teachers[rotation[i % len(rotation)]]
                       for i in range(max(spec.min_teachers, 1))]
             if None in picked:
                 runs.append({"method": method, "seed": seed,
@@ -434,6 +492,39 @@ def write_report(report, stem):
     print(f"Wrote {stem}.md, .json{', .png' if plotted else ''}")
 
 
+def merge_reports(paths, output_dir):
+    """Joins the runs of several parts of one suite (the same datasets) and
+    writes the table, JSON and plot of the whole."""
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            parts.append(json.load(f))
+    report = dict(parts[0], parts=[
+        {"file": os.path.basename(p), "command": r["command"],
+         "methods": r["methods"], "wall_seconds": r["wall_seconds"],
+         "interrupted": bool(r.get("interrupted"))}
+        for p, r in zip(paths, parts)])
+    report["command"] = " ; ".join(r["command"] for r in parts)
+    report["methods"] = [m for r in parts for m in r["methods"]]
+    report["interrupted"] = any(r.get("interrupted") for r in parts)
+    report["wall_seconds"] = max(r["wall_seconds"] for r in parts)
+    datasets = {}
+    for r in parts:
+        for d in r["datasets"]:
+            merged = datasets.setdefault(d["key"], dict(d, runs=[]))
+            merged["runs"] += d["runs"]
+            if d.get("tuning"):
+                merged.setdefault("tuning", {}).update(d["tuning"])
+    report["datasets"] = [dict(d, summary=summarize(d["runs"]))
+                          for d in datasets.values()]
+    stem = os.path.join(output_dir, "accuracy_{}_{}_{}_{}".format(
+        report["suite"], "_".join(datasets), report["backend"],
+        report["date"][:10]))
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    write_report(report, stem)
+
+
 def main(argv):
     del argv
     import keras
@@ -454,9 +545,14 @@ def main(argv):
         raise app.UsageError(
             f"Unknown methods {unknown}; the recipes know "
             f"{default_methods()}.")
-    if "kd" not in methods:
+    if FLAGS.merge:
+        merge_reports(FLAGS.merge, FLAGS.output_dir)
+        return
+    if "kd" not in methods and FLAGS.with_kd:
         # Its runs train the teachers and the student alone.
         methods = ["kd"] + methods
+    if not FLAGS.with_kd:
+        methods = [m for m in methods if m != "kd"]
     seeds = [int(s) for s in FLAGS.seeds]
     start = time.perf_counter()
     report = {
@@ -474,9 +570,10 @@ def main(argv):
     }
     datasets = suite_datasets(FLAGS.suite)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.output_dir, "accuracy_{}_{}_{}_{}".format(
+    stem = os.path.join(FLAGS.output_dir, "accuracy_{}_{}_{}_{}{}".format(
         FLAGS.suite, "_".join(d["key"] for d in datasets),
-        report["backend"], report["date"][:10]))
+        report["backend"], report["date"][:10],
+        f"_{FLAGS.part}" if FLAGS.part else ""))
     partial = stem + ".partial.json"
 
     def save_partial(dataset, runs):
