@@ -58,7 +58,7 @@ def _resolve_teachers(specs, data, cfg, seed):
         seed_all(seed + 100 + i)
         model, loaded = resolve_model(
             spec, data.info["num_classes"], data.info["input_shape"],
-            "teacher", cfg["weight_decay"])
+            "teacher", 0.0)  # Decayed by the optimizer.
         teachers.append((spec, model, loaded))
     return teachers
 
