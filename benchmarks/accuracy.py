@@ -103,6 +103,16 @@ def define_flags():
         "Run the kd runs (teachers, student alone) first. --nowith_kd: "
         "another process runs them in the same --work_dir; this one waits "
         "for their teachers (a suite in parts, merged with --merge).")
+    flags.DEFINE_bool(
+        "tune", False,
+        "First choose each term weight (fitnets, at, fa, skd, afd, rtk: the "
+        "protocol's ×0.1, ×1, ×10) by last-epoch accuracy on a validation "
+        "split carved from the training data (digits: --digits_val images; "
+        "Fashion-MNIST: --fashion_val), then run --seeds with the chosen "
+        "weights and report their test accuracy. The sweep goes to the JSON.")
+    flags.DEFINE_list("tune_seeds", ["0"], "--tune: seeds of the sweep.")
+    flags.DEFINE_integer("digits_val", 300,
+                         "--tune on digits: validation images (stratified).")
     flags.DEFINE_string(
         "part", None,
         "A name for this part of a suite run in parts (added to the file "
@@ -144,7 +154,7 @@ def suite_datasets(suite):
         unknown = set(FLAGS.datasets) - {"digits", "fashion_mnist"}
         if unknown:
             raise app.UsageError(f"Unknown --datasets {sorted(unknown)}.")
-        datasets = [{
+        digits_data = {
             "key": "digits",
             "flags": ["--dataset=digits", "--protocol=digits", digits_batch],
             "epochs": FLAGS.epochs or digits["epochs"],
@@ -154,7 +164,23 @@ def suite_datasets(suite):
             "note": "scikit-learn digits, 1347 train / 450 test; student on "
                     "the first 100 training images (recipes' digits "
                     "protocol)",
-        }] if "digits" in FLAGS.datasets else []
+        }
+        if FLAGS.tune:
+            # Held out: a stratified validation split of the training
+            # images decides every weight; test only reports.
+            path, val_path = digits_heldout(FLAGS.work_dir, FLAGS.digits_val)
+            digits_data.update(
+                key="digits_heldout",
+                flags=[f"--dataset=npz:{path}", "--protocol=digits",
+                       digits_batch],
+                val_flags=[f"--dataset=npz:{val_path}"],
+                validation={"images": FLAGS.digits_val, "stratified": True,
+                            "seed": 0, "from": "the 1347 training images"},
+                note=f"scikit-learn digits, {1347 - FLAGS.digits_val} train "
+                     f"({FLAGS.digits_val} more carved out, stratified, as "
+                     f"validation) / 450 test; students on the first 100 "
+                     f"training images (recipes' digits protocol)")
+        datasets = [digits_data] if "digits" in FLAGS.datasets else []
         if FLAGS.fashion_mnist and "fashion_mnist" in FLAGS.datasets:
             path, val_path = fashion_subset(
                 FLAGS.fashion_mnist, FLAGS.work_dir, FLAGS.fashion_train,
@@ -208,6 +234,27 @@ def stratified_split(y, count, rng, exclude=()):
         rng.choice(free[y[free] == c], count // len(classes), replace=False)
         for c in classes])
     return rng.permutation(picked)  # Mixed classes in every prefix.
+
+
+def digits_heldout(work_dir, val):
+    """scikit-learn digits' training split less a stratified validation
+    split, with the test split (folder one) or the validation split as its
+    `test` (folder two), written under `work_dir`; returns the folders."""
+    from keras_kd import data
+
+    out = os.path.join(work_dir, "digits_heldout")
+    out_val = os.path.join(work_dir, f"digits_heldout_val{val}")
+    if os.path.exists(os.path.join(out_val, "test.npz")):
+        return out, out_val
+    (x, y), (x_test, y_test), _ = data.load("digits")
+    held = stratified_split(y, val, np.random.default_rng(0))
+    keep = np.setdiff1d(np.arange(len(y)), held)  # Keeps the order.
+    for folder, (tx, ty) in ((out, (x_test, y_test)),
+                             (out_val, (x[held], y[held]))):
+        os.makedirs(folder, exist_ok=True)
+        np.savez(os.path.join(folder, "train.npz"), x=x[keep], y=y[keep])
+        np.savez(os.path.join(folder, "test.npz"), x=tx, y=ty)
+    return out, out_val
 
 
 def fashion_subset(source, work_dir, train, val):
@@ -273,13 +320,14 @@ def _wait_for_teacher(work, seed, log, timeout=3600):
 
 
 def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
-                weights=None, flags_key="flags", work_key=None):
+                weights=None, flags_key="flags", work_key=None, tag=""):
     """Trains the teachers and every (method, seed); returns the runs.
 
     `weights` maps a method to extra recipe flags (a chosen term weight);
     `flags_key` picks the dataset's flags (`"val_flags"` adds the
     validation folder: its "test" accuracy is validation accuracy);
-    `work_key` names the runs' folder (default: the dataset's key)."""
+    `work_key` names the runs' folder (default: the dataset's key); `tag`
+    is added to the non-kd runs' folder names."""
     work = os.path.join(FLAGS.work_dir, work_key or dataset["key"])
     os.makedirs(work, exist_ok=True)
     common = dataset["flags"] + dataset.get(flags_key, []) * (
@@ -295,7 +343,8 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
         if method != "kd"]
     for method, seed in order:
         spec = presets.get(method)
-        out = os.path.join(work, f"{method}_s{seed}")
+        name = method if method == "kd" else method + tag
+        out = os.path.join(work, f"{name}_s{seed}")
         args = common + list(weights.get(method, [])) + [
             f"--method={method}", f"--seed={seed}",
             f"--student={dataset['student']}",
@@ -321,7 +370,7 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
             args.append("--teacher=" + ",".join(picked))
         script = "reffakd.py" if spec.teacher == "soft_labels" else (
             "distill.py")
-        log_path = os.path.join(work, f"{method}_s{seed}.log")
+        log_path = os.path.join(work, f"{name}_s{seed}.log")
         code, seconds, command = run_recipe(script, args, log_path)
         if code != 0:
             runs.append({"method": method, "seed": seed,
@@ -357,6 +406,54 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
             f"({seconds:.0f} s)")
         on_update(runs)
     return runs
+
+
+# The term weight each --tune sweep varies: the recipes' flag and its
+# grid, the protocol's weight times 0.1, 1 and 10.
+TUNE_FLAGS = {"fitnets": "fitnets_weight", "at": "at_weight",
+              "fa": "fa_weight", "skd": "skd_weight", "afd": "afd_weight",
+              "rtk": "afd_weight"}
+
+
+def tune_grid(method):
+    weight = PROTOCOLS["digits"]["term_weights"].get(method)
+    if weight is None:
+        weight = presets.get(method).defaults[TUNE_FLAGS[method]]
+    return [weight * f for f in (0.1, 1.0, 10.0)]
+
+
+def tune_dataset(dataset, methods, seeds, log):
+    """For every method with a weight flag, the grid weight of the best
+    last-epoch validation accuracy (mean over `seeds`); returns the chosen
+    recipe flags per method and the record of the sweep."""
+    chosen, record = {}, {}
+    work_key = dataset["key"] + "_val"
+    run_dataset(dataset, ["kd"], seeds, log, flags_key="val_flags",
+                work_key=work_key)
+    for method in methods:
+        if method not in TUNE_FLAGS:
+            continue
+        flag = TUNE_FLAGS[method]
+        scores = {}
+        for weight in tune_grid(method):
+            runs = run_dataset(
+                dataset, [method], seeds, log,
+                weights={method: [f"--{flag}={weight:g}"]},
+                flags_key="val_flags", work_key=work_key, tag=f"_w{weight:g}")
+            done = [r["last"] for r in runs if "last" in r]
+            if done:
+                scores[f"{weight:g}"] = float(np.mean(done))
+        if not scores:
+            continue
+        best = max(scores, key=scores.get)
+        chosen[method] = [f"--{flag}={best}"]
+        record[method] = {
+            "flag": flag, "validation_accuracy": scores, "chosen": best,
+            "seeds": seeds,
+            "criterion": "mean last-epoch validation accuracy"}
+        log(f"[{dataset['key']}] {method}: {flag}={best} "
+            f"(validation {scores})")
+    return chosen, record
 
 
 def summarize(runs):
@@ -404,6 +501,18 @@ def format_markdown(report):
             f"teachers {dataset['teacher_epochs']}.",
             "",
         ]
+        if dataset.get("validation"):
+            v = dataset["validation"]
+            lines += [f"Validation split (every choice; never test): "
+                      f"{v['images']} images, class-stratified, seed "
+                      f"{v['seed']}, from {v['from']}.", ""]
+        for method, t in dataset.get("tuning", {}).items():
+            grid = ", ".join(f"{w}: {100 * a:.2f}%"
+                             for w, a in t["validation_accuracy"].items())
+            lines += [f"- {method}: `--{t['flag']}={t['chosen']}` chosen by "
+                      f"{t['criterion']} (seeds {t['seeds']}) over {grid}"]
+        if dataset.get("tuning"):
+            lines.append("")
         protocol = dataset.get("protocol_epochs")
         if protocol and [dataset["epochs"], dataset["teacher_epochs"]] != (
                 list(protocol)):
@@ -587,8 +696,16 @@ def main(argv):
             json.dump(snapshot, f, indent=1)
 
     for dataset in datasets:
+        weights = {}
+        if FLAGS.tune:
+            if "val_flags" not in dataset:
+                raise app.UsageError(f"--tune: {dataset['key']} has no "
+                                     f"validation split.")
+            weights, dataset["tuning"] = tune_dataset(
+                dataset, methods, [int(s) for s in FLAGS.tune_seeds], print)
         runs = run_dataset(dataset, methods, seeds, print,
-                           lambda runs, d=dataset: save_partial(d, runs))
+                           lambda runs, d=dataset: save_partial(d, runs),
+                           weights=weights)
         report["datasets"].append(dict(dataset, runs=runs,
                                        summary=summarize(runs)))
     report["wall_seconds"] = time.perf_counter() - start
