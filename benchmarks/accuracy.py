@@ -562,15 +562,26 @@ def plot(report, path):
     fig, axes = plt.subplots(len(datasets), 2,
                              figsize=(12, 4 * len(datasets)), squeeze=False)
     for (bars, curves), dataset in zip(axes, datasets):
-        rows = [r for r in dataset["summary"] if "last" in r]
+        # The teacher is a reference line, not a method.
+        teacher = [r for r in dataset["summary"]
+                   if r["method"] == "teacher" and "last" in r]
+        rows = [r for r in dataset["summary"]
+                if "last" in r and r["method"] != "teacher"]
         names = [r["method"] for r in rows]
+        palette = plt.get_cmap("tab20")
+        colours = {m: palette(i % 20) for i, m in enumerate(names)}
         bars.bar(names, [100 * r["last"] for r in rows],
-                 yerr=[100 * r["last_std"] for r in rows], capsize=3)
+                 yerr=[100 * r["last_std"] for r in rows], capsize=3,
+                 color=[colours[m] for m in names])
+        for r in teacher:
+            bars.axhline(100 * r["last"], color="black", linestyle="--",
+                         linewidth=1, label=f"teacher {100 * r['last']:.1f}%")
+            bars.legend(fontsize=7)
         bars.set_ylabel("last-epoch test accuracy %")
         bars.set_title(f"{dataset['key']}: {dataset['teacher']} → "
                        f"{dataset['student']}")
         bars.tick_params(axis="x", rotation=45)
-        low = min(100 * r["last"] for r in rows) if rows else 0
+        low = min(100 * r["last"] for r in rows + teacher) if rows else 0
         bars.set_ylim(max(0, low - 10), 100)
         for method in names:
             curves_ = [r["curve"] for r in dataset["runs"]
@@ -579,7 +590,8 @@ def plot(report, path):
                 continue
             length = min(map(len, curves_))
             mean = np.mean([c[:length] for c in curves_], axis=0)
-            curves.plot(np.arange(1, length + 1), 100 * mean, label=method)
+            curves.plot(np.arange(1, length + 1), 100 * mean, label=method,
+                        color=colours[method])
         curves.set_xlabel("epoch")
         curves.set_ylabel("test accuracy % (mean over seeds)")
         curves.legend(fontsize=7)
