@@ -21,9 +21,12 @@ Suites:
 - `cpu`: scikit-learn's digits (the recipes' `digits` protocol: Adam,
   student on 100 images; its epochs and batch size are read from
   `keras_kd.cli.protocols.PROTOCOLS` and the batch size is pinned for the whole suite)
-  and, with `--fashion_mnist=PATH`, a class-balanced Fashion-MNIST subset
-  written to `--work_dir` (never into the repository), sized to finish in
-  about 30 minutes on 2 idle CPU cores with two seeds.
+  and, with `--fashion_mnist=PATH`, Fashion-MNIST: a class-stratified
+  subset of the training images (20,000 by default), the whole test split
+  and a stratified validation split carved from the other training images,
+  written to `--work_dir` (never into the repository). `--tune` chooses
+  the term weights on the validation split (digits: held-out training
+  images) before the reported runs.
 - `cifar`: docs/methods.md §6 (SGD 0.05, ×0.1 at 62.5/75/87.5% of the epochs,
   batch 64, coupled L2 5e-4, crop+flip) for resnet32x4 → resnet8x4 and
   wrn_40_2 → wrn_16_2 on `--cifar_dataset` (e.g. `cifar100` with
@@ -33,8 +36,10 @@ Suites:
 Usage:
 
 ```
-python benchmarks/accuracy.py --suite=cpu \
-    --fashion_mnist=../shared/data/fashion_mnist --seeds=0,1
+python benchmarks/accuracy.py --suite=cpu --datasets=fashion_mnist \
+    --fashion_mnist=../shared/data/fashion_mnist --seeds=0,1,2
+python benchmarks/accuracy.py --suite=cpu --datasets=digits --tune \
+    --methods=kd,fitnets,at --seeds=0,1,2
 python benchmarks/accuracy.py --suite=cifar --cifar_dataset=cifar100 \
     --data_dir=/data/tfds --epochs=240 --seeds=0,1,2
 ```
