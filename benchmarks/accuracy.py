@@ -21,9 +21,12 @@ Suites:
 - `cpu`: scikit-learn's digits (the recipes' `digits` protocol: Adam,
   student on 100 images; its epochs and batch size are read from
   `keras_kd.cli.protocols.PROTOCOLS` and the batch size is pinned for the whole suite)
-  and, with `--fashion_mnist=PATH`, a class-balanced Fashion-MNIST subset
-  written to `--work_dir` (never into the repository), sized to finish in
-  about 30 minutes on 2 idle CPU cores with two seeds.
+  and, with `--fashion_mnist=PATH`, Fashion-MNIST: a class-stratified
+  subset of the training images (20,000 by default), the whole test split
+  and a stratified validation split carved from the other training images,
+  written to `--work_dir` (never into the repository). `--tune` chooses
+  the term weights on the validation split (digits: held-out training
+  images) before the reported runs.
 - `cifar`: docs/methods.md §6 (SGD 0.05, ×0.1 at 62.5/75/87.5% of the epochs,
   batch 64, coupled L2 5e-4, crop+flip) for resnet32x4 → resnet8x4 and
   wrn_40_2 → wrn_16_2 on `--cifar_dataset` (e.g. `cifar100` with
@@ -33,8 +36,10 @@ Suites:
 Usage:
 
 ```
-python benchmarks/accuracy.py --suite=cpu \
-    --fashion_mnist=../shared/data/fashion_mnist --seeds=0,1
+python benchmarks/accuracy.py --suite=cpu --datasets=fashion_mnist \
+    --fashion_mnist=../shared/data/fashion_mnist --seeds=0,1,2
+python benchmarks/accuracy.py --suite=cpu --datasets=digits --tune \
+    --methods=kd,fitnets,at --seeds=0,1,2
 python benchmarks/accuracy.py --suite=cifar --cifar_dataset=cifar100 \
     --data_dir=/data/tfds --epochs=240 --seeds=0,1,2
 ```
@@ -84,15 +89,43 @@ def define_flags():
         "fashion_mnist", None,
         "cpu suite: folder with Fashion-MNIST's train.npz/test.npz (e.g. "
         "../shared/data/fashion_mnist); omitted: digits only.")
-    flags.DEFINE_integer("fashion_train", 3000,
-                         "Fashion-MNIST subset: training images (teacher).")
-    flags.DEFINE_integer("fashion_test", 1000,
-                         "Fashion-MNIST subset: test images.")
-    flags.DEFINE_integer("fashion_student_images", 500,
-                         "Fashion-MNIST subset: the students' training images.")
-    flags.DEFINE_integer("fashion_epochs", 15, "Fashion-MNIST student epochs.")
-    flags.DEFINE_integer("fashion_teacher_epochs", 10,
+    flags.DEFINE_integer(
+        "fashion_train", 20000,
+        "Fashion-MNIST: training images, a class-stratified subset of the "
+        "60,000 (fixed seed 0); 60000 takes them all.")
+    flags.DEFINE_integer(
+        "fashion_val", 5000,
+        "Fashion-MNIST: validation images, class-stratified, carved from the "
+        "training images the subset leaves out (from the subset when it "
+        "takes all 60,000); used for every choice (--tune), never test.")
+    flags.DEFINE_integer("fashion_epochs", 2, "Fashion-MNIST student epochs.")
+    flags.DEFINE_integer("fashion_teacher_epochs", 3,
                          "Fashion-MNIST teacher epochs.")
+    flags.DEFINE_integer("fashion_batch_size", 128,
+                         "Fashion-MNIST batch size (digits protocol, Adam).")
+    flags.DEFINE_bool(
+        "with_kd", True,
+        "Run the kd runs (teachers, student alone) first. --nowith_kd: "
+        "another process runs them in the same --work_dir; this one waits "
+        "for their teachers (a suite in parts, merged with --merge).")
+    flags.DEFINE_bool(
+        "tune", False,
+        "First choose each term weight (fitnets, at, fa, skd, afd, rtk: the "
+        "protocol's ×0.1, ×1, ×10) by last-epoch accuracy on a validation "
+        "split carved from the training data (digits: --digits_val images; "
+        "Fashion-MNIST: --fashion_val), then run --seeds with the chosen "
+        "weights and report their test accuracy. The sweep goes to the JSON.")
+    flags.DEFINE_list("tune_seeds", ["0"], "--tune: seeds of the sweep.")
+    flags.DEFINE_integer("digits_val", 300,
+                         "--tune on digits: validation images (stratified).")
+    flags.DEFINE_string(
+        "part", None,
+        "A name for this part of a suite run in parts (added to the file "
+        "names).")
+    flags.DEFINE_list(
+        "merge", None,
+        "Merge these JSON files (parts of one suite: runs of the same "
+        "datasets) into --output_dir and exit.")
     flags.DEFINE_string(
         "cifar_dataset", None,
         "cifar suite: the recipes' --dataset (cifar100, or npz:PATH).")
@@ -126,7 +159,7 @@ def suite_datasets(suite):
         unknown = set(FLAGS.datasets) - {"digits", "fashion_mnist"}
         if unknown:
             raise app.UsageError(f"Unknown --datasets {sorted(unknown)}.")
-        datasets = [{
+        digits_data = {
             "key": "digits",
             "flags": ["--dataset=digits", "--protocol=digits", digits_batch],
             "epochs": FLAGS.epochs or digits["epochs"],
@@ -136,24 +169,47 @@ def suite_datasets(suite):
             "note": "scikit-learn digits, 1347 train / 450 test; student on "
                     "the first 100 training images (recipes' digits "
                     "protocol)",
-        }] if "digits" in FLAGS.datasets else []
+        }
+        if FLAGS.tune:
+            # Held out: a stratified validation split of the training
+            # images decides every weight; test only reports.
+            path, val_path = digits_heldout(FLAGS.work_dir, FLAGS.digits_val)
+            digits_data.update(
+                key="digits_heldout",
+                flags=[f"--dataset=npz:{path}", "--protocol=digits",
+                       digits_batch],
+                val_flags=[f"--dataset=npz:{val_path}"],
+                validation={"images": FLAGS.digits_val, "stratified": True,
+                            "seed": 0, "from": "the 1347 training images"},
+                note=f"scikit-learn digits, {1347 - FLAGS.digits_val} train "
+                     f"({FLAGS.digits_val} more carved out, stratified, as "
+                     f"validation) / 450 test; students on the first 100 "
+                     f"training images (recipes' digits protocol)")
+        datasets = [digits_data] if "digits" in FLAGS.datasets else []
         if FLAGS.fashion_mnist and "fashion_mnist" in FLAGS.datasets:
-            path = fashion_subset(FLAGS.fashion_mnist, FLAGS.work_dir,
-                                  FLAGS.fashion_train, FLAGS.fashion_test)
+            path, val_path = fashion_subset(
+                FLAGS.fashion_mnist, FLAGS.work_dir, FLAGS.fashion_train,
+                FLAGS.fashion_val)
             datasets.append({
-                "key": "fashion_mnist_subset",
+                "key": f"fashion_mnist_{FLAGS.fashion_train}",
                 "flags": [f"--dataset=npz:{path}", "--protocol=digits",
-                          digits_batch,
-                          f"--train_limit={FLAGS.fashion_student_images}",
-                          "--reffakd_diagonal=0.008"],
+                          f"--batch_size={FLAGS.fashion_batch_size}",
+                          "--train_limit=0", "--reffakd_diagonal=0.008"],
+                "val_flags": [f"--dataset=npz:{val_path}"],
                 "epochs": FLAGS.fashion_epochs,
                 "teacher_epochs": FLAGS.fashion_teacher_epochs,
-                "teacher": "digits_cnn_large", "student": "digits_cnn_small",
-                "note": f"Fashion-MNIST, a class-balanced subset of "
-                        f"{FLAGS.fashion_train} train / {FLAGS.fashion_test} "
-                        f"test images; students on the first "
-                        f"{FLAGS.fashion_student_images}; digits protocol "
-                        f"(Adam 3e-3, no augmentation)",
+                "teacher": "fashion_cnn_large",
+                "student": "fashion_cnn_small",
+                "validation": {
+                    "images": FLAGS.fashion_val, "stratified": True,
+                    "seed": 0, "from": "Fashion-MNIST training images "
+                    "outside the training subset"},
+                "note": f"Fashion-MNIST (exact data), a class-stratified "
+                        f"subset of {FLAGS.fashion_train} of the 60,000 "
+                        f"training images (seed 0), all 10,000 test images; "
+                        f"teacher and students on the whole subset; digits "
+                        f"protocol (Adam 3e-3, no augmentation), batch "
+                        f"{FLAGS.fashion_batch_size}",
             })
         return datasets
     if not FLAGS.cifar_dataset:
@@ -175,32 +231,62 @@ def suite_datasets(suite):
     ]
 
 
-def fashion_subset(source, work_dir, train, test):
-    """Writes a class-balanced, shuffled subset of an npz dataset folder
-    (`train` and `test` images) under `work_dir`; returns its folder."""
-    out = os.path.join(work_dir, f"fashion_mnist_{train}_{test}")
-    if os.path.exists(os.path.join(out, "test.npz")):
-        return out
-    os.makedirs(out, exist_ok=True)
+def stratified_split(y, count, rng, exclude=()):
+    """`count` indices of `y`, the same number per class, none in `exclude`."""
+    classes = np.unique(y)
+    free = np.setdiff1d(np.arange(len(y)), np.asarray(exclude, int))
+    picked = np.concatenate([
+        rng.choice(free[y[free] == c], count // len(classes), replace=False)
+        for c in classes])
+    return rng.permutation(picked)  # Mixed classes in every prefix.
+
+
+def digits_heldout(work_dir, val):
+    """scikit-learn digits' training split less a stratified validation
+    split, with the test split (folder one) or the validation split as its
+    `test` (folder two), written under `work_dir`; returns the folders."""
+    from keras_kd import data
+
+    out = os.path.join(work_dir, "digits_heldout")
+    out_val = os.path.join(work_dir, f"digits_heldout_val{val}")
+    if os.path.exists(os.path.join(out_val, "test.npz")):
+        return out, out_val
+    (x, y), (x_test, y_test), _ = data.load("digits")
+    held = stratified_split(y, val, np.random.default_rng(0))
+    keep = np.setdiff1d(np.arange(len(y)), held)  # Keeps the order.
+    for folder, (tx, ty) in ((out, (x_test, y_test)),
+                             (out_val, (x[held], y[held]))):
+        os.makedirs(folder, exist_ok=True)
+        np.savez(os.path.join(folder, "train.npz"), x=x[keep], y=y[keep])
+        np.savez(os.path.join(folder, "test.npz"), x=tx, y=ty)
+    return out, out_val
+
+
+def fashion_subset(source, work_dir, train, val):
+    """Writes a class-stratified training subset of an npz dataset folder
+    with its test split (folder one) and the same training subset with a
+    stratified validation split as its `test` (folder two) under
+    `work_dir`; returns the two folders. The validation images are training
+    images outside the subset (inside it when the subset is everything)."""
+    out = os.path.join(work_dir, f"fashion_mnist_{train}")
+    out_val = os.path.join(work_dir, f"fashion_mnist_{train}_val{val}")
+    if os.path.exists(os.path.join(out_val, "test.npz")):
+        return out, out_val
     rng = np.random.default_rng(0)
-    for split, count in (("train", train), ("test", test)):
-        data = np.load(os.path.join(source, f"{split}.npz"))
-        x, y = data["x"], data["y"]
-        classes = np.unique(y)
-        per_class = count // len(classes)
-        picked = np.concatenate([
-            rng.choice(np.flatnonzero(y == c), per_class, replace=False)
-            for c in classes])
-        picked = rng.permutation(picked)  # Mixed classes in every prefix.
-        np.savez(os.path.join(out, f"{split}.npz"), x=x[picked], y=y[picked])
-    meta = os.path.join(source, "meta.json")
-    if os.path.exists(meta):
-        with open(meta) as f:
-            classes = json.load(f).get("classes")
-        if classes:
-            with open(os.path.join(out, "meta.json"), "w") as f:
-                json.dump({"classes": classes}, f)
-    return out
+    data = np.load(os.path.join(source, "train.npz"))
+    x, y = data["x"], data["y"]
+    picked = stratified_split(y, train, rng)
+    rest = stratified_split(y, val, rng, exclude=(
+        picked if train < len(y) else ()))
+    if train >= len(y):
+        picked = np.setdiff1d(picked, rest)
+    test = np.load(os.path.join(source, "test.npz"))
+    for folder, (tx, ty) in ((out, (test["x"], test["y"])),
+                             (out_val, (x[rest], y[rest]))):
+        os.makedirs(folder, exist_ok=True)
+        np.savez(os.path.join(folder, "train.npz"), x=x[picked], y=y[picked])
+        np.savez(os.path.join(folder, "test.npz"), x=tx, y=ty)
+    return out, out_val
 
 
 def run_recipe(script, args, log_path):
@@ -225,23 +311,46 @@ def _curve(path):
         return [float(row["val_accuracy"]) for row in csv.DictReader(f)]
 
 
-def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None):
-    """Trains the teachers and every (method, seed); returns the runs."""
-    work = os.path.join(FLAGS.work_dir, dataset["key"])
+def _wait_for_teacher(work, seed, log, timeout=3600):
+    """The teacher file of another process's kd run of `seed` (a suite in
+    parts, --nowith_kd), once that run has finished; None if it failed."""
+    out = os.path.join(work, f"kd_s{seed}")
+    deadline = time.time() + timeout
+    while not os.path.exists(os.path.join(out, "results.json")):
+        if time.time() > deadline:
+            return None
+        log(f"waiting for the teacher of seed {seed} in {out}")
+        time.sleep(30)
+    return os.path.join(out, "teacher_0.keras")
+
+
+def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
+                weights=None, flags_key="flags", work_key=None, tag=""):
+    """Trains the teachers and every (method, seed); returns the runs.
+
+    `weights` maps a method to extra recipe flags (a chosen term weight);
+    `flags_key` picks the dataset's flags (`"val_flags"` adds the
+    validation folder: its "test" accuracy is validation accuracy);
+    `work_key` names the runs' folder (default: the dataset's key); `tag`
+    is added to the non-kd runs' folder names."""
+    work = os.path.join(FLAGS.work_dir, work_key or dataset["key"])
     os.makedirs(work, exist_ok=True)
-    common = dataset["flags"] + FLAGS.extra_flags
+    common = dataset["flags"] + dataset.get(flags_key, []) * (
+        flags_key != "flags") + FLAGS.extra_flags
+    weights = weights or {}
     runs, teachers = [], {}
     # The kd runs come first: for seed s, the kd run trains the teacher
     # (seeded by the recipe) and the student alone; every other method of
     # seed s distils from that teacher file. Then seed by seed, so that an
     # interrupted suite has complete seeds.
-    order = [("kd", seed) for seed in seeds] + [
+    order = [("kd", seed) for seed in seeds if "kd" in methods] + [
         (method, seed) for seed in seeds for method in methods
         if method != "kd"]
     for method, seed in order:
         spec = presets.get(method)
-        out = os.path.join(work, f"{method}_s{seed}")
-        args = common + [
+        name = method if method == "kd" else method + tag
+        out = os.path.join(work, f"{name}_s{seed}")
+        args = common + list(weights.get(method, [])) + [
             f"--method={method}", f"--seed={seed}",
             f"--student={dataset['student']}",
             f"--epochs={dataset['epochs']}", f"--output_dir={out}",
@@ -253,7 +362,10 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None):
         elif spec.teacher == "model":
             # Several teachers: those of the next seeds, in turn.
             rotation = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
-            picked = [teachers.get(rotation[i % len(rotation)])
+            for s in rotation[:max(spec.min_teachers, 1)]:
+                if s not in teachers:
+                    teachers[s] = _wait_for_teacher(work, s, log)
+            picked = [teachers[rotation[i % len(rotation)]]
                       for i in range(max(spec.min_teachers, 1))]
             if None in picked:
                 runs.append({"method": method, "seed": seed,
@@ -263,7 +375,7 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None):
             args.append("--teacher=" + ",".join(picked))
         script = "reffakd.py" if spec.teacher == "soft_labels" else (
             "distill.py")
-        log_path = os.path.join(work, f"{method}_s{seed}.log")
+        log_path = os.path.join(work, f"{name}_s{seed}.log")
         code, seconds, command = run_recipe(script, args, log_path)
         if code != 0:
             runs.append({"method": method, "seed": seed,
@@ -299,6 +411,54 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None):
             f"({seconds:.0f} s)")
         on_update(runs)
     return runs
+
+
+# The term weight each --tune sweep varies: the recipes' flag and its
+# grid, the protocol's weight times 0.1, 1 and 10.
+TUNE_FLAGS = {"fitnets": "fitnets_weight", "at": "at_weight",
+              "fa": "fa_weight", "skd": "skd_weight", "afd": "afd_weight",
+              "rtk": "afd_weight"}
+
+
+def tune_grid(method):
+    weight = PROTOCOLS["digits"]["term_weights"].get(method)
+    if weight is None:
+        weight = presets.get(method).defaults[TUNE_FLAGS[method]]
+    return [weight * f for f in (0.1, 1.0, 10.0)]
+
+
+def tune_dataset(dataset, methods, seeds, log):
+    """For every method with a weight flag, the grid weight of the best
+    last-epoch validation accuracy (mean over `seeds`); returns the chosen
+    recipe flags per method and the record of the sweep."""
+    chosen, record = {}, {}
+    work_key = dataset["key"] + "_val"
+    run_dataset(dataset, ["kd"], seeds, log, flags_key="val_flags",
+                work_key=work_key)
+    for method in methods:
+        if method not in TUNE_FLAGS:
+            continue
+        flag = TUNE_FLAGS[method]
+        scores = {}
+        for weight in tune_grid(method):
+            runs = run_dataset(
+                dataset, [method], seeds, log,
+                weights={method: [f"--{flag}={weight:g}"]},
+                flags_key="val_flags", work_key=work_key, tag=f"_w{weight:g}")
+            done = [r["last"] for r in runs if "last" in r]
+            if done:
+                scores[f"{weight:g}"] = float(np.mean(done))
+        if not scores:
+            continue
+        best = max(scores, key=scores.get)
+        chosen[method] = [f"--{flag}={best}"]
+        record[method] = {
+            "flag": flag, "validation_accuracy": scores, "chosen": best,
+            "seeds": seeds,
+            "criterion": "mean last-epoch validation accuracy"}
+        log(f"[{dataset['key']}] {method}: {flag}={best} "
+            f"(validation {scores})")
+    return chosen, record
 
 
 def summarize(runs):
@@ -346,6 +506,18 @@ def format_markdown(report):
             f"teachers {dataset['teacher_epochs']}.",
             "",
         ]
+        if dataset.get("validation"):
+            v = dataset["validation"]
+            lines += [f"Validation split (every choice; never test): "
+                      f"{v['images']} images, class-stratified, seed "
+                      f"{v['seed']}, from {v['from']}.", ""]
+        for method, t in dataset.get("tuning", {}).items():
+            grid = ", ".join(f"{w}: {100 * a:.2f}%"
+                             for w, a in t["validation_accuracy"].items())
+            lines += [f"- {method}: `--{t['flag']}={t['chosen']}` chosen by "
+                      f"{t['criterion']} (seeds {t['seeds']}) over {grid}"]
+        if dataset.get("tuning"):
+            lines.append("")
         protocol = dataset.get("protocol_epochs")
         if protocol and [dataset["epochs"], dataset["teacher_epochs"]] != (
                 list(protocol)):
@@ -395,15 +567,26 @@ def plot(report, path):
     fig, axes = plt.subplots(len(datasets), 2,
                              figsize=(12, 4 * len(datasets)), squeeze=False)
     for (bars, curves), dataset in zip(axes, datasets):
-        rows = [r for r in dataset["summary"] if "last" in r]
+        # The teacher is a reference line, not a method.
+        teacher = [r for r in dataset["summary"]
+                   if r["method"] == "teacher" and "last" in r]
+        rows = [r for r in dataset["summary"]
+                if "last" in r and r["method"] != "teacher"]
         names = [r["method"] for r in rows]
+        palette = plt.get_cmap("tab20")
+        colours = {m: palette(i % 20) for i, m in enumerate(names)}
         bars.bar(names, [100 * r["last"] for r in rows],
-                 yerr=[100 * r["last_std"] for r in rows], capsize=3)
+                 yerr=[100 * r["last_std"] for r in rows], capsize=3,
+                 color=[colours[m] for m in names])
+        for r in teacher:
+            bars.axhline(100 * r["last"], color="black", linestyle="--",
+                         linewidth=1, label=f"teacher {100 * r['last']:.1f}%")
+            bars.legend(fontsize=7)
         bars.set_ylabel("last-epoch test accuracy %")
         bars.set_title(f"{dataset['key']}: {dataset['teacher']} → "
                        f"{dataset['student']}")
         bars.tick_params(axis="x", rotation=45)
-        low = min(100 * r["last"] for r in rows) if rows else 0
+        low = min(100 * r["last"] for r in rows + teacher) if rows else 0
         bars.set_ylim(max(0, low - 10), 100)
         for method in names:
             curves_ = [r["curve"] for r in dataset["runs"]
@@ -412,7 +595,8 @@ def plot(report, path):
                 continue
             length = min(map(len, curves_))
             mean = np.mean([c[:length] for c in curves_], axis=0)
-            curves.plot(np.arange(1, length + 1), 100 * mean, label=method)
+            curves.plot(np.arange(1, length + 1), 100 * mean, label=method,
+                        color=colours[method])
         curves.set_xlabel("epoch")
         curves.set_ylabel("test accuracy % (mean over seeds)")
         curves.legend(fontsize=7)
@@ -432,6 +616,39 @@ def write_report(report, stem):
     plotted = plot(report, stem + ".png")
     print(markdown)
     print(f"Wrote {stem}.md, .json{', .png' if plotted else ''}")
+
+
+def merge_reports(paths, output_dir):
+    """Joins the runs of several parts of one suite (the same datasets) and
+    writes the table, JSON and plot of the whole."""
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            parts.append(json.load(f))
+    report = dict(parts[0], parts=[
+        {"file": os.path.basename(p), "command": r["command"],
+         "methods": r["methods"], "wall_seconds": r["wall_seconds"],
+         "interrupted": bool(r.get("interrupted"))}
+        for p, r in zip(paths, parts)])
+    report["command"] = " ; ".join(r["command"] for r in parts)
+    report["methods"] = [m for r in parts for m in r["methods"]]
+    report["interrupted"] = any(r.get("interrupted") for r in parts)
+    report["wall_seconds"] = max(r["wall_seconds"] for r in parts)
+    datasets = {}
+    for r in parts:
+        for d in r["datasets"]:
+            merged = datasets.setdefault(d["key"], dict(d, runs=[]))
+            merged["runs"] += d["runs"]
+            if d.get("tuning"):
+                merged.setdefault("tuning", {}).update(d["tuning"])
+    report["datasets"] = [dict(d, summary=summarize(d["runs"]))
+                          for d in datasets.values()]
+    stem = os.path.join(output_dir, "accuracy_{}_{}_{}_{}".format(
+        report["suite"], "_".join(datasets), report["backend"],
+        report["date"][:10]))
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    write_report(report, stem)
 
 
 def main(argv):
@@ -454,9 +671,14 @@ def main(argv):
         raise app.UsageError(
             f"Unknown methods {unknown}; the recipes know "
             f"{default_methods()}.")
-    if "kd" not in methods:
+    if FLAGS.merge:
+        merge_reports(FLAGS.merge, FLAGS.output_dir)
+        return
+    if "kd" not in methods and FLAGS.with_kd:
         # Its runs train the teachers and the student alone.
         methods = ["kd"] + methods
+    if not FLAGS.with_kd:
+        methods = [m for m in methods if m != "kd"]
     seeds = [int(s) for s in FLAGS.seeds]
     start = time.perf_counter()
     report = {
@@ -474,9 +696,10 @@ def main(argv):
     }
     datasets = suite_datasets(FLAGS.suite)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.output_dir, "accuracy_{}_{}_{}_{}".format(
+    stem = os.path.join(FLAGS.output_dir, "accuracy_{}_{}_{}_{}{}".format(
         FLAGS.suite, "_".join(d["key"] for d in datasets),
-        report["backend"], report["date"][:10]))
+        report["backend"], report["date"][:10],
+        f"_{FLAGS.part}" if FLAGS.part else ""))
     partial = stem + ".partial.json"
 
     def save_partial(dataset, runs):
@@ -490,8 +713,16 @@ def main(argv):
             json.dump(snapshot, f, indent=1)
 
     for dataset in datasets:
+        weights = {}
+        if FLAGS.tune:
+            if "val_flags" not in dataset:
+                raise app.UsageError(f"--tune: {dataset['key']} has no "
+                                     f"validation split.")
+            weights, dataset["tuning"] = tune_dataset(
+                dataset, methods, [int(s) for s in FLAGS.tune_seeds], print)
         runs = run_dataset(dataset, methods, seeds, print,
-                           lambda runs, d=dataset: save_partial(d, runs))
+                           lambda runs, d=dataset: save_partial(d, runs),
+                           weights=weights)
         report["datasets"].append(dict(dataset, runs=runs,
                                        summary=summarize(runs)))
     report["wall_seconds"] = time.perf_counter() - start

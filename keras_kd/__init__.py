@@ -7,6 +7,7 @@ from keras_kd import distribute
 from keras_kd import losses
 from keras_kd import models
 from keras_kd import offline
+from keras_kd import optimizers
 from keras_kd import presets
 from keras_kd import training
 from keras_kd import reffakd

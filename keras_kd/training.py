@@ -54,7 +54,9 @@ class TrainConfig:
     """The training protocol of `fit_resumable`.
 
     `lr_decay_epochs`: epochs at which the learning rate is multiplied by
-    0.1. `replicas`: devices a batch is split over (each epoch's partial
+    0.1. `weight_decay`: PyTorch's coupled L2 on every trainable variable
+    the optimizer updates (`keras_kd.optimizers`); build the models without
+    kernel regularizers then. `replicas`: devices a batch is split over (each epoch's partial
     batch is then dropped).
     """
 
@@ -65,6 +67,7 @@ class TrainConfig:
     momentum: float = 0.9
     lr_decay_epochs: list = dataclasses.field(default_factory=list)
     replicas: int = 1
+    weight_decay: float = 0.0
 
     @classmethod
     def from_dict(cls, cfg, lr):
@@ -109,8 +112,11 @@ def steps_per_epoch(n, config):
 
 
 def make_optimizer(config, steps):
-    """SGD (momentum) or Adam with the step schedule of `config`."""
+    """SGD (momentum) or Adam with the step schedule of `config` and its
+    coupled weight decay on every trainable variable."""
     import keras
+
+    from keras_kd import optimizers
 
     lr = config.lr
     boundaries = [e * steps for e in config.lr_decay_epochs]
@@ -119,8 +125,9 @@ def make_optimizer(config, steps):
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
             boundaries, [lr * 0.1**i for i in range(len(boundaries) + 1)])
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=config.momentum)
-    return keras.optimizers.Adam(schedule)
+        return optimizers.SGD(schedule, momentum=config.momentum,
+                              l2=config.weight_decay)
+    return optimizers.Adam(schedule, l2=config.weight_decay)
 
 
 def _read_backup_epoch(backup_dir):

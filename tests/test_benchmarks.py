@@ -207,25 +207,65 @@ def test_accuracy_report_plots_when_matplotlib_is_installed(
         assert "Wrote " + stem + ".md, .json\n" in printed
 
 
-def test_fashion_subset_is_class_balanced_rows_of_the_source(accuracy,
-                                                             tmp_path):
+def test_fashion_subset_and_its_validation_split_are_stratified_and_disjoint(
+        accuracy, tmp_path):
     rng = np.random.default_rng(0)
     source = tmp_path / "source"
     source.mkdir()
     data = {}
     for split, n in (("train", 200), ("test", 100)):
+        # Distinct images, so that each subset row names one source row.
         x = rng.integers(0, 256, size=(n, 4, 4, 1)).astype("uint8")
-        y = rng.integers(0, 4, size=n)
+        x[:, 0, 0, 0] = np.arange(n) % 251
+        x[:, 0, 1, 0] = np.arange(n) // 251
+        y = np.arange(n) % 4
         np.savez(source / f"{split}.npz", x=x, y=y)
         data[split] = (x, y)
-    out = accuracy.fashion_subset(str(source), str(tmp_path / "work"), 40, 20)
-    for split, count in (("train", 40), ("test", 20)):
-        subset = np.load(os.path.join(out, f"{split}.npz"))
-        assert np.bincount(subset["y"]).tolist() == [count // 4] * 4
-        x, y = data[split]
-        for image, label in zip(subset["x"], subset["y"]):
-            matches = np.flatnonzero((x == image).all(axis=(1, 2, 3)))
-            assert label in y[matches]
+    out, out_val = accuracy.fashion_subset(
+        str(source), str(tmp_path / "work"), 40, 20)
+
+    def rows(images, split):
+        x, _ = data[split]
+        return [int(np.flatnonzero((x == image).all(axis=(1, 2, 3)))[0])
+                for image in images]
+
+    train = np.load(os.path.join(out, "train.npz"))
+    val = np.load(os.path.join(out_val, "test.npz"))
+    test = np.load(os.path.join(out, "test.npz"))
+    assert np.bincount(train["y"]).tolist() == [10] * 4
+    assert np.bincount(val["y"]).tolist() == [5] * 4
+    train_rows, val_rows = rows(train["x"], "train"), rows(val["x"], "train")
+    # Validation: training images, none of them in the training subset.
+    assert not set(train_rows) & set(val_rows)
+    assert (data["train"][1][val_rows] == val["y"]).all()
+    # Both folders train on the same subset; the test split is untouched.
+    np.testing.assert_array_equal(
+        np.load(os.path.join(out_val, "train.npz"))["x"], train["x"])
+    np.testing.assert_array_equal(test["x"], data["test"][0])
+
+
+def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
+    calls = []
+    scores = {"10": 0.70, "1": 0.80, "100": 0.75}
+
+    def fake_run(dataset, methods, seeds, log, weights=None,
+                 flags_key="flags", work_key=None, tag="", **_):
+        calls.append((methods, flags_key, work_key, tag))
+        if methods == ["kd"]:
+            return []
+        weight = weights[methods[0]][0].split("=")[1]
+        return [{"method": methods[0], "seed": s, "last": scores[weight]}
+                for s in seeds]
+
+    monkeypatch.setattr(accuracy, "run_dataset", fake_run)
+    dataset = {"key": "d", "flags": [], "val_flags": ["--dataset=npz:v"]}
+    chosen, record = accuracy.tune_dataset(dataset, ["kd", "fitnets"], [0],
+                                           lambda _: None)
+    assert accuracy.tune_grid("fitnets") == [1.0, 10.0, 100.0]
+    assert chosen == {"fitnets": ["--fitnets_weight=1"]}
+    assert record["fitnets"]["validation_accuracy"] == scores
+    # Every tuning run reads the validation folder, never test.
+    assert all(c[1] == "val_flags" and c[2] == "d_val" for c in calls)
 
 
 def test_accuracy_cpu_suite_runs_the_recipes(tmp_path):

@@ -128,8 +128,10 @@ def build_student(name, num_classes, input_shape, cfg, seed, what):
     """A fresh student (seeded by `seed`), checked against `num_classes`
     (the classes of `what`, e.g. "the dataset")."""
     seed_all(seed)
-    model, _ = resolve_model(name, num_classes, input_shape, "student",
-                             cfg["weight_decay"], FLAGS.mixed_precision)
+    # No kernel regularizers: the optimizer applies the coupled weight decay
+    # to every trainable variable (keras_kd.optimizers).
+    model, _ = resolve_model(name, num_classes, input_shape, "student", 0.0,
+                             FLAGS.mixed_precision)
     if num_outputs(model) != num_classes:
         raise RecipeError(
             f"--student={name} has {num_outputs(model)} outputs but {what} "

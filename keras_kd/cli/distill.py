@@ -63,13 +63,17 @@ def _resolve_teachers(specs, data, cfg, seed):
         seed_all(seed + 100 + i)
         model, loaded = resolve_model(
             spec, data.info["num_classes"], data.info["input_shape"],
-            "teacher", cfg["weight_decay"])
+            "teacher", 0.0)  # Decayed by the optimizer.
         teachers.append((spec, model, loaded))
     return teachers
 
 
-def _train_or_evaluate_teachers(teachers, data, cfg, lr, seed):
-    """Trains the zoo teachers (phase `teacher_<i>`), evaluates loaded ones."""
+def _train_or_evaluate_teachers(teachers, data, cfg, defaults, seed):
+    """Trains the zoo teachers (phase `teacher_<i>`), evaluates loaded ones.
+
+    Each zoo teacher trains at its own protocol learning rate
+    (`learning_rate(cfg, its name)`: 0.05 for a ResNet teacher of a
+    MobileNetV2 student under the CIFAR protocol), not the student's."""
     import keras
 
     results = []
@@ -89,8 +93,10 @@ def _train_or_evaluate_teachers(teachers, data, cfg, lr, seed):
                             "best_epoch": None, "loaded_from": spec})
             continue
         model.trainable = True
+        lr = learning_rate(cfg, spec, defaults)
         result = train_plain(f"teacher_{i}", model, data, data.x, data.y,
                              teacher_cfg, lr, seed + 100 + i)
+        result["lr"] = lr
         model.trainable = False
         path = os.path.join(FLAGS.output_dir, f"teacher_{i}.keras")
         model.save(path)
@@ -231,6 +237,10 @@ def _soft_label_table(data, x, y, cfg, seed):
     epochs = FLAGS.reffakd_ae_epochs or (
         30 if cfg["protocol"] == "digits" else 200)  # The paper: 200.
     unit = x.astype("float32") / 255.0
+    # The autoencoder halves H and W three times: zero-pad other sizes
+    # (e.g. 28x28) to multiples of 8; it only yields class similarities.
+    pad = [(0, 0)] + [(0, -n % 8) for n in unit.shape[1:3]] + [(0, 0)]
+    unit = np.pad(unit, pad)
     val = max(1, len(unit) // 10)
     autoencoder, cost = reffakd.train_autoencoder(
         unit[val:], unit[:val], epochs=epochs,
@@ -297,6 +307,14 @@ def distill_main(argv, recipe="distill"):
                  else FLAGS.kd_weight)
     hyperparameters = preset_hyperparameters(method_names, defaults)
     data_hyperparameters(method_names, hyperparameters, len(x))
+    # DLKD augments its four rotated views itself (one flip per image, a
+    # crop per view, black padding), so the distilled phase then gets no
+    # host or device crop/flip: docs/methods/protocol_fixes.md, item 4.
+    views_augment = cfg["augment"] and "dlkd" in method_names
+    if views_augment:
+        hyperparameters.update(
+            dlkd_crop_padding=4,
+            dlkd_pad_value=[float(v) for v in -data.mean / data.std])
     ce_weight = _ce_weight(method_names, defaults)
     if ce_weight is not None:
         hyperparameters["student_loss_weight"] = ce_weight
@@ -311,7 +329,7 @@ def distill_main(argv, recipe="distill"):
     terms = {term.name: (term, weight) for term, weight in zip(
         kwargs["distillation_losses"], kwargs["distillation_loss_weights"])}
     teacher_weights = _teacher_weights(len(teachers))
-    augmentation = augmentation_layer(cfg, seed)
+    augmentation = None if views_augment else augmentation_layer(cfg, seed)
 
     def build_distiller(teacher_models):
         try:
@@ -334,8 +352,8 @@ def distill_main(argv, recipe="distill"):
     print_config(cfg, lr, method_names, terms, ce_weight, data, x,
                   student_name, specs)
 
-    teacher_results = _train_or_evaluate_teachers(teachers, data, cfg, lr,
-                                                  seed)
+    teacher_results = _train_or_evaluate_teachers(teachers, data, cfg,
+                                                  defaults, seed)
     reffakd_cost = None
     if soft_labels:
         table, reffakd_cost = _soft_label_table(data, x, y, cfg, seed)
@@ -358,7 +376,8 @@ def distill_main(argv, recipe="distill"):
                                       cfg, lr, seed + 1)
     distilled_result = train_phase(
         "distilled", distiller, data, x, y, cfg, lr, seed + 1,
-        host_augment=cfg["augment"] and not augmentation, batches=batches)
+        host_augment=cfg["augment"] and not augmentation
+        and not views_augment, batches=batches)
     student_path = os.path.join(FLAGS.output_dir, "student.keras")
     student.save(student_path)
 
@@ -397,6 +416,12 @@ def distill_main(argv, recipe="distill"):
         "resolved": dict(cfg, lr=lr, method=method_names,
                          ce_weight=ce_weight, kd_temperature=kd_temperature,
                          kd_weight=kd_weight, hyperparameters=hyperparameters,
+                         distilled_host_augment=bool(
+                             cfg["augment"] and not augmentation
+                             and not views_augment),
+                         dlkd_views={k: hyperparameters[k] for k in (
+                             "dlkd_crop_padding", "dlkd_pad_value")
+                             if k in hyperparameters},
                          term_weights={k: w for k, (_, w) in terms.items()}),
         "dataset": {**data.info, "train_images": int(len(data.x)),
                     "student_train_images": int(len(x)),

@@ -54,9 +54,10 @@ def define_common_flags(default_output_dir):
         "momentum", None, "SGD momentum (protocol default: 0.9).")
     flags.DEFINE_float(
         "weight_decay", None,
-        "Coupled L2 weight decay as PyTorch SGD's weight_decay, i.e. "
-        "wd/2·Σw² added to the loss, on zoo models' weights (protocol "
-        "default: 0 digits, 5e-4 cifar).")
+        "Coupled L2 weight decay as PyTorch SGD's weight_decay: wd·w added "
+        "to the gradient of every trainable variable (student, terms' heads, "
+        "BN γ/β, biases; keras_kd.optimizers) (protocol default: 0 digits, "
+        "5e-4 cifar).")
     flags.DEFINE_list(
         "lr_decay_epochs", None,
         "Epochs at which the learning rate is multiplied by 0.1 (protocol "

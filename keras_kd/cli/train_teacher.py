@@ -35,7 +35,7 @@ def train_teacher_main(argv):
     seed_all(FLAGS.seed)
     model, loaded = resolve_model(spec, data.info["num_classes"],
                                   data.info["input_shape"], "model",
-                                  cfg["weight_decay"], FLAGS.mixed_precision)
+                                  0.0, FLAGS.mixed_precision)  # Optimizer's L2.
     if num_outputs(model) != data.info["num_classes"]:
         raise RecipeError(
             f"--model={spec} has {num_outputs(model)} outputs but the "

@@ -17,6 +17,7 @@ from keras import tree
 
 
 from keras_kd.models.digits import digits_cnn_large, digits_cnn_small
+from keras_kd.models.digits import fashion_cnn_large, fashion_cnn_small
 from keras_kd.models.mobilenetv2 import mobilenetv2
 from keras_kd.models.resnet import (
     cifar_resnet,
@@ -45,6 +46,8 @@ MODELS = {
     "mobilenetv2": mobilenetv2,
     "digits_cnn_large": digits_cnn_large,
     "digits_cnn_small": digits_cnn_small,
+    "fashion_cnn_large": fashion_cnn_large,
+    "fashion_cnn_small": fashion_cnn_small,
 }
 
 _BLOCK_NAME = re.compile(r"block(\d+)_(\d+)$")
