@@ -309,7 +309,7 @@ def distill_main(argv, recipe="distill"):
     data_hyperparameters(method_names, hyperparameters, len(x))
     # DLKD augments its four rotated views itself (one flip per image, a
     # crop per view, black padding), so the distilled phase then gets no
-    # host or device crop/flip: docs/methods/protocol_fixes.md, item 4.
+    # host or device crop/flip: docs/methods.md §11, DLKD.
     views_augment = cfg["augment"] and "dlkd" in method_names
     if views_augment:
         hyperparameters.update(

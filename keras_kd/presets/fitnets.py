@@ -1,4 +1,4 @@
-"""FitNets (docs/methods.md §0; docs/methods/protocol_fixes.md item 1)."""
+"""FitNets (docs/methods.md §0; docs/methods.md §11)."""
 
 from keras_kd import losses
 from keras_kd import models
