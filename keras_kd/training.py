@@ -33,6 +33,7 @@ import numpy as np
 
 from keras_kd.callbacks import TrainTimer
 from keras_kd.data import pipeline
+from keras_kd.data import pydataset
 
 
 def tensorboard_available():
@@ -151,7 +152,8 @@ def _read_csv(path):
 
 def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
                   host_augment=False, jit_compile=False, verbose=0,
-                  tensorboard=True, log=print):
+                  tensorboard=True, log=print, input_pipeline="auto",
+                  workers=4):
     """Fits `model` (a student or a Distiller) with checkpoint/resume.
 
     Args:
@@ -161,7 +163,12 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
         x, y: the training images (uint8) and labels.
         config: a `TrainConfig`.
         seed: seeds the per-epoch batch order and `host_augment`.
-        host_augment: random crop (4-pixel padding) + flip in tf.data.
+        host_augment: random crop (4-pixel padding) + flip on the host.
+        input_pipeline: `"tfdata"` (`kd.data.epoch_batches`), `"numpy"`
+            (`kd.data.EpochBatches`, a PyDataset: no TensorFlow needed) or
+            `"auto"` (see `kd.data.resolve_input_pipeline`). Both give
+            the same batch order; their random crops differ.
+        workers: threads preparing `"numpy"` batches.
         tensorboard: also write TensorBoard logs (skipped with a warning
             when TensorBoard is not installed).
         log: where progress lines go (`print`; `None` for silence).
@@ -202,9 +209,17 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
               f" from {backup_dir}.")
     else:
         log(f"[{name}] training {config.epochs} epochs on {len(x)} images.")
-    train_ds = pipeline.epoch_batches(
-        x, y, config.batch_size, steps, config.epochs, first_epoch, seed,
-        augment=host_augment, normalize=(data.mean, data.std))
+    if pydataset.resolve_input_pipeline(input_pipeline) == "numpy":
+        train_ds = pydataset.EpochBatches(
+            x, y, config.batch_size, steps, first_epoch, seed,
+            augment=host_augment, normalize=(data.mean, data.std),
+            workers=workers)
+        fit_steps = None  # The PyDataset is one epoch long.
+    else:
+        train_ds = pipeline.epoch_batches(
+            x, y, config.batch_size, steps, config.epochs, first_epoch, seed,
+            augment=host_augment, normalize=(data.mean, data.std))
+        fit_steps = steps
     test = (data.normalize(data.x_test), data.y_test)
     timer = TrainTimer()
     callbacks = [
@@ -223,7 +238,7 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
     model.fit(
         train_ds,
         epochs=config.epochs,
-        steps_per_epoch=steps,
+        steps_per_epoch=fit_steps,
         shuffle=False,  # train_ds shuffles itself, deterministically.
         validation_data=test,
         validation_batch_size=256,

@@ -13,7 +13,7 @@ from keras_kd.cli.common import RecipeError
 
 # Flags that do not change what a run computes (not compared on resume).
 _VOLATILE_FLAGS = {"overwrite", "verbose", "export", "tflite_quantization",
-                   "output_dir", "data_dir"}
+                   "output_dir", "data_dir", "input_workers"}
 
 
 def run_flags(recipe):
