@@ -46,6 +46,7 @@ def test_gpu_suite_smoke(tmp_path):
     runs = [r["run"] for r in report["accuracy"]["runs"]]
     assert runs == ["teacher", "student", "keras_kd", "kd_kd", "kd_fa"]
     for run in report["accuracy"]["runs"]:
+        assert "failed" not in run, run
         assert 0.0 <= run["test_accuracy"] <= 1.0 and run["wall_s"] > 0
     assert report["accuracy"]["jpeg_decoder"] in ("Pillow", "tf.io")
     names = [t["name"] for t in report["targets"]]
