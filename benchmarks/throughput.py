@@ -244,8 +244,9 @@ def _kd_terms(config, teacher, student, feature_layer):
     if config not in presets:
         raise ValueError(f"Unknown configuration '{config}'.")
     name, overrides = presets[config]
-    kwargs = kd.presets.build(name, teacher, student,
-                              kd_temperature=TEMPERATURE, **overrides)
+    if name != "dlkd":  # DLKD has no logits KD term.
+        overrides = {"kd_temperature": TEMPERATURE, **overrides}
+    kwargs = kd.presets.build(name, teacher, student, **overrides)
     if config == "kd_logits_feature":
         kwargs["distillation_losses"].append(
             kd.losses.FeatureDistillation(feature_layer, feature_layer))

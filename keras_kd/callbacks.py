@@ -22,21 +22,41 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops training with an error naming the loss term that is NaN/Inf.
 
     `kd.Distiller.fit` adds one watching every loss term unless the
-    Distiller is built with `stop_on_nonfinite_loss=False`.
+    Distiller is built with `stop_on_nonfinite_loss=False`, ahead of the
+    caller's callbacks, so its epoch-end check runs before a checkpoint
+    (`keras.callbacks.BackupAndRestore`, `ModelCheckpoint`) is written.
+
+    Cheap: it checks the batch logs every `check_every` batches and the
+    epoch's mean losses at its end (a NaN in any batch makes the mean
+    NaN). It is `async_safe`, so when no other callback reads batch logs,
+    Keras reads them in a worker thread and the train step never waits for
+    the host; an error raised there surfaces at the next batch or, at the
+    latest, before any callback's `on_epoch_end`.
 
     Args:
         names: the logged losses to watch (default: `["loss"]`).
+        check_every: batches between batch-log checks (0: epoch end only).
     """
 
-    def __init__(self, names=None):
+    async_safe = True
+
+    def __init__(self, names=None, check_every=10):
         super().__init__()
         self.names = list(names or ["loss"])
+        self.check_every = int(check_every)
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.check_every and (batch + 1) % self.check_every == 0:
+            self._check(logs, f"batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, "end (the epoch's mean loss)")
+
+    def _check(self, logs, where):
         bad = {
             name: float(logs[name])
             for name in self.names
@@ -44,11 +64,12 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         }
         if bad:
             raise FloatingPointError(
-                f"Non-finite loss at epoch {self.epoch + 1}, batch {batch + 1}:"
-                f" {bad}. Training stopped: the last update may already have "
-                f"written NaN into the weights, so restore them from a "
-                f"checkpoint. Check the inputs for NaN/Inf, lower the learning "
-                f"rate, or use a LossScaleOptimizer under mixed_float16."
+                f"Non-finite loss at epoch {self.epoch + 1}, {where}: {bad}. "
+                f"Training stopped before this epoch's checkpoint: the last "
+                f"updates may already have written NaN into the weights, so "
+                f"restore them from a checkpoint. Check the inputs for "
+                f"NaN/Inf, lower the learning rate, or use a "
+                f"LossScaleOptimizer under mixed_float16."
             )
 
 

@@ -433,11 +433,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             callbacks_lib.TermEpochs(self.distillation_losses)
         ]
         if self.stop_on_nonfinite_loss:
-            callbacks.append(
-                callbacks_lib.StopOnNonFiniteLoss(
-                    sorted(self._tracker_names) + ["loss"]
-                )
-            )
+            # First, so it raises before a checkpoint callback's epoch end.
+            callbacks.insert(0, callbacks_lib.StopOnNonFiniteLoss(
+                sorted(self._tracker_names) + ["loss"]))
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def get_config(self):

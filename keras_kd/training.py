@@ -33,6 +33,7 @@ import numpy as np
 
 from keras_kd.callbacks import TrainTimer
 from keras_kd.data import pipeline
+from keras_kd.data import pydataset
 
 
 def tensorboard_available():
@@ -193,7 +194,8 @@ def _indexed_batches(x, y, batch_size, steps, epochs, first_epoch, seed,
 
 def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
                   host_augment=False, jit_compile=False, verbose=0,
-                  tensorboard=True, log=print, batches=None):
+                  tensorboard=True, log=print, batches=None,
+                  input_pipeline="auto", workers=4):
     """Fits `model` (a student or a Distiller) with checkpoint/resume.
 
     Args:
@@ -203,7 +205,12 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
         x, y: the training images (uint8) and labels.
         config: a `TrainConfig`.
         seed: seeds the per-epoch batch order and `host_augment`.
-        host_augment: random crop (4-pixel padding) + flip in tf.data.
+        host_augment: random crop (4-pixel padding) + flip on the host.
+        input_pipeline: `"tfdata"` (`kd.data.epoch_batches`), `"numpy"`
+            (`kd.data.EpochBatches`, a PyDataset: no TensorFlow needed) or
+            `"auto"` (see `kd.data.resolve_input_pipeline`). Both give
+            the same batch order; their random crops differ.
+        workers: threads preparing `"numpy"` batches.
         tensorboard: also write TensorBoard logs (skipped with a warning
             when TensorBoard is not installed).
         log: where progress lines go (`print`; `None` for silence).
@@ -261,8 +268,20 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
               f" from {backup_dir}.")
     else:
         log(f"[{name}] training {config.epochs} epochs on {len(x)} images.")
+    numpy_path = pydataset.resolve_input_pipeline(input_pipeline) == "numpy"
+    fit_steps = steps
     if batches is not None:
         train_ds = batches(first_epoch, steps)
+    elif numpy_path and not indexed:
+        train_ds = pydataset.EpochBatches(
+            x, y, config.batch_size, steps, first_epoch, seed,
+            augment=host_augment, normalize=(data.mean, data.std),
+            workers=workers)
+        fit_steps = None  # The PyDataset is one epoch long.
+    elif numpy_path:
+        raise ValueError(
+            "The terms read example indices, which only the tf.data "
+            "pipeline supplies; use input_pipeline='tfdata'.")
     else:
         make = _indexed_batches if indexed else pipeline.epoch_batches
         train_ds = make(x, y, config.batch_size, steps, config.epochs,
@@ -286,7 +305,7 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
     model.fit(
         train_ds,
         epochs=config.epochs,
-        steps_per_epoch=steps,
+        steps_per_epoch=fit_steps,
         shuffle=False,  # train_ds shuffles itself, deterministically.
         validation_data=test,
         validation_batch_size=256,

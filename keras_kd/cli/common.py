@@ -64,6 +64,10 @@ def load_data(cfg):
     """Loads `--dataset` and builds the normalisation, or a RecipeError."""
     from keras_kd import data
 
+    try:  # Refused before any data is read or model trained.
+        data.resolve_input_pipeline(FLAGS.input_pipeline)
+    except ValueError as e:
+        raise RecipeError(f"--input_pipeline: {e}") from None
     try:
         (x, y), (x_test, y_test), info = data.load(FLAGS.dataset,
                                                    FLAGS.data_dir)
@@ -173,7 +177,8 @@ def train_phase(name, model, data, x, y, cfg, lr, seed, host_augment,
         name, model, data, x, y, training.TrainConfig.from_dict(cfg, lr),
         FLAGS.output_dir, seed=seed, host_augment=host_augment,
         jit_compile=FLAGS.jit_compile, verbose=FLAGS.verbose,
-        tensorboard=TENSORBOARD[0], batches=batches)
+        tensorboard=TENSORBOARD[0], batches=batches,
+        input_pipeline=FLAGS.input_pipeline, workers=FLAGS.input_workers)
 
 
 def train_plain(name, model, data, x, y, cfg, lr, seed):

@@ -71,7 +71,17 @@ def define_common_flags(default_output_dir):
         "augment_on_device", False,
         "Augment inside the compiled train step with the keras.ops "
         "RandomCropFlip layer (the Distiller's `augmentation` argument) "
-        "instead of in the tf.data pipeline.")
+        "instead of in the host input pipeline.")
+    flags.DEFINE_enum(
+        "input_pipeline", "auto", ["auto", "tfdata", "numpy"],
+        "Host input pipeline: 'tfdata' (tf.data, needs TensorFlow), 'numpy' "
+        "(a keras.utils.PyDataset with NumPy crop+flip in worker threads; "
+        "no TensorFlow needed; same batch order per seed and epoch, other "
+        "random crops), 'auto' (tfdata where TensorFlow is installed, else "
+        "numpy).")
+    flags.DEFINE_integer(
+        "input_workers", 4, "Threads preparing --input_pipeline=numpy "
+        "batches.")
     flags.DEFINE_integer(
         "train_limit", None,
         "Train the student(s) on the first N training images only (0: all). "

@@ -12,8 +12,9 @@ from keras_kd.cli.common import RecipeError
 
 
 # Flags that do not change what a run computes (not compared on resume).
-_VOLATILE_FLAGS = {"overwrite", "overwrite_teacher_cache", "verbose", "export", "tflite_quantization",
-                   "output_dir", "data_dir"}
+_VOLATILE_FLAGS = {"overwrite", "overwrite_teacher_cache", "verbose", "export",
+                   "tflite_quantization", "output_dir", "data_dir",
+                   "input_workers"}
 
 
 def run_flags(recipe):

@@ -4,6 +4,8 @@
   digits, a folder of `.npz` files, or tensorflow-datasets.
 - `make_dataset`, `epoch_batches`: `tf.data` pipelines (the second
   deterministic per seed and epoch, for resumable training).
+- `EpochBatches`: the same batches as a `keras.utils.PyDataset` (NumPy
+  crop + flip, `crop_flip_numpy`), for machines without TensorFlow.
 - `RandomCropFlip` (`augment_batch`): the same augmentation inside a model,
   with `keras.ops`.
 - `class_subset`: a subset of classes relabelled `0..k-1`.
@@ -26,5 +28,9 @@ from keras_kd.data.pipeline import epoch_batches
 from keras_kd.data.pipeline import epoch_order
 from keras_kd.data.pipeline import make_dataset
 from keras_kd.data.pipeline import with_example_index
+from keras_kd.data.pydataset import EpochBatches
+from keras_kd.data.pydataset import crop_flip_numpy
+from keras_kd.data.pydataset import resolve_input_pipeline
+from keras_kd.data.pydataset import tensorflow_available
 from keras_kd.data.subsets import ClassMapping
 from keras_kd.data.subsets import class_subset

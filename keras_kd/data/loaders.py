@@ -20,8 +20,10 @@ def load(name, data_dir=None, split_seed=0):
       parts `train_0.npz`, `train_1.npz`, ...) holding `x` (uint8 NHWC or
       NHW) and `y` (integers), or `jpeg` (concatenated JPEG files),
       `offsets` (int, N + 1) and `y`. JPEGs are decoded with
-      `tf.io.decode_jpeg` using the accurate integer DCT, which gives the
-      same pixels as Pillow. Class names come from `meta.json` (`"classes"`)
+      `tf.io.decode_jpeg` (accurate integer DCT) where TensorFlow is
+      installed and with Pillow where it is not; the two differ by a few
+      levels (at most 5/255) on many pixels, so compare runs of one
+      decoder. Class names come from `meta.json` (`"classes"`)
       when present;
     - any other name: a tensorflow-datasets dataset with `train` and `test`
       splits, read from (or downloaded to) `data_dir`.

@@ -8,6 +8,7 @@ import numpy as np
 
 from keras_kd._compat import tensorflow as tf
 from keras_kd.data.loaders import dataset_info
+from keras_kd.data.pydataset import tensorflow_available
 
 
 def load_npz(path):
@@ -120,14 +121,35 @@ def _decode_jpegs(file, jpeg, offsets):
             f"{file}: 'offsets' must increase and stay within 'jpeg' "
             f"({len(jpeg)} bytes)."
         )
-    # The accurate integer DCT matches Pillow (libjpeg's default); TF's
-    # default fast DCT shifts channel means by about one level.
+    strings = [jpeg[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
+    if not tensorflow_available():
+        return _decode_with_pillow(strings)
+
+    # The accurate integer DCT matches Pillow (libjpeg's default) closely;
+    # TF's default fast DCT shifts channel means by about one level.
     def decode(string):
         return tf.io.decode_jpeg(string, dct_method="INTEGER_ACCURATE")
 
-    strings = [jpeg[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
     images = tf.data.Dataset.from_tensor_slices(strings).map(
         decode, num_parallel_calls=tf.data.AUTOTUNE
     )
     return np.concatenate([batch.numpy() for batch in images.batch(4096)])
 
+
+
+def _decode_with_pillow(strings):
+    """JPEG bytes to one uint8 array with Pillow, in threads (Pillow's
+    decoder releases the GIL); used where TensorFlow is not installed."""
+    import concurrent.futures
+    import io
+
+    from PIL import Image
+
+    def decode(string):
+        with Image.open(io.BytesIO(string)) as image:
+            return np.asarray(image)
+
+    with concurrent.futures.ThreadPoolExecutor(
+        min(16, os.cpu_count() or 1)
+    ) as pool:
+        return np.stack(list(pool.map(decode, strings, chunksize=256)))

@@ -85,7 +85,8 @@ def with_example_index(x):
 
 
 def make_dataset(x, y, batch_size, training, seed=0, augment=None,
-                 normalize=None, cache=True, example_index=False):
+                 normalize=None, cache=True, example_index=False,
+                 input_pipeline="auto", **pydataset_kwargs):
     """A `tf.data` pipeline of `(float32 images, labels)` batches.
 
     Caches the uint8 data, and for training shuffles it (with `seed`, in a
@@ -104,7 +105,19 @@ def make_dataset(x, y, batch_size, training, seed=0, augment=None,
                             normalize=channel_stats(x))
     model.fit(train_ds, epochs=10)
     ```
+
+    `input_pipeline` (see `resolve_input_pipeline`): `"numpy"`, or `"auto"`
+    without TensorFlow, returns a `kd.data.EpochBatches` PyDataset with the
+    same semantics instead (a new order per epoch from `seed`, NumPy crop +
+    flip); `pydataset_kwargs` (`workers`, ...) go to it.
     """
+    from keras_kd.data import pydataset
+
+    if pydataset.resolve_input_pipeline(input_pipeline) == "numpy":
+        return pydataset.EpochBatches(
+            x, y, batch_size, seed=seed, augment=bool(training and augment),
+            normalize=normalize, shuffle=training, drop_remainder=training,
+            example_index=example_index, **pydataset_kwargs)
     if example_index:  # Carried with the labels through the maps below.
         y = (y, np.arange(len(x), dtype="int32"))
     ds = tf.data.Dataset.from_tensor_slices((x, y))
