@@ -125,8 +125,8 @@ def specialize_main(argv):
           f"({per_class or 'all'} per class), {len(task.x_test)} test.")
     print_config(cfg, lr, ["skd"], terms, 1.0,
                   data, task.x, student_name, [spec])
-    teacher_result = _train_or_evaluate_teachers(teachers, data, cfg, lr,
-                                                 seed)[0]
+    teacher_result = _train_or_evaluate_teachers(teachers, data, cfg,
+                                                 defaults, seed)[0]
     rows = []
     params, size = model_size(teacher)
     rows.append(("teacher (all classes)", teacher_result, spec, params, size))
