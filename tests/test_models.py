@@ -11,7 +11,8 @@ from keras_kd import data, models
 # sampler (about a second each), so the models with the most distinct shapes
 # are built on TensorFlow only; the architecture code is the same.
 JAX_SKIP = {"mobilenetv2", "vgg13"}
-CIFAR_MODELS = [name for name in models.MODELS if not name.startswith("digits")]
+CIFAR_MODELS = [name for name in models.MODELS
+                if not name.startswith(("digits", "fashion"))]
 NUM_BLOCKS = {
     "resnet20": 9,
     "resnet32": 15,
@@ -226,3 +227,12 @@ def test_block_names_of_a_pre_activation_functional_model():
             x = layers.Add()([x, layers.Conv2D(4, 1)(act)])  # Third sum, no BN.
     model = keras.Model(inputs, layers.GlobalAveragePooling2D()(x))
     assert models.block_layer_names(model) == ["act1", model.layers[6].name, "act2"]
+
+
+@pytest.mark.parametrize("name", ["fashion_cnn_large", "fashion_cnn_small"])
+def test_fashion_models_forward_on_28x28(name):
+    model = models.get(name, num_classes=10, input_shape=(28, 28, 1))
+    x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype("float32")
+    logits = keras.ops.convert_to_numpy(model(x, training=False))
+    assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+    assert models.stage_layer_names(model)[0] == "stem"
