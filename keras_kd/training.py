@@ -250,8 +250,10 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
-        # Several steps per call cut the per-step overhead of small models.
-        steps_per_execution=min(steps, 8),
+        # Several steps per call cut the per-step overhead of small models
+        # (the torch backend allows only one).
+        steps_per_execution=(1 if keras.backend.backend() == "torch"
+                             else min(steps, 8)),
     )
     if os.path.exists(result_path):
         model.load_weights(weights_path)

@@ -51,8 +51,9 @@ def test_adam_adds_the_decay_to_the_gradient():
     g = rng.normal(size=(4,)).astype("float32")
     a = keras.Variable(w0)
     b = keras.Variable(w0)
-    kd.optimizers.Adam(1e-2, l2=0.1).apply_gradients([(g, a)])
-    keras.optimizers.Adam(1e-2).apply_gradients([(g + 0.1 * w0, b)])
+    tensor = keras.ops.convert_to_tensor
+    kd.optimizers.Adam(1e-2, l2=0.1).apply_gradients([(tensor(g), a)])
+    keras.optimizers.Adam(1e-2).apply_gradients([(tensor(g + 0.1 * w0), b)])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(a),
                                keras.ops.convert_to_numpy(b), atol=1e-7)
     with pytest.raises(ValueError, match="l2"):
