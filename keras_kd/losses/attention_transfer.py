@@ -3,6 +3,7 @@ import numpy as np
 from keras import ops
 
 from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import common_map_sizes
 
 
 def adaptive_pool_matrix(in_size, out_size):
@@ -110,18 +111,9 @@ class AttentionTransfer(DistillationTerm):
         super().__init__(teacher_layer_names, student_layer_names, **kwargs)
 
     def build(self, teacher_outputs_shape, student_outputs_shape):
-        student_sizes = [
-            feature_map_shape(student_outputs_shape, name, "student")
-            for name in self.student_layer_names
-        ]
         # Per teacher, per pair: the common H×W both maps are pooled to.
-        self.pair_sizes = [
-            [
-                tuple(map(min, feature_map_shape(shapes, name, "teacher"), size))
-                for name, size in zip(self.teacher_layer_names, student_sizes)
-            ]
-            for shapes in teacher_outputs_shape
-        ]
+        self.pair_sizes = common_map_sizes(
+            self, teacher_outputs_shape, student_outputs_shape, feature_map_shape)
 
     def call(self, teacher_outputs, student_outputs, labels=None,
              teacher_weights=None):

@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_kd.losses.attention_transfer import adaptive_pool_matrix
 from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import common_map_sizes
 from keras_kd.losses.base import check_batch_sizes
 from keras_kd.losses.base import l2_normalize
 from keras_kd.losses.similarity_preserving import paired_layer_names
@@ -78,18 +79,9 @@ class NeuronSelectivityTransfer(DistillationTerm):
 
     def build(self, teacher_outputs_shape, student_outputs_shape):
         check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
-        student_sizes = [
-            _map_size(student_outputs_shape, name, "student")
-            for name in self.student_layer_names
-        ]
         # Per teacher, per pair: the common H×W both maps are pooled to.
-        self.pair_sizes = [
-            [
-                tuple(map(min, _map_size(shapes, name, "teacher"), size))
-                for name, size in zip(self.teacher_layer_names, student_sizes)
-            ]
-            for shapes in teacher_outputs_shape
-        ]
+        self.pair_sizes = common_map_sizes(
+            self, teacher_outputs_shape, student_outputs_shape, _map_size)
 
     def call(self, teacher_outputs, student_outputs, labels=None,
              teacher_weights=None):
