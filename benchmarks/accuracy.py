@@ -59,6 +59,14 @@ from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from accuracy_data import digits_heldout  # noqa: E402
+from accuracy_data import fashion_subset  # noqa: E402
+from accuracy_report import format_markdown  # noqa: E402,F401
+from accuracy_report import merge_reports  # noqa: E402
+from accuracy_report import summarize  # noqa: E402
+from accuracy_report import write_report  # noqa: E402
+
 from keras_kd import machine
 from keras_kd import presets
 from keras_kd.cli.protocols import PROTOCOLS
@@ -231,64 +239,6 @@ def suite_datasets(suite):
     ]
 
 
-def stratified_split(y, count, rng, exclude=()):
-    """`count` indices of `y`, the same number per class, none in `exclude`."""
-    classes = np.unique(y)
-    free = np.setdiff1d(np.arange(len(y)), np.asarray(exclude, int))
-    picked = np.concatenate([
-        rng.choice(free[y[free] == c], count // len(classes), replace=False)
-        for c in classes])
-    return rng.permutation(picked)  # Mixed classes in every prefix.
-
-
-def digits_heldout(work_dir, val):
-    """scikit-learn digits' training split less a stratified validation
-    split, with the test split (folder one) or the validation split as its
-    `test` (folder two), written under `work_dir`; returns the folders."""
-    from keras_kd import data
-
-    out = os.path.join(work_dir, "digits_heldout")
-    out_val = os.path.join(work_dir, f"digits_heldout_val{val}")
-    if os.path.exists(os.path.join(out_val, "test.npz")):
-        return out, out_val
-    (x, y), (x_test, y_test), _ = data.load("digits")
-    held = stratified_split(y, val, np.random.default_rng(0))
-    keep = np.setdiff1d(np.arange(len(y)), held)  # Keeps the order.
-    for folder, (tx, ty) in ((out, (x_test, y_test)),
-                             (out_val, (x[held], y[held]))):
-        os.makedirs(folder, exist_ok=True)
-        np.savez(os.path.join(folder, "train.npz"), x=x[keep], y=y[keep])
-        np.savez(os.path.join(folder, "test.npz"), x=tx, y=ty)
-    return out, out_val
-
-
-def fashion_subset(source, work_dir, train, val):
-    """Writes a class-stratified training subset of an npz dataset folder
-    with its test split (folder one) and the same training subset with a
-    stratified validation split as its `test` (folder two) under
-    `work_dir`; returns the two folders. The validation images are training
-    images outside the subset (inside it when the subset is everything)."""
-    out = os.path.join(work_dir, f"fashion_mnist_{train}")
-    out_val = os.path.join(work_dir, f"fashion_mnist_{train}_val{val}")
-    if os.path.exists(os.path.join(out_val, "test.npz")):
-        return out, out_val
-    rng = np.random.default_rng(0)
-    data = np.load(os.path.join(source, "train.npz"))
-    x, y = data["x"], data["y"]
-    picked = stratified_split(y, train, rng)
-    rest = stratified_split(y, val, rng, exclude=(
-        picked if train < len(y) else ()))
-    if train >= len(y):
-        picked = np.setdiff1d(picked, rest)
-    test = np.load(os.path.join(source, "test.npz"))
-    for folder, (tx, ty) in ((out, (test["x"], test["y"])),
-                             (out_val, (x[rest], y[rest]))):
-        os.makedirs(folder, exist_ok=True)
-        np.savez(os.path.join(folder, "train.npz"), x=x[picked], y=y[picked])
-        np.savez(os.path.join(folder, "test.npz"), x=tx, y=ty)
-    return out, out_val
-
-
 def run_recipe(script, args, log_path):
     """Runs one recipe; returns `(returncode, seconds, command)`."""
     command = [sys.executable, os.path.join(ROOT, "recipes", script)] + args
@@ -324,6 +274,54 @@ def _wait_for_teacher(work, seed, log, timeout=3600):
     return os.path.join(out, "teacher_0.keras")
 
 
+# SKD's own protocol (docs/methods.md §2): `recipes/specialize.py` on a
+# class subset, beside its three baselines, from the seed's kd teacher.
+SKD_SUBSET = "skd_subset"
+SKD_SUBSET_CLASSES = "0,1,2,3,4"
+SKD_SUBSET_PHASES = [("skd", "subset: skd"), ("scratch", "subset: scratch"),
+                     ("finetune", "subset: finetune teacher"),
+                     ("subset_kd", "subset: renormalised-logits kd")]
+# Flags of the suite's datasets that only recipes/distill.py knows.
+_DISTILL_ONLY = ("--reffakd_",)
+
+
+def _teacher_seeds(method, seed, seeds):
+    """The seeds whose kd teachers a method of `seed` distils from: its own
+    and, for several teachers, those of the next seeds in turn."""
+    spec = presets.get(method)
+    if spec.teacher != "model":
+        return []
+    rotation = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
+    return [rotation[i % len(rotation)]
+            for i in range(max(spec.min_teachers, 1))]
+
+
+def _recipe_call(method, seed, dataset, common, out, teachers):
+    """`(script, args, phases)` of one run; `phases` pairs each model of its
+    results.json with the method name it is reported as."""
+    args = [f"--seed={seed}", f"--student={dataset['student']}",
+            f"--epochs={dataset['epochs']}", f"--output_dir={out}",
+            "--export="]
+    if method == SKD_SUBSET:
+        common = [a for a in common if not a.startswith(_DISTILL_ONLY)]
+        return "specialize.py", common + args + [
+            f"--teacher={teachers[0]}", f"--classes={SKD_SUBSET_CLASSES}",
+            "--images_per_class=0"], SKD_SUBSET_PHASES
+    args = common + [f"--method={method}"] + args
+    phases = [("distilled", method)]
+    if method == "kd":
+        args += ["--baseline", f"--teacher={dataset['teacher']}",
+                 f"--teacher_epochs={dataset['teacher_epochs']}"]
+        phases += [("teacher_0", "teacher"), ("student_alone", "student")]
+    else:
+        args.append("--nobaseline")
+        if teachers:
+            args.append("--teacher=" + ",".join(teachers))
+    spec = presets.get(method)
+    script = "reffakd.py" if spec.teacher == "soft_labels" else "distill.py"
+    return script, args, phases
+
+
 def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
                 weights=None, flags_key="flags", work_key=None, tag=""):
     """Trains the teachers and every (method, seed); returns the runs.
@@ -347,34 +345,22 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
         (method, seed) for seed in seeds for method in methods
         if method != "kd"]
     for method, seed in order:
-        spec = presets.get(method)
         name = method if method == "kd" else method + tag
         out = os.path.join(work, f"{name}_s{seed}")
-        args = common + list(weights.get(method, [])) + [
-            f"--method={method}", f"--seed={seed}",
-            f"--student={dataset['student']}",
-            f"--epochs={dataset['epochs']}", f"--output_dir={out}",
-            "--export=", "--baseline" if method == "kd" else "--nobaseline",
-        ]
-        if method == "kd":
-            args += [f"--teacher={dataset['teacher']}",
-                     f"--teacher_epochs={dataset['teacher_epochs']}"]
-        elif spec.teacher == "model":
-            # Several teachers: those of the next seeds, in turn.
-            rotation = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
-            for s in rotation[:max(spec.min_teachers, 1)]:
-                if s not in teachers:
-                    teachers[s] = _wait_for_teacher(work, s, log)
-            picked = [teachers[rotation[i % len(rotation)]]
-                      for i in range(max(spec.min_teachers, 1))]
-            if None in picked:
-                runs.append({"method": method, "seed": seed,
-                             "failed": "its kd run (teacher) failed",
-                             "command": ""})
-                continue
-            args.append("--teacher=" + ",".join(picked))
-        script = "reffakd.py" if spec.teacher == "soft_labels" else (
-            "distill.py")
+        needed = [seed] if method == SKD_SUBSET else [] if method == "kd" else (
+            _teacher_seeds(method, seed, seeds))
+        for s in needed:
+            if s not in teachers:
+                teachers[s] = _wait_for_teacher(work, s, log)
+        picked = [teachers[s] for s in needed]
+        if None in picked:
+            runs.append({"method": method, "seed": seed,
+                         "failed": "its kd run (teacher) failed",
+                         "command": ""})
+            continue
+        script, args, phases = _recipe_call(
+            method, seed, dataset, common + list(weights.get(method, [])),
+            out, picked)
         log_path = os.path.join(work, f"{name}_s{seed}.log")
         code, seconds, command = run_recipe(script, args, log_path)
         if code != 0:
@@ -388,11 +374,8 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
             continue
         with open(os.path.join(out, "results.json")) as f:
             models = json.load(f)["models"]
-        phases = [("distilled", method)]
         if method == "kd":
             teachers[seed] = os.path.join(out, "teacher_0.keras")
-            phases += [("teacher_0", "teacher"),
-                       ("student_alone", "student")]
         for phase, name in phases:
             result = models[phase]
             runs.append({
@@ -407,7 +390,7 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
                 "command": command,
             })
         log(f"[{dataset['key']}] {method} seed {seed}: "
-            f"{models['distilled']['last_epoch_test_accuracy']:.4f} "
+            f"{models[phases[0][0]]['last_epoch_test_accuracy']:.4f} "
             f"({seconds:.0f} s)")
         on_update(runs)
     return runs
@@ -461,196 +444,6 @@ def tune_dataset(dataset, methods, seeds, log):
     return chosen, record
 
 
-def summarize(runs):
-    """Per method: mean ± std (population over seeds) of every number."""
-    table = {}
-    for run in runs:
-        table.setdefault(run["method"], []).append(run)
-    rows = []
-    for method, items in table.items():
-        done = [r for r in items if "failed" not in r]
-        row = {"method": method, "seeds": len(done),
-               "failed": len(items) - len(done)}
-        for key in ("last", "best", "train_seconds", "images_per_second"):
-            values = [r[key] for r in done if r.get(key) is not None]
-            if values:
-                row[key] = float(np.mean(values))
-                row[key + "_std"] = float(np.std(values))
-        rows.append(row)
-    return rows
-
-
-def format_markdown(report):
-    lines = [
-        f"# Accuracy, suite `{report['suite']}`",
-        "",
-        f"- date: {report['date']}",
-        f"- machine: {report['machine']['host']}, "
-        f"{report['machine']['platform']}, {report['machine']['cpu_count']} "
-        f"CPUs ({report['machine']['device']})",
-        f"- backend: {report['backend']}",
-        f"- command: `{report['command']}`",
-        f"- seeds: {', '.join(map(str, report['seeds']))}; mean ± std "
-        f"(population) over seeds; accuracy on the test split.",
-        "",
-    ]
-    if report.get("interrupted"):
-        lines += ["**Interrupted suite**: only the runs counted in `runs` "
-                  "finished.", ""]
-    for dataset in report["datasets"]:
-        lines += [
-            f"## {dataset['key']}: {dataset['teacher']} → "
-            f"{dataset['student']}",
-            "",
-            f"{dataset['note']}; {dataset['epochs']} student epochs, "
-            f"teachers {dataset['teacher_epochs']}.",
-            "",
-        ]
-        if dataset.get("validation"):
-            v = dataset["validation"]
-            lines += [f"Validation split (every choice; never test): "
-                      f"{v['images']} images, class-stratified, seed "
-                      f"{v['seed']}, from {v['from']}.", ""]
-        for method, t in dataset.get("tuning", {}).items():
-            grid = ", ".join(f"{w}: {100 * a:.2f}%"
-                             for w, a in t["validation_accuracy"].items())
-            lines += [f"- {method}: `--{t['flag']}={t['chosen']}` chosen by "
-                      f"{t['criterion']} (seeds {t['seeds']}) over {grid}"]
-        if dataset.get("tuning"):
-            lines.append("")
-        protocol = dataset.get("protocol_epochs")
-        if protocol and [dataset["epochs"], dataset["teacher_epochs"]] != (
-                list(protocol)):
-            lines += [
-                f"**Shortened run**: {dataset['epochs']} student / "
-                f"{dataset['teacher_epochs']} teacher epochs instead of the "
-                f"protocol's {protocol[0]} / {protocol[1]}; the numbers are "
-                f"not the protocol's.",
-                "",
-            ]
-        lines += [
-            "| method | last-epoch acc % | best-epoch acc % | runs | "
-            "train s / run | images/s (recipes' timer) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in dataset["summary"]:
-            def pm(key, scale=1.0, fmt=".2f"):
-                if key not in row:
-                    return "–"
-                return (f"{scale * row[key]:{fmt}} ± "
-                        f"{scale * row[key + '_std']:{fmt}}")
-
-            runs = f"{row['seeds']}" + (
-                f" ({row['failed']} failed)" if row["failed"] else "")
-            lines.append(
-                f"| {row['method']} | {pm('last', 100)} | {pm('best', 100)} "
-                f"| {runs} | {pm('train_seconds', 1, '.0f')} | "
-                f"{pm('images_per_second', 1, '.0f')} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot(report, path):
-    """Writes the bar and curve figure to `path`; returns False (printing
-    why) when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        print(f"matplotlib is not installed: no plot at {path} "
-              f"(pip install matplotlib).")
-        return False
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = report["datasets"]
-    fig, axes = plt.subplots(len(datasets), 2,
-                             figsize=(12, 4 * len(datasets)), squeeze=False)
-    for (bars, curves), dataset in zip(axes, datasets):
-        # The teacher is a reference line, not a method.
-        teacher = [r for r in dataset["summary"]
-                   if r["method"] == "teacher" and "last" in r]
-        rows = [r for r in dataset["summary"]
-                if "last" in r and r["method"] != "teacher"]
-        names = [r["method"] for r in rows]
-        palette = plt.get_cmap("tab20")
-        colours = {m: palette(i % 20) for i, m in enumerate(names)}
-        bars.bar(names, [100 * r["last"] for r in rows],
-                 yerr=[100 * r["last_std"] for r in rows], capsize=3,
-                 color=[colours[m] for m in names])
-        for r in teacher:
-            bars.axhline(100 * r["last"], color="black", linestyle="--",
-                         linewidth=1, label=f"teacher {100 * r['last']:.1f}%")
-            bars.legend(fontsize=7)
-        bars.set_ylabel("last-epoch test accuracy %")
-        bars.set_title(f"{dataset['key']}: {dataset['teacher']} → "
-                       f"{dataset['student']}")
-        bars.tick_params(axis="x", rotation=45)
-        low = min(100 * r["last"] for r in rows + teacher) if rows else 0
-        bars.set_ylim(max(0, low - 10), 100)
-        for method in names:
-            curves_ = [r["curve"] for r in dataset["runs"]
-                       if r["method"] == method and r.get("curve")]
-            if not curves_:
-                continue
-            length = min(map(len, curves_))
-            mean = np.mean([c[:length] for c in curves_], axis=0)
-            curves.plot(np.arange(1, length + 1), 100 * mean, label=method,
-                        color=colours[method])
-        curves.set_xlabel("epoch")
-        curves.set_ylabel("test accuracy % (mean over seeds)")
-        curves.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return True
-
-
-def write_report(report, stem):
-    markdown = format_markdown(report) + (
-        f"\nTotal wall time: {report['wall_seconds'] / 60:.1f} min.\n")
-    for note in report.get("notes", []):
-        markdown += f"\nNote: {note}\n"
-    with open(stem + ".md", "w") as f:
-        f.write(markdown)
-    plotted = plot(report, stem + ".png")
-    print(markdown)
-    print(f"Wrote {stem}.md, .json{', .png' if plotted else ''}")
-
-
-def merge_reports(paths, output_dir):
-    """Joins the runs of several parts of one suite (the same datasets) and
-    writes the table, JSON and plot of the whole."""
-    parts = []
-    for path in paths:
-        with open(path) as f:
-            parts.append(json.load(f))
-    report = dict(parts[0], parts=[
-        {"file": os.path.basename(p), "command": r["command"],
-         "methods": r["methods"], "wall_seconds": r["wall_seconds"],
-         "interrupted": bool(r.get("interrupted"))}
-        for p, r in zip(paths, parts)])
-    report["command"] = " ; ".join(r["command"] for r in parts)
-    report["methods"] = [m for r in parts for m in r["methods"]]
-    report["interrupted"] = any(r.get("interrupted") for r in parts)
-    report["wall_seconds"] = max(r["wall_seconds"] for r in parts)
-    datasets = {}
-    for r in parts:
-        for d in r["datasets"]:
-            merged = datasets.setdefault(d["key"], dict(d, runs=[]))
-            merged["runs"] += d["runs"]
-            if d.get("tuning"):
-                merged.setdefault("tuning", {}).update(d["tuning"])
-    report["datasets"] = [dict(d, summary=summarize(d["runs"]))
-                          for d in datasets.values()]
-    stem = os.path.join(output_dir, "accuracy_{}_{}_{}_{}".format(
-        report["suite"], "_".join(datasets), report["backend"],
-        report["date"][:10]))
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    write_report(report, stem)
-
-
 def main(argv):
     del argv
     import keras
@@ -666,7 +459,8 @@ def main(argv):
         return
 
     methods = FLAGS.methods or default_methods()
-    unknown = [m for m in methods if m not in presets.names()]
+    unknown = [m for m in methods
+               if m not in presets.names() and m != SKD_SUBSET]
     if unknown:
         raise app.UsageError(
             f"Unknown methods {unknown}; the recipes know "

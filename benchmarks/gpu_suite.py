@@ -9,8 +9,10 @@ JPEGs decoded with Pillow where TensorFlow is absent). Two parts:
    the student alone, the teacher's forward pass, the fused limit
    `1/(1/student + 1/teacher)`, keras.distillation logits and
    logits+feature KD, kd logits, logits+feature, FA, AT, AFD, RTK, DLKD, kd
-   logits with on-device crop+flip (`kd.data.RandomCropFlip`), and PyTorch
-   eager and `torch.compile` KD loops on twin models.
+   logits with on-device crop+flip (`kd.data.RandomCropFlip`), the offline
+   teacher (`replay_rows`: the recording's own cost and storage, the
+   student alone and KD from the record on one replayed crop+flip
+   stream), and PyTorch eager and `torch.compile` KD loops on twin models.
 2. Accuracy on CIFAR-10 (the JPEG copy, `--data_dir`): a resnet32x4
    teacher, then resnet8x4 students for `--student_epochs` (60) epochs:
    alone, keras.distillation KD (with a `keras.losses.KLDivergence()`
@@ -42,6 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import replay_rows  # noqa: E402
 import report_files  # noqa: E402
 import throughput as tp  # noqa: E402
 
@@ -50,11 +53,11 @@ from keras_kd import machine  # noqa: E402
 
 ROWS = ("student", "teacher_forward", "keras_logits", "keras_logits_feature",
         "kd_logits", "kd_logits_feature", "kd_fa", "kd_at", "kd_afd",
-        "kd_rtk", "kd_dlkd", "kd_logits_augment", "torch_eager",
-        "torch_compile")
+        "kd_rtk", "kd_dlkd", "kd_logits_augment", "student_replay",
+        "kd_recorded", "torch_eager", "torch_compile")
 DESCRIPTIONS = dict(tp.DESCRIPTIONS, kd_logits_augment=(
     "kd: logits KD, on-device crop+flip"), torch_eager="PyTorch eager KD loop",
-    torch_compile="PyTorch torch.compile KD loop")
+    torch_compile="PyTorch torch.compile KD loop", **replay_rows.DESCRIPTIONS)
 # (name, numerator row, denominator row, goal, policy or None for every one).
 TARGETS = (
     ("kd logits KD vs fused limit", "kd_logits", "fused_limit", 0.95, None),
@@ -63,15 +66,19 @@ TARGETS = (
     ("on-device crop+flip vs none", "kd_logits_augment", "kd_logits", 0.9,
      None),
     ("kd KD vs PyTorch eager", "kd_logits", "torch_eager", 1.9, None),
+    ("recorded-teacher KD vs student alone (same replayed stream)",
+     "kd_recorded", "student_replay", 0.9, None),
 )
 ACCURACY_TARGET = {"run": "kd_kd", "accuracy": 0.888, "wall_s": 65.0}
 # Smoke: the smallest zoo ResNet as both models, every row in float32 and
 # the rows that differ by policy in mixed_bfloat16 (compilation dominates).
 SMOKE_BF16_ROWS = ("student", "teacher_forward", "kd_logits",
-                   "kd_logits_augment", "torch_eager")
+                   "kd_logits_augment", "student_replay", "kd_recorded",
+                   "torch_eager")
 SMOKE = {"teacher": "resnet8x4", "student": "resnet8x4", "batch_size": 32,
          "steps": 2, "repeats": 2, "warmup_steps": 1, "teacher_epochs": 1,
-         "student_epochs": 1, "train_limit": 256, "test_limit": 128}
+         "student_epochs": 1, "train_limit": 256, "test_limit": 128,
+         "steps_per_execution": 1, "lr": 0.01}
 
 
 def parse_args(argv=None):
@@ -98,6 +105,9 @@ def parse_args(argv=None):
                    help="SGD (momentum 0.9) peak LR: one warm-up epoch, then "
                    "cosine decay.")
     p.add_argument("--accuracy_policy", default="mixed_bfloat16")
+    p.add_argument("--steps_per_execution", type=int, default=8,
+                   help="Accuracy runs: training steps per compiled call "
+                   "(JAX unrolls them: compile time grows with it).")
     p.add_argument("--train_limit", type=int, default=0)
     p.add_argument("--test_limit", type=int, default=0)
     p.add_argument("--workers", type=int, default=8,
@@ -132,8 +142,10 @@ def _torch_row(config, teacher, student, policy):
     return runner
 
 
-def build_row(config, teacher, make_student, feature_layer, policy):
+def build_row(config, teacher, make_student, feature_layer, policy, replay):
     """A callable timing one pass over `(x, y)`, or a skip reason (str)."""
+    if config in replay_rows.ROWS:
+        return replay.runner(config)
     if config.startswith("torch_"):
         return _torch_row(config, teacher, make_student(), policy)
     if config == "kd_logits_augment":
@@ -173,6 +185,12 @@ def throughput_policy(args, policy, log):
         r for r in args.rows if r not in ("student", "teacher_forward")
         and (policy == "float32" or not args.smoke or r in SMOKE_BF16_ROWS)]
     runners, rows = {}, {}
+    replay = None
+    if any(c in replay_rows.ROWS for c in configs):
+        replay = replay_rows.ReplayRows(
+            teacher, make_student, args.batch_size, args.steps, args.workers,
+            tempfile.mkdtemp(), args.seed)
+        log(f"[{policy}] record: {replay.record_row}")
     with tp.MemorySampler() as sampler:
         for config in configs:
             torch_row = config.startswith("torch_")
@@ -185,7 +203,7 @@ def throughput_policy(args, policy, log):
             sampler.label = None if torch_row else config
             try:
                 runner = build_row(config, teacher, make_student,
-                                   feature_layer, policy)
+                                   feature_layer, policy, replay)
                 if not isinstance(runner, str):
                     runner(x[:warm], y[:warm], args.batch_size)
             except Exception as e:  # A row must not sink the suite.
@@ -225,7 +243,16 @@ def throughput_policy(args, policy, log):
                 peaks.get(config, {}).get("device"))
             row["peak_device_mb"] = None if device is None else device / 2**20
         out.append(row)
-    del runners, teacher
+    if replay is not None:
+        out.append({"policy": policy, "config": "record",
+                    "description": "{} ({:.0f} bytes/example/epoch)".format(
+                        replay_rows.DESCRIPTIONS["record"],
+                        replay.record_row["bytes_per_example_epoch"]),
+                    "images_per_s": tp._summary(
+                        [replay.record_row["images_per_s"]]),
+                    "bytes_per_example_epoch":
+                        replay.record_row["bytes_per_example_epoch"]})
+    del runners, teacher, replay
     gc.collect()
     keras.backend.clear_session()
     return out, rates
@@ -275,7 +302,8 @@ def _compile(model, args, epochs, steps):
         0.0, epochs * steps - warmup, warmup_target=args.lr,
         warmup_steps=warmup)
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
-                  loss=tp._ce(), steps_per_execution=min(steps, 8))
+                  loss=tp._ce(),
+                  steps_per_execution=min(steps, args.steps_per_execution))
 
 
 def fit_and_test(name, model, student, data, args, epochs, log):

@@ -300,3 +300,62 @@ def test_accuracy_cpu_suite_runs_the_recipes(tmp_path):
 def test_throughput_rejects_an_unknown_clock(throughput):
     with pytest.raises(ValueError, match="clock must be one of"):
         throughput.run_benchmark(clock="gpu", log=lambda _: None)
+
+
+def test_merge_replaces_a_rerun_of_the_same_method_and_seed(
+        accuracy, tmp_path):
+    runs = _runs()
+    first = _report(runs, accuracy.summarize(runs))
+    first["methods"] = ["kd", "fitnets"]
+    again = [{"method": "kd", "seed": 0, "last": 0.5, "best": 0.5}]
+    second = _report(again, accuracy.summarize(again))
+    second["methods"] = ["kd"]
+    paths = []
+    for i, part in enumerate((first, second)):
+        paths.append(str(tmp_path / f"part{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(part, f)
+    accuracy.merge_reports(paths, str(tmp_path))
+    (merged,) = [p for p in os.listdir(tmp_path) if p.startswith("accuracy_")
+                 and p.endswith(".json")]
+    with open(tmp_path / merged) as f:
+        report = json.load(f)
+    kept = [r for r in report["datasets"][0]["runs"]
+            if r["method"] == "kd" and r["seed"] == 0]
+    assert kept == again  # The later part's run, once.
+    assert report["methods"] == ["kd", "fitnets"]
+    others = [r for r in runs if (r["method"], r["seed"]) != ("kd", 0)]
+    assert len(report["datasets"][0]["runs"]) == len(others) + 1
+
+
+def test_table_says_whether_a_method_beats_kd_beyond_the_seed_spread(
+        accuracy):
+    runs = [{"method": m, "seed": s, "last": v + d, "best": v + d}
+            for m, v in (("kd", 0.80), ("fitnets", 0.85), ("at", 0.801),
+                         ("teacher", 0.95), ("subset: skd", 0.99))
+            for s, d in ((0, -0.01), (1, 0.01))]
+    table = accuracy.format_markdown(_report(runs, accuracy.summarize(runs)))
+    line = {row.split(" | ")[0][2:]: row for row in table.splitlines()
+            if row.startswith("| ")}
+    assert "+5.00 (above)" in line["fitnets"]  # 5 points > 1 + 1 std.
+    assert "+0.10 (within noise)" in line["at"]
+    assert "| – |" in line["teacher"] and "| – |" in line["subset: skd"]
+
+
+def test_skd_subset_runs_the_specialize_recipe_from_the_seeds_teacher(
+        accuracy):
+    dataset = {"student": "s", "teacher": "t", "epochs": 2,
+               "teacher_epochs": 3}
+    common = ["--dataset=npz:/d", "--reffakd_diagonal=0.008"]
+    script, args, phases = accuracy._recipe_call(
+        "skd_subset", 1, dataset, common, "/out", ["/t1.keras"])
+    assert script == "specialize.py"
+    assert "--teacher=/t1.keras" in args and "--seed=1" in args
+    assert not [a for a in args if a.startswith("--reffakd_")]
+    assert [p for p, _ in phases] == ["skd", "scratch", "finetune",
+                                      "subset_kd"]
+    script, args, phases = accuracy._recipe_call(
+        "kd", 0, dataset, common, "/out", [])
+    assert script == "distill.py" and "--teacher=t" in args
+    assert "--reffakd_diagonal=0.008" in args and "--baseline" in args
+    assert [name for _, name in phases] == ["kd", "teacher", "student"]

@@ -47,12 +47,8 @@ def prepare_output_dir(recipe):
         else:
             with open(path) as f:
                 previous = json.load(f)
-            if previous != stored:
-                diff = {
-                    k: (previous.get(k), stored.get(k))
-                    for k in sorted(set(previous) | set(stored))
-                    if previous.get(k) != stored.get(k)
-                }
+            diff = _flag_differences(previous, stored)
+            if diff:
                 lines = "\n".join(f"  --{k}: stored {a!r}, now {b!r}"
                                   for k, (a, b) in diff.items())
                 raise RecipeError(
@@ -64,6 +60,21 @@ def prepare_output_dir(recipe):
     os.makedirs(out, exist_ok=True)
     with open(path, "w") as f:
         json.dump(stored, f, indent=2)
+
+
+def _flag_differences(previous, stored, flag_values=FLAGS):
+    """`{flag: (stored before, now)}` of the flags that differ. A flag that
+    an earlier keras_kd version did not have counts as equal when it is at
+    its default now (a new flag's default keeps the old behaviour)."""
+    diff = {}
+    for name in sorted(set(previous) | set(stored)):
+        now = stored.get(name)
+        if name not in previous and name in flag_values and (
+                now == flag_values[name].default):
+            continue
+        if previous.get(name) != now:
+            diff[name] = (previous.get(name), now)
+    return diff
 
 
 def write_results(results):

@@ -381,3 +381,21 @@ def test_data_parallel_on_two_jax_devices(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Global batch 64 = 32 per replica × 2 replica(s)" in result.stdout
     assert read_json(tmp_path / "results.json")
+
+
+def test_a_run_resumes_when_a_newer_version_added_a_flag_at_its_default():
+    from absl import flags as absl_flags
+
+    from keras_kd.cli import run_dir
+
+    values = absl_flags.FlagValues()
+    absl_flags.DEFINE_string("added_flag", "auto", "A new flag.",
+                             flag_values=values)
+    values.mark_as_parsed()
+    stored = {"epochs": 2, "added_flag": "auto"}
+    assert run_dir._flag_differences({"epochs": 2}, stored, values) == {}
+    changed = dict(stored, added_flag="numpy")
+    assert run_dir._flag_differences({"epochs": 2}, changed, values) == {
+        "added_flag": (None, "numpy")}
+    assert run_dir._flag_differences({"epochs": 3}, stored, values) == {
+        "epochs": (3, 2)}
