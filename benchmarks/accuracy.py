@@ -45,11 +45,9 @@ python benchmarks/accuracy.py --suite=cifar --cifar_dataset=cifar100 \
 ```
 """
 
-import csv
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -63,6 +61,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from accuracy_data import digits_heldout  # noqa: E402
 from accuracy_data import fashion_subset  # noqa: E402
 from accuracy_report import format_markdown  # noqa: E402,F401
+from accuracy_runs import SKD_SUBSET  # noqa: E402
+from accuracy_runs import curve  # noqa: E402
+from accuracy_runs import tail  # noqa: E402
+from accuracy_runs import teacher_seeds  # noqa: E402
+from accuracy_runs import wait_for_teacher  # noqa: E402
+from accuracy_runs import recipe_call  # noqa: E402
+from accuracy_runs import run_recipe  # noqa: E402
 from accuracy_report import merge_reports  # noqa: E402
 from accuracy_report import summarize  # noqa: E402
 from accuracy_report import write_report  # noqa: E402
@@ -239,89 +244,6 @@ def suite_datasets(suite):
     ]
 
 
-def run_recipe(script, args, log_path):
-    """Runs one recipe; returns `(returncode, seconds, command)`."""
-    command = [sys.executable, os.path.join(ROOT, "recipes", script)] + args
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=ROOT)
-    return code, time.perf_counter() - start, " ".join(command[1:])
-
-
-def _tail(path, lines=5):
-    with open(path) as f:
-        return "".join(f.readlines()[-lines:])
-
-
-def _curve(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return [float(row["val_accuracy"]) for row in csv.DictReader(f)]
-
-
-def _wait_for_teacher(work, seed, log, timeout=3600):
-    """The teacher file of another process's kd run of `seed` (a suite in
-    parts, --nowith_kd), once that run has finished; None if it failed."""
-    out = os.path.join(work, f"kd_s{seed}")
-    deadline = time.time() + timeout
-    while not os.path.exists(os.path.join(out, "results.json")):
-        if time.time() > deadline:
-            return None
-        log(f"waiting for the teacher of seed {seed} in {out}")
-        time.sleep(30)
-    return os.path.join(out, "teacher_0.keras")
-
-
-# SKD's own protocol (docs/methods.md §2): `recipes/specialize.py` on a
-# class subset, beside its three baselines, from the seed's kd teacher.
-SKD_SUBSET = "skd_subset"
-SKD_SUBSET_CLASSES = "0,1,2,3,4"
-SKD_SUBSET_PHASES = [("skd", "subset: skd"), ("scratch", "subset: scratch"),
-                     ("finetune", "subset: finetune teacher"),
-                     ("subset_kd", "subset: renormalised-logits kd")]
-# Flags of the suite's datasets that only recipes/distill.py knows.
-_DISTILL_ONLY = ("--reffakd_",)
-
-
-def _teacher_seeds(method, seed, seeds):
-    """The seeds whose kd teachers a method of `seed` distils from: its own
-    and, for several teachers, those of the next seeds in turn."""
-    spec = presets.get(method)
-    if spec.teacher != "model":
-        return []
-    rotation = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
-    return [rotation[i % len(rotation)]
-            for i in range(max(spec.min_teachers, 1))]
-
-
-def _recipe_call(method, seed, dataset, common, out, teachers):
-    """`(script, args, phases)` of one run; `phases` pairs each model of its
-    results.json with the method name it is reported as."""
-    args = [f"--seed={seed}", f"--student={dataset['student']}",
-            f"--epochs={dataset['epochs']}", f"--output_dir={out}",
-            "--export="]
-    if method == SKD_SUBSET:
-        common = [a for a in common if not a.startswith(_DISTILL_ONLY)]
-        return "specialize.py", common + args + [
-            f"--teacher={teachers[0]}", f"--classes={SKD_SUBSET_CLASSES}",
-            "--images_per_class=0"], SKD_SUBSET_PHASES
-    args = common + [f"--method={method}"] + args
-    phases = [("distilled", method)]
-    if method == "kd":
-        args += ["--baseline", f"--teacher={dataset['teacher']}",
-                 f"--teacher_epochs={dataset['teacher_epochs']}"]
-        phases += [("teacher_0", "teacher"), ("student_alone", "student")]
-    else:
-        args.append("--nobaseline")
-        if teachers:
-            args.append("--teacher=" + ",".join(teachers))
-    spec = presets.get(method)
-    script = "reffakd.py" if spec.teacher == "soft_labels" else "distill.py"
-    return script, args, phases
-
-
 def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
                 weights=None, flags_key="flags", work_key=None, tag=""):
     """Trains the teachers and every (method, seed); returns the runs.
@@ -348,24 +270,24 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
         name = method if method == "kd" else method + tag
         out = os.path.join(work, f"{name}_s{seed}")
         needed = [seed] if method == SKD_SUBSET else [] if method == "kd" else (
-            _teacher_seeds(method, seed, seeds))
+            teacher_seeds(method, seed, seeds))
         for s in needed:
             if s not in teachers:
-                teachers[s] = _wait_for_teacher(work, s, log)
+                teachers[s] = wait_for_teacher(work, s, log)
         picked = [teachers[s] for s in needed]
         if None in picked:
             runs.append({"method": method, "seed": seed,
                          "failed": "its kd run (teacher) failed",
                          "command": ""})
             continue
-        script, args, phases = _recipe_call(
+        script, args, phases = recipe_call(
             method, seed, dataset, common + list(weights.get(method, [])),
             out, picked)
         log_path = os.path.join(work, f"{name}_s{seed}.log")
         code, seconds, command = run_recipe(script, args, log_path)
         if code != 0:
             runs.append({"method": method, "seed": seed,
-                         "failed": _tail(log_path), "command": command})
+                         "failed": tail(log_path), "command": command})
             if method == "kd":
                 teachers[seed] = None
             log(f"[{dataset['key']}] {method} seed {seed}: FAILED "
@@ -386,7 +308,7 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
                 "epochs": result.get("epochs"),
                 "train_seconds": result.get("train_seconds"),
                 "images_per_second": result.get("images_per_second"),
-                "curve": _curve(os.path.join(out, phase, "log.csv")),
+                "curve": curve(os.path.join(out, phase, "log.csv")),
                 "command": command,
             })
         log(f"[{dataset['key']}] {method} seed {seed}: "

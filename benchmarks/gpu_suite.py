@@ -44,6 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import memory_sampler  # noqa: E402
 import replay_rows  # noqa: E402
 import report_files  # noqa: E402
 import throughput as tp  # noqa: E402
@@ -166,7 +167,7 @@ def _device_bytes(torch_row):
 
         return torch.cuda.max_memory_allocated() if (
             torch.cuda.is_available()) else None
-    return tp.device_memory_bytes()
+    return memory_sampler.device_memory_bytes()
 
 
 def throughput_policy(args, policy, log):
@@ -191,7 +192,7 @@ def throughput_policy(args, policy, log):
             teacher, make_student, args.batch_size, args.steps, args.workers,
             tempfile.mkdtemp(), args.seed)
         log(f"[{policy}] record: {replay.record_row}")
-    with tp.MemorySampler() as sampler:
+    with memory_sampler.MemorySampler() as sampler:
         for config in configs:
             torch_row = config.startswith("torch_")
             if torch_row and tp.torch_installed():
@@ -237,7 +238,7 @@ def throughput_policy(args, policy, log):
         row = {"policy": policy, "config": config,
                "description": DESCRIPTIONS[config], **rows.get(config, {})}
         if config in rates:
-            row["images_per_s"] = tp._summary(rates[config])
+            row["images_per_s"] = report_files.summary(rates[config])
             row["per_repeat_images_per_s"] = [float(r) for r in rates[config]]
             device = row.pop("device_bytes", None) or (
                 peaks.get(config, {}).get("device"))
@@ -248,7 +249,7 @@ def throughput_policy(args, policy, log):
                     "description": "{} ({:.0f} bytes/example/epoch)".format(
                         replay_rows.DESCRIPTIONS["record"],
                         replay.record_row["bytes_per_example_epoch"]),
-                    "images_per_s": tp._summary(
+                    "images_per_s": report_files.summary(
                         [replay.record_row["images_per_s"]]),
                     "bytes_per_example_epoch":
                         replay.record_row["bytes_per_example_epoch"]})
@@ -450,7 +451,7 @@ def main(argv=None, log=print):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
         "machine": machine.machine_info(), "backend": keras.backend.backend(),
-        "versions": tp._versions(),
+        "versions": report_files.versions(),
         "command": " ".join(["python"] + sys.argv) if argv is None else (
             "gpu_suite.main(" + repr(argv) + ")"),
         "settings": {k: getattr(args, k) for k in (
@@ -479,7 +480,7 @@ def main(argv=None, log=print):
             {"name": f"{goal['run']} wall s", "goal": goal["wall_s"],
              "ratio": run["wall_s"], "at_most": True,
              "met": run["wall_s"] <= goal["wall_s"]}]
-    result["versions"] = tp._versions()  # torch, once imported.
+    result["versions"] = report_files.versions()  # torch, once imported.
     result["wall_s"] = time.perf_counter() - wall
     markdown = format_markdown(result)
     log(markdown)

@@ -9,6 +9,13 @@ paths = write_outputs("results/gpu_suite_x", result, markdown, plot)
 
 import json
 import os
+import platform
+import sys
+
+import keras
+import numpy as np
+
+import keras_kd as kd
 
 
 def write_outputs(stem, result, markdown, plot=None, log=print):
@@ -35,3 +42,27 @@ def write_outputs(stem, result, markdown, plot=None, log=print):
     figure.savefig(stem + ".png", dpi=120, bbox_inches="tight")
     plt.close(figure)
     return paths + [stem + ".png"]
+
+
+def summary(values):
+    """Median, min, max and spread (% of the median) of a row's rates."""
+    values = np.asarray(values, "float64")
+    median = float(np.median(values))
+    return {
+        "median": median,
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "spread_pct": float(100 * (values.max() - values.min()) / median)
+        if median else 0.0,
+    }
+
+
+def versions():
+    """The versions of Python, Keras, keras_kd, NumPy and the imported
+    backends."""
+    versions = {"python": platform.python_version(), "keras": keras.__version__,
+                "keras_kd": kd.__version__, "numpy": np.__version__}
+    for module in ("tensorflow", "jax", "torch"):
+        if module in sys.modules:
+            versions[module] = getattr(sys.modules[module], "__version__", "?")
+    return versions

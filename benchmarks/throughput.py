@@ -36,19 +36,21 @@ KERAS_BACKEND=jax python benchmarks/throughput.py --batch_size=128 \
 """
 
 import datetime
-import importlib.util
 import json
 import os
-import platform
 import resource
 import sys
-import threading
 import time
 
 import numpy as np
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report_files  # noqa: E402
+import torch_twins  # noqa: E402
+from memory_sampler import MemorySampler  # noqa: E402
+from memory_sampler import host_rss_bytes  # noqa: E402
 
 import keras  # noqa: E402
 
@@ -132,70 +134,6 @@ def define_flags():
         "dedicated machine or an accelerator) or 'cpu' (CPU seconds of this "
         "process, all threads: on a CPU shared with other jobs, a row's "
         "cost stays put while wall time swings with the other jobs' load).")
-
-
-# Memory.
-
-
-def host_rss_bytes():
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def device_memory_bytes():
-    """Bytes in use on the first accelerator, or None on CPU."""
-    if machine.device_kind() == "cpu":
-        return None
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        stats = jax.local_devices()[0].memory_stats() or {}
-        return stats.get("bytes_in_use")
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.config.experimental.get_memory_info("GPU:0")["current"]
-    return None
-
-
-class MemorySampler:
-    """Samples host RSS (and device memory) every `interval` seconds and
-    keeps the maximum per label; `label = None` pauses the bookkeeping."""
-
-    def __init__(self, interval=0.01):
-        self.interval = interval
-        self.label = None
-        self.peaks = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *args):
-        self._stop.set()
-        self._thread.join()
-
-    def sample(self):
-        label = self.label
-        if label is None:
-            return
-        rss, device = host_rss_bytes(), device_memory_bytes()
-        peak = self.peaks.setdefault(label, {"rss": 0, "device": None})
-        peak["rss"] = max(peak["rss"], rss)
-        if device is not None:
-            peak["device"] = max(peak["device"] or 0, device)
-
-    def _loop(self):
-        while not self._stop.wait(self.interval):
-            self.sample()
 
 
 # Configurations.
@@ -320,134 +258,19 @@ def build_runner(config, teacher, make_student, feature_layer, num_classes):
 # PyTorch.
 
 
-def _torch_resnet(name, num_classes, channels=3):
-    """The zoo's CIFAR ResNets (post-activation BasicBlock) in PyTorch."""
-    import torch.nn as nn
-
-    if not name.startswith("resnet"):
-        return None
-    spec = name[len("resnet"):]
-    wide = spec.endswith("x4")
-    depth = int(spec[:-2] if wide else spec)
-    n = (depth - 2) // 6
-    widths = [32, 64, 128, 256] if wide else [16, 16, 32, 64]
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.shortcut = nn.Sequential()
-            if stride != 1 or cin != cout:
-                self.shortcut = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False),
-                    nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            y = self.bn1(self.conv1(x)).relu()
-            y = self.bn2(self.conv2(y))
-            return (y + self.shortcut(x)).relu()
-
-    layers = [nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False),
-              nn.BatchNorm2d(widths[0]), nn.ReLU()]
-    cin = widths[0]
-    for stage, cout in enumerate(widths[1:]):
-        for index in range(n):
-            stride = 2 if stage > 0 and index == 0 else 1
-            layers.append(Block(cin, cout, stride))
-            cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(cin, num_classes)]
-    return nn.Sequential(*layers)
-
-
-class TorchRunner:
-    """A plain eager PyTorch KD loop: `0.1·CE + 0.9·T²·KL`, SGD momentum."""
-
-    def __init__(self, teacher, student, mixed_precision):
-        import torch
-
-        self.torch = torch
-        self.cuda = torch.cuda.is_available()
-        self.device = torch.device("cuda" if self.cuda else "cpu")
-        fmt = torch.channels_last
-        self.teacher = teacher.to(self.device, memory_format=fmt).eval()
-        self.student = student.to(self.device, memory_format=fmt).train()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.optimizer = torch.optim.SGD(
-            self.student.parameters(), lr=1e-4, momentum=0.9)
-        self.autocast_dtype = None
-        if mixed_precision:
-            self.autocast_dtype = torch.float16 if self.cuda else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.cuda and mixed_precision)
-
-    def __call__(self, x, y, batch_size):
-        torch = self.torch
-        nn_f = torch.nn.functional
-        xs = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-        ys = torch.from_numpy(y.astype("int64"))
-        start = _clock[0]()
-        for i in range(0, len(xs), batch_size):
-            xb = xs[i:i + batch_size].to(self.device).contiguous(
-                memory_format=torch.channels_last)
-            yb = ys[i:i + batch_size].to(self.device)
-            with torch.autocast(
-                self.device.type, dtype=self.autocast_dtype,
-                enabled=self.autocast_dtype is not None,
-            ):
-                with torch.no_grad():
-                    z_t = self.teacher(xb)
-                z_s = self.student(xb)
-            z_s, z_t = z_s.float(), z_t.float()
-            kl = nn_f.kl_div(
-                nn_f.log_softmax(z_s / TEMPERATURE, -1),
-                nn_f.log_softmax(z_t / TEMPERATURE, -1),
-                reduction="batchmean", log_target=True)
-            loss = 0.1 * nn_f.cross_entropy(z_s, yb) + (
-                0.9 * TEMPERATURE ** 2 * kl)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        loss.item()
-        if self.cuda:
-            torch.cuda.synchronize()
-        return _clock[0]() - start
-
-
 def torch_installed():
-    return importlib.util.find_spec("torch") is not None
+    return torch_twins.torch_installed()
 
 
 def build_torch_runner(teacher, student):
+    """The PyTorch row's runner (timed with this module's clock)."""
     if not torch_installed():
         return "PyTorch is not installed"
-    num_classes, channels = student.output.shape[-1], student.input.shape[-1]
-    t = _torch_resnet(teacher.name, num_classes, channels)
-    s = _torch_resnet(student.name, num_classes, channels)
-    if t is None or s is None:
-        return "PyTorch twins exist for the zoo's CIFAR ResNets only"
-    return TorchRunner(t, s, keras.mixed_precision.global_policy().name
-                       != "float32")
+    return torch_twins.build_torch_runner(
+        teacher, student, clock=lambda: _clock[0](), temperature=TEMPERATURE)
 
 
 # Measurement.
-
-
-def _summary(values):
-    values = np.asarray(values, "float64")
-    median = float(np.median(values))
-    return {
-        "median": median,
-        "min": float(values.min()),
-        "max": float(values.max()),
-        "spread_pct": float(100 * (values.max() - values.min()) / median)
-        if median else 0.0,
-    }
 
 
 def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
@@ -533,7 +356,7 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
         row = {
             "config": config,
             "description": DESCRIPTIONS[config],
-            "images_per_s": _summary(rate),
+            "images_per_s": report_files.summary(rate),
             "per_repeat_images_per_s": [float(r) for r in rate],
             "vs_fused_limit": float(np.median(rate / rates["fused_limit"])),
         }
@@ -554,7 +377,7 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
             timespec="seconds"),
         "machine": machine.machine_info(),
         "backend": keras.backend.backend(),
-        "versions": _versions(),
+        "versions": report_files.versions(),
         "command": command,
         "settings": {
             "teacher": teacher, "student": student, "batch_size": batch_size,
@@ -611,15 +434,6 @@ def _targets(rates, runners):
          "met": None if value is None else value >= goal}
         for name, value, goal in targets
     ]
-
-
-def _versions():
-    versions = {"python": platform.python_version(), "keras": keras.__version__,
-                "keras_kd": kd.__version__, "numpy": np.__version__}
-    for module in ("tensorflow", "jax", "torch"):
-        if module in sys.modules:
-            versions[module] = getattr(sys.modules[module], "__version__", "?")
-    return versions
 
 
 def format_table(result):

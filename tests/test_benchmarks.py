@@ -118,12 +118,13 @@ def test_torch_twins_match_the_keras_zoo(throughput):
 
     for name in ("resnet8x4", "resnet20"):
         model = kd.models.get(name, num_classes=10, input_shape=(8, 8, 3))
-        twin = throughput._torch_resnet(name, 10)
+        twin = throughput.torch_twins._torch_resnet(name, 10)
         expected = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         assert sum(p.numel() for p in twin.parameters()) == expected
-    runner = throughput.TorchRunner(
-        throughput._torch_resnet("resnet20", 10),
-        throughput._torch_resnet("resnet8x4", 10), mixed_precision=False)
+    twins = throughput.torch_twins
+    runner = twins.TorchRunner(
+        twins._torch_resnet("resnet20", 10),
+        twins._torch_resnet("resnet8x4", 10), mixed_precision=False)
     before = [p.detach().clone() for p in runner.student.parameters()]
     rng = np.random.default_rng(0)
     seconds = runner(rng.normal(size=(4, 8, 8, 3)).astype("float32"),
@@ -347,14 +348,14 @@ def test_skd_subset_runs_the_specialize_recipe_from_the_seeds_teacher(
     dataset = {"student": "s", "teacher": "t", "epochs": 2,
                "teacher_epochs": 3}
     common = ["--dataset=npz:/d", "--reffakd_diagonal=0.008"]
-    script, args, phases = accuracy._recipe_call(
+    script, args, phases = accuracy.recipe_call(
         "skd_subset", 1, dataset, common, "/out", ["/t1.keras"])
     assert script == "specialize.py"
     assert "--teacher=/t1.keras" in args and "--seed=1" in args
     assert not [a for a in args if a.startswith("--reffakd_")]
     assert [p for p, _ in phases] == ["skd", "scratch", "finetune",
                                       "subset_kd"]
-    script, args, phases = accuracy._recipe_call(
+    script, args, phases = accuracy.recipe_call(
         "kd", 0, dataset, common, "/out", [])
     assert script == "distill.py" and "--teacher=t" in args
     assert "--reffakd_diagonal=0.008" in args and "--baseline" in args

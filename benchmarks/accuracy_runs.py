@@ -1,0 +1,106 @@
+"""One recipe run of `benchmarks/accuracy.py`: its command and its logs.
+
+`recipe_call` turns a (method, seed) of the suite into the recipe script,
+its flags and the models of its results.json to report; `run_recipe` runs
+it in its own process.
+
+Example:
+
+```python
+script, args, phases = recipe_call("kd", 0, dataset, flags, "/tmp/kd_s0", [])
+code, seconds, command = run_recipe(script, args, "/tmp/kd_s0.log")
+```
+"""
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+from keras_kd import presets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_recipe(script, args, log_path):
+    """Runs one recipe; returns `(returncode, seconds, command)`."""
+    command = [sys.executable, os.path.join(ROOT, "recipes", script)] + args
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
+                               cwd=ROOT)
+    return code, time.perf_counter() - start, " ".join(command[1:])
+
+
+def tail(path, lines=5):
+    with open(path) as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def curve(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return [float(row["val_accuracy"]) for row in csv.DictReader(f)]
+
+
+def wait_for_teacher(work, seed, log, timeout=3600):
+    """The teacher file of another process's kd run of `seed` (a suite in
+    parts, --nowith_kd), once that run has finished; None if it failed."""
+    out = os.path.join(work, f"kd_s{seed}")
+    deadline = time.time() + timeout
+    while not os.path.exists(os.path.join(out, "results.json")):
+        if time.time() > deadline:
+            return None
+        log(f"waiting for the teacher of seed {seed} in {out}")
+        time.sleep(30)
+    return os.path.join(out, "teacher_0.keras")
+
+
+# SKD's own protocol (docs/methods.md §2): `recipes/specialize.py` on a
+# class subset, beside its three baselines, from the seed's kd teacher.
+SKD_SUBSET = "skd_subset"
+SKD_SUBSET_CLASSES = "0,1,2,3,4"
+SKD_SUBSET_PHASES = [("skd", "subset: skd"), ("scratch", "subset: scratch"),
+                     ("finetune", "subset: finetune teacher"),
+                     ("subset_kd", "subset: renormalised-logits kd")]
+# Flags of the suite's datasets that only recipes/distill.py knows.
+_DISTILL_ONLY = ("--reffakd_",)
+
+
+def teacher_seeds(method, seed, seeds):
+    """The seeds whose kd teachers a method of `seed` distils from: its own
+    and, for several teachers, those of the next seeds in turn."""
+    spec = presets.get(method)
+    if spec.teacher != "model":
+        return []
+    rotation = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
+    return [rotation[i % len(rotation)]
+            for i in range(max(spec.min_teachers, 1))]
+
+
+def recipe_call(method, seed, dataset, common, out, teachers):
+    """`(script, args, phases)` of one run; `phases` pairs each model of its
+    results.json with the method name it is reported as."""
+    args = [f"--seed={seed}", f"--student={dataset['student']}",
+            f"--epochs={dataset['epochs']}", f"--output_dir={out}",
+            "--export="]
+    if method == SKD_SUBSET:
+        common = [a for a in common if not a.startswith(_DISTILL_ONLY)]
+        return "specialize.py", common + args + [
+            f"--teacher={teachers[0]}", f"--classes={SKD_SUBSET_CLASSES}",
+            "--images_per_class=0"], SKD_SUBSET_PHASES
+    args = common + [f"--method={method}"] + args
+    phases = [("distilled", method)]
+    if method == "kd":
+        args += ["--baseline", f"--teacher={dataset['teacher']}",
+                 f"--teacher_epochs={dataset['teacher_epochs']}"]
+        phases += [("teacher_0", "teacher"), ("student_alone", "student")]
+    else:
+        args.append("--nobaseline")
+        if teachers:
+            args.append("--teacher=" + ",".join(teachers))
+    spec = presets.get(method)
+    script = "reffakd.py" if spec.teacher == "soft_labels" else "distill.py"
+    return script, args, phases
