@@ -4,10 +4,10 @@ import keras
 from keras import layers
 from keras import ops
 
-from keras_kd.losses.attention_transfer import _as_list
-from keras_kd.losses.attention_transfer import feature_map_shape
 from keras_kd.losses.attention_transfer import spatial_attention
 from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.layer_pairs import feature_map_shape
+from keras_kd.losses.layer_pairs import layer_names
 
 
 def _batch_norm():
@@ -119,8 +119,8 @@ class AttentionFeatureDistillation(DistillationTerm):
 
     def __init__(self, teacher_layer_names, student_layer_names, qk_dim=128,
                  **kwargs):
-        teacher_layer_names = _as_list(teacher_layer_names)
-        student_layer_names = _as_list(student_layer_names)
+        teacher_layer_names = layer_names(teacher_layer_names)
+        student_layer_names = layer_names(student_layer_names)
         if not teacher_layer_names or not student_layer_names:
             raise ValueError(
                 f"{type(self).__name__} needs at least one teacher and one "
@@ -147,12 +147,12 @@ class AttentionFeatureDistillation(DistillationTerm):
             tuple(student_outputs_shape[name]) for name in self.student_layer_names
         ]
         for name in self.student_layer_names:
-            feature_map_shape(student_outputs_shape, name, "student")
+            feature_map_shape(self, student_outputs_shape, name, "student")
         self.meta_networks = []
         self.pair_sizes = []
         for i, shapes in enumerate(teacher_outputs_shape):
             for name in self.teacher_layer_names:
-                feature_map_shape(shapes, name, "teacher")
+                feature_map_shape(self, shapes, name, "teacher")
             teacher_shapes = [tuple(shapes[n]) for n in self.teacher_layer_names]
             queries, keys = self._sides(teacher_shapes, student_shapes)
             network = _MetaNetwork(self.qk_dim, name=f"meta_network_{i}")

@@ -2,8 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd.losses.base import DistillationTerm
-from keras_kd.losses.base import common_map_sizes
+from keras_kd.losses.layer_pairs import LayerPairTerm
 
 
 def adaptive_pool_matrix(in_size, out_size):
@@ -56,20 +55,8 @@ def spatial_attention(feature, size=None, pool="features"):
     return ops.normalize(flat, axis=-1, epsilon=1e-24)
 
 
-def feature_map_shape(shapes, name, role):
-    """The `(H, W)` of a named NHWC feature map, or a ValueError."""
-    shape = tuple(shapes[name])
-    if len(shape) != 4:
-        raise ValueError(
-            f"Attention terms need feature maps (batch, H, W, C), but the "
-            f"{role} output '{name}' has shape {shape}. Pick convolutional "
-            f"layers."
-        )
-    return shape[1:3]
-
-
 @keras.saving.register_keras_serializable(package="keras_kd")
-class AttentionTransfer(DistillationTerm):
+class AttentionTransfer(LayerPairTerm):
     """AT (Zagoruyko & Komodakis): match spatial attention maps per stage.
 
     For each pair of layers, `a(F) = L2-normalise(flatten(mean_c(F²)))` and
@@ -95,46 +82,18 @@ class AttentionTransfer(DistillationTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_names, student_layer_names, **kwargs):
-        teacher_layer_names = _as_list(teacher_layer_names)
-        student_layer_names = _as_list(student_layer_names)
-        if len(teacher_layer_names) != len(student_layer_names) or not (
-            teacher_layer_names
-        ):
-            raise ValueError(
-                f"AttentionTransfer pairs teacher and student layers in "
-                f"order, so it needs two non-empty lists of the same length; "
-                f"got {len(teacher_layer_names)} teacher layers "
-                f"{teacher_layer_names} and {len(student_layer_names)} "
-                f"student layers {student_layer_names}."
-            )
-        super().__init__(teacher_layer_names, student_layer_names, **kwargs)
-
     def build(self, teacher_outputs_shape, student_outputs_shape):
         # Per teacher, per pair: the common H×W both maps are pooled to.
-        self.pair_sizes = common_map_sizes(
-            self, teacher_outputs_shape, student_outputs_shape, feature_map_shape)
+        self.pair_sizes = self.common_map_sizes(
+            teacher_outputs_shape, student_outputs_shape)
 
     def call(self, teacher_outputs, student_outputs, labels=None,
              teacher_weights=None):
-        total = 0.0
-        for w, out, sizes in zip(teacher_weights, teacher_outputs,
-                                 self.pair_sizes):
-            for t_name, s_name, size in zip(
-                self.teacher_layer_names, self.student_layer_names, sizes
-            ):
-                a_t = spatial_attention(out[t_name], size)
-                a_s = spatial_attention(student_outputs[s_name], size)
-                total = total + w * ops.mean(ops.square(a_s - a_t), axis=-1)
-        return total
+        def pair_loss(m, i, f_t, f_s):
+            size = self.pair_sizes[m][i]
+            a_t = spatial_attention(f_t, size)
+            a_s = spatial_attention(f_s, size)
+            return ops.mean(ops.square(a_s - a_t), axis=-1)
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "teacher_layer_names": self.teacher_layer_names,
-            "student_layer_names": self.student_layer_names,
-        }
-
-
-def _as_list(names):
-    return [names] if isinstance(names, str) else list(names)
+        return self.sum_over_pairs(
+            teacher_outputs, student_outputs, teacher_weights, pair_loss)

@@ -189,20 +189,3 @@ def l2_normalize(x, axis=-1, eps=1e-12):
     square = ops.sum(ops.square(x), axis=axis, keepdims=True)
     return x / ops.sqrt(ops.maximum(square, eps * eps))
 
-
-def common_map_sizes(term, teacher_outputs_shape, student_outputs_shape,
-                     map_size):
-    """Per teacher, per layer pair of `term`: the common `(H, W)` both maps
-    are pooled to (the smaller of each axis); `map_size(shapes, name, role)`
-    reads and checks one map's `(H, W)`."""
-    student_sizes = [
-        map_size(student_outputs_shape, name, "student")
-        for name in term.student_layer_names
-    ]
-    return [
-        [
-            tuple(map(min, map_size(shapes, name, "teacher"), size))
-            for name, size in zip(term.teacher_layer_names, student_sizes)
-        ]
-        for shapes in teacher_outputs_shape
-    ]

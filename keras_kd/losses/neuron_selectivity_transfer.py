@@ -2,11 +2,9 @@ import keras
 from keras import ops
 
 from keras_kd.losses.attention_transfer import adaptive_pool_matrix
-from keras_kd.losses.base import DistillationTerm
-from keras_kd.losses.base import common_map_sizes
 from keras_kd.losses.base import check_batch_sizes
 from keras_kd.losses.base import l2_normalize
-from keras_kd.losses.similarity_preserving import paired_layer_names
+from keras_kd.losses.layer_pairs import LayerPairTerm
 
 
 def selectivity_maps(feature, size):
@@ -24,24 +22,13 @@ def selectivity_maps(feature, size):
     return l2_normalize(f, axis=1)
 
 
-def _map_size(shapes, name, role):
-    shape = tuple(shapes[name])
-    if len(shape) != 4:
-        raise ValueError(
-            f"NeuronSelectivityTransfer needs feature maps (batch, H, W, C), "
-            f"but the {role} output '{name}' has shape {shape}. Pick "
-            f"convolutional layers (e.g. the zoo models' 'stage1'...)."
-        )
-    return shape[1:3]
-
-
 def _mean_poly_kernel(a, b):
     """Per sample, the mean of `(a_iᵀ b_j)²` over channel pairs (i, j)."""
     return ops.mean(ops.square(ops.einsum("bpi,bpj->bij", a, b)), axis=(1, 2))
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class NeuronSelectivityTransfer(DistillationTerm):
+class NeuronSelectivityTransfer(LayerPairTerm):
     """NST (Huang & Wang, 2017): MMD between channel-activation distributions.
 
     Each channel's spatial map, flattened and L2-normalised, is one sample
@@ -71,39 +58,23 @@ class NeuronSelectivityTransfer(DistillationTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_names, student_layer_names, **kwargs):
-        teacher_layer_names, student_layer_names = paired_layer_names(
-            type(self).__name__, teacher_layer_names, student_layer_names
-        )
-        super().__init__(teacher_layer_names, student_layer_names, **kwargs)
-
     def build(self, teacher_outputs_shape, student_outputs_shape):
         check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
         # Per teacher, per pair: the common H×W both maps are pooled to.
-        self.pair_sizes = common_map_sizes(
-            self, teacher_outputs_shape, student_outputs_shape, _map_size)
+        self.pair_sizes = self.common_map_sizes(
+            teacher_outputs_shape, student_outputs_shape)
 
     def call(self, teacher_outputs, student_outputs, labels=None,
              teacher_weights=None):
-        total = 0.0
-        for w, out, sizes in zip(teacher_weights, teacher_outputs,
-                                 self.pair_sizes):
-            for t_name, s_name, size in zip(
-                self.teacher_layer_names, self.student_layer_names, sizes
-            ):
-                t = selectivity_maps(out[t_name], size)
-                s = selectivity_maps(student_outputs[s_name], size)
-                mmd = (
-                    _mean_poly_kernel(t, t)
-                    + _mean_poly_kernel(s, s)
-                    - 2.0 * _mean_poly_kernel(s, t)
-                )
-                total = total + w * mmd
-        return total
+        def pair_loss(m, i, f_t, f_s):
+            size = self.pair_sizes[m][i]
+            t = selectivity_maps(f_t, size)
+            s = selectivity_maps(f_s, size)
+            return (
+                _mean_poly_kernel(t, t)
+                + _mean_poly_kernel(s, s)
+                - 2.0 * _mean_poly_kernel(s, t)
+            )
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "teacher_layer_names": self.teacher_layer_names,
-            "student_layer_names": self.student_layer_names,
-        }
+        return self.sum_over_pairs(
+            teacher_outputs, student_outputs, teacher_weights, pair_loss)

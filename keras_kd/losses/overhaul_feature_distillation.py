@@ -6,9 +6,15 @@ from keras import layers
 from keras import ops
 
 from keras_kd.models import batch_norm_before
-from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.layer_pairs import LayerPairTerm
+from keras_kd.losses.layer_pairs import layer_names
 from keras_kd.losses.variational_information_distillation import (
     adaptive_average_pool,
+)
+
+_PRE_RELU = (
+    "Pick the pre-ReLU convolutional layers "
+    "(kd.models.preactivation_layer_names)."
 )
 
 
@@ -68,7 +74,7 @@ def _connector(channels, name):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class OverhaulFeatureDistillation(DistillationTerm):
+class OverhaulFeatureDistillation(LayerPairTerm):
     """OFD (Heo et al., ICCV 2019): partial L2 between pre-ReLU features.
 
     The student's pre-ReLU map goes through a connector `r` (1×1 conv + BN)
@@ -110,30 +116,18 @@ class OverhaulFeatureDistillation(DistillationTerm):
 
     def __init__(self, teacher_layer_names, student_layer_names, margins,
                  **kwargs):
-        teacher_layer_names = _as_list(teacher_layer_names)
-        student_layer_names = _as_list(student_layer_names)
-        if len(teacher_layer_names) != len(student_layer_names) or not (
-            teacher_layer_names
-        ):
-            raise ValueError(
-                f"OverhaulFeatureDistillation pairs teacher and student "
-                f"layers in order, so it needs two non-empty lists of the "
-                f"same length; got {len(teacher_layer_names)} teacher layers "
-                f"{teacher_layer_names} and {len(student_layer_names)} "
-                f"student layers {student_layer_names}."
-            )
         super().__init__(teacher_layer_names, student_layer_names, **kwargs)
         self.margins = [
             [[float(v) for v in np.ravel(margin)] for margin in per_teacher]
             for per_teacher in margins
         ]
         for per_teacher in self.margins:
-            if len(per_teacher) != len(teacher_layer_names):
+            if len(per_teacher) != len(self.teacher_layer_names):
                 raise ValueError(
                     f"OverhaulFeatureDistillation got {len(per_teacher)} "
                     f"margin vectors for a teacher but "
-                    f"{len(teacher_layer_names)} teacher layers; give one "
-                    f"per layer (OverhaulFeatureDistillation.from_teacher "
+                    f"{len(self.teacher_layer_names)} teacher layers; give "
+                    f"one per layer (OverhaulFeatureDistillation.from_teacher "
                     f"computes them)."
                 )
 
@@ -148,14 +142,14 @@ class OverhaulFeatureDistillation(DistillationTerm):
         """
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [
             teacher]
-        teacher_layer_names = _as_list(teacher_layer_names)
+        teacher_layer_names = layer_names(teacher_layer_names)
         if teacher_bn_layer_names is None:
             norms = [
                 [batch_norm_before(model, name) for name in teacher_layer_names]
                 for model in teachers
             ]
         else:
-            teacher_bn_layer_names = _as_list(teacher_bn_layer_names)
+            teacher_bn_layer_names = layer_names(teacher_bn_layer_names)
             if len(teacher_bn_layer_names) != len(teacher_layer_names):
                 raise ValueError(
                     f"Got {len(teacher_bn_layer_names)} "
@@ -178,18 +172,14 @@ class OverhaulFeatureDistillation(DistillationTerm):
                 f"{len(teacher_outputs_shape)}; build the term with "
                 f"OverhaulFeatureDistillation.from_teacher(teachers, ...)."
             )
-        student_shapes = [
-            _map_shape(student_outputs_shape, name, "student")
-            for name in self.student_layer_names
-        ]
+        pair_shapes = self.pair_shapes(
+            teacher_outputs_shape, student_outputs_shape, hint=_PRE_RELU)
         self.connectors, self._margin_arrays = [], []
-        for m, (shapes, margins) in enumerate(
-            zip(teacher_outputs_shape, self.margins)
-        ):
-            for i, (name, s_shape, margin) in enumerate(
-                zip(self.teacher_layer_names, student_shapes, margins)
+        for m, (pairs, margins) in enumerate(zip(pair_shapes, self.margins)):
+            for i, (name, (t_shape, s_shape), margin) in enumerate(
+                zip(self.teacher_layer_names, pairs, margins)
             ):
-                channels = _map_shape(shapes, name, "teacher")[-1]
+                channels = t_shape[-1]
                 if len(margin) != channels:
                     raise ValueError(
                         f"Teacher {m} layer '{name}' has {channels} channels "
@@ -205,43 +195,21 @@ class OverhaulFeatureDistillation(DistillationTerm):
     def call(self, teacher_outputs, student_outputs, labels=None,
              teacher_weights=None, training=None):
         n = len(self.teacher_layer_names)
-        total, k = 0.0, 0
-        for w, out in zip(teacher_weights, teacher_outputs):
-            for i, (t_name, s_name) in enumerate(
-                zip(self.teacher_layer_names, self.student_layer_names)
-            ):
-                f_s = ops.cast(student_outputs[s_name], "float32")
-                source = self.connectors[k](f_s, training=training)
-                target = adaptive_average_pool(
-                    out[t_name], tuple(source.shape[1:3]))
-                target = ops.maximum(target, self._margin_arrays[k])
-                keep = ops.logical_or(source > target, target > 0.0)
-                d = ops.where(keep, ops.square(source - target), 0.0)
-                d = ops.sum(ops.reshape(d, (ops.shape(d)[0], -1)), axis=-1)
-                total = total + w * d / 2.0 ** (n - 1 - i)
-                k += 1
-        return total
+
+        def pair_loss(m, i, f_t, f_s):
+            k = m * n + i
+            source = self.connectors[k](
+                ops.cast(f_s, "float32"), training=training)
+            target = adaptive_average_pool(f_t, tuple(source.shape[1:3]))
+            target = ops.maximum(target, self._margin_arrays[k])
+            keep = ops.logical_or(source > target, target > 0.0)
+            d = ops.where(keep, ops.square(source - target), 0.0)
+            d = ops.sum(ops.reshape(d, (ops.shape(d)[0], -1)), axis=-1)
+            return d / 2.0 ** (n - 1 - i)
+
+        return self.sum_over_pairs(
+            teacher_outputs, student_outputs, teacher_weights, pair_loss)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "teacher_layer_names": self.teacher_layer_names,
-            "student_layer_names": self.student_layer_names,
-            "margins": self.margins,
-        }
+        return {**super().get_config(), "margins": self.margins}
 
-
-def _map_shape(shapes, name, role):
-    shape = tuple(shapes[name])
-    if len(shape) != 4:
-        raise ValueError(
-            f"OverhaulFeatureDistillation needs feature maps (batch, H, W, "
-            f"C), but the {role} output '{name}' has shape {shape}. Pick the "
-            f"pre-ReLU convolutional layers "
-            f"(kd.models.preactivation_layer_names)."
-        )
-    return shape
-
-
-def _as_list(names):
-    return [names] if isinstance(names, str) else list(names)

@@ -1,28 +1,10 @@
 import keras
 from keras import ops
 
-from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import check_batch_sizes
 from keras_kd.losses.base import flat_features
 from keras_kd.losses.base import l2_normalize
-
-
-def paired_layer_names(term_name, teacher_layer_names, student_layer_names):
-    """Two equal-length, non-empty lists of layer names, or a ValueError."""
-    as_list = lambda names: [names] if isinstance(names, str) else list(names)
-    teacher_layer_names = as_list(teacher_layer_names)
-    student_layer_names = as_list(student_layer_names)
-    if len(teacher_layer_names) != len(student_layer_names) or not (
-        teacher_layer_names
-    ):
-        raise ValueError(
-            f"{term_name} pairs teacher and student layers in order, so it "
-            f"needs two non-empty lists of the same length; got "
-            f"{len(teacher_layer_names)} teacher layers {teacher_layer_names} "
-            f"and {len(student_layer_names)} student layers "
-            f"{student_layer_names}."
-        )
-    return teacher_layer_names, student_layer_names
+from keras_kd.losses.layer_pairs import LayerPairTerm
 
 
 def similarity_matrix(f):
@@ -32,7 +14,7 @@ def similarity_matrix(f):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class SimilarityPreserving(DistillationTerm):
+class SimilarityPreserving(LayerPairTerm):
     """SP (Tung & Mori, ICCV 2019): match the batch's similarity matrices.
 
     For each pair of layers, with `G` the row-L2-normalised Gram matrix
@@ -58,12 +40,6 @@ class SimilarityPreserving(DistillationTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_names, student_layer_names, **kwargs):
-        teacher_layer_names, student_layer_names = paired_layer_names(
-            type(self).__name__, teacher_layer_names, student_layer_names
-        )
-        super().__init__(teacher_layer_names, student_layer_names, **kwargs)
-
     def build(self, teacher_outputs_shape, student_outputs_shape):
         check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
 
@@ -80,10 +56,3 @@ class SimilarityPreserving(DistillationTerm):
                 batch = ops.cast(ops.shape(g)[0], "float32")
                 total = total + w * ops.sum(ops.square(g_t - g)) / (batch * batch)
         return total
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "teacher_layer_names": self.teacher_layer_names,
-            "student_layer_names": self.student_layer_names,
-        }

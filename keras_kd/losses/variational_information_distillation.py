@@ -5,8 +5,8 @@ from keras import layers
 from keras import ops
 
 from keras_kd.losses.attention_transfer import adaptive_pool_matrix
-from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import per_sample_mean
+from keras_kd.losses.layer_pairs import LayerPairTerm
 
 
 def adaptive_average_pool(feature, size):
@@ -43,7 +43,7 @@ def _regressor(mid_channels, out_channels, name):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class VariationalInformationDistillation(DistillationTerm):
+class VariationalInformationDistillation(LayerPairTerm):
     """VID (Ahn et al., CVPR 2019): a Gaussian likelihood of teacher maps.
 
     For each pair of layers a regressor `μ(·)` (three 1×1 convolutions with
@@ -79,41 +79,23 @@ class VariationalInformationDistillation(DistillationTerm):
 
     def __init__(self, teacher_layer_names, student_layer_names,
                  init_pred_var=5.0, eps=1e-5, **kwargs):
-        teacher_layer_names = _as_list(teacher_layer_names)
-        student_layer_names = _as_list(student_layer_names)
-        if len(teacher_layer_names) != len(student_layer_names) or not (
-            teacher_layer_names
-        ):
-            raise ValueError(
-                f"VariationalInformationDistillation pairs teacher and "
-                f"student layers in order, so it needs two non-empty lists "
-                f"of the same length; got {len(teacher_layer_names)} teacher "
-                f"layers {teacher_layer_names} and "
-                f"{len(student_layer_names)} student layers "
-                f"{student_layer_names}."
-            )
+        super().__init__(teacher_layer_names, student_layer_names, **kwargs)
         if not init_pred_var > eps > 0:
             raise ValueError(
                 f"VID needs init_pred_var > eps > 0 (the variance starts at "
                 f"init_pred_var and never drops below eps); got "
                 f"init_pred_var={init_pred_var}, eps={eps}."
             )
-        super().__init__(teacher_layer_names, student_layer_names, **kwargs)
         self.init_pred_var = float(init_pred_var)
         self.eps = float(eps)
 
     def build(self, teacher_outputs_shape, student_outputs_shape):
-        student_shapes = [
-            _map_shape(student_outputs_shape, name, "student")
-            for name in self.student_layer_names
-        ]
+        pair_shapes = self.pair_shapes(
+            teacher_outputs_shape, student_outputs_shape)
         alpha = math.log(math.expm1(self.init_pred_var - self.eps))
         self.regressors, self.log_scales, self.pool_sizes = [], [], []
-        for m, shapes in enumerate(teacher_outputs_shape):
-            for i, (name, s_shape) in enumerate(
-                zip(self.teacher_layer_names, student_shapes)
-            ):
-                t_shape = _map_shape(shapes, name, "teacher")
+        for m, pairs in enumerate(pair_shapes):
+            for i, (t_shape, s_shape) in enumerate(pairs):
                 # The official code compares heights: the taller map is
                 # pooled to the other's size.
                 size = s_shape[1:3] if s_shape[1] < t_shape[1] else t_shape[1:3]
@@ -129,41 +111,23 @@ class VariationalInformationDistillation(DistillationTerm):
 
     def call(self, teacher_outputs, student_outputs, labels=None,
              teacher_weights=None):
-        total, k = 0.0, 0
-        for w, out in zip(teacher_weights, teacher_outputs):
-            for t_name, s_name in zip(
-                self.teacher_layer_names, self.student_layer_names
-            ):
-                size = self.pool_sizes[k]
-                f_s = adaptive_average_pool(student_outputs[s_name], size)
-                f_t = adaptive_average_pool(out[t_name], size)
-                mean = self.regressors[k](f_s)
-                var = ops.softplus(self.log_scales[k]) + self.eps
-                nll = 0.5 * (ops.log(var) + ops.square(mean - f_t) / var)
-                total = total + w * per_sample_mean(nll)
-                k += 1
-        return total
+        n = len(self.teacher_layer_names)
+
+        def pair_loss(m, i, f_t, f_s):
+            k = m * n + i
+            size = self.pool_sizes[k]
+            mean = self.regressors[k](adaptive_average_pool(f_s, size))
+            f_t = adaptive_average_pool(f_t, size)
+            var = ops.softplus(self.log_scales[k]) + self.eps
+            nll = 0.5 * (ops.log(var) + ops.square(mean - f_t) / var)
+            return per_sample_mean(nll)
+
+        return self.sum_over_pairs(
+            teacher_outputs, student_outputs, teacher_weights, pair_loss)
 
     def get_config(self):
         return {
             **super().get_config(),
-            "teacher_layer_names": self.teacher_layer_names,
-            "student_layer_names": self.student_layer_names,
             "init_pred_var": self.init_pred_var,
             "eps": self.eps,
         }
-
-
-def _map_shape(shapes, name, role):
-    shape = tuple(shapes[name])
-    if len(shape) != 4:
-        raise ValueError(
-            f"VariationalInformationDistillation needs feature maps (batch, "
-            f"H, W, C), but the {role} output '{name}' has shape {shape}. "
-            f"Pick convolutional layers (e.g. the stage outputs)."
-        )
-    return shape
-
-
-def _as_list(names):
-    return [names] if isinstance(names, str) else list(names)

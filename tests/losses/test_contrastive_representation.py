@@ -1,8 +1,6 @@
 """CRD against a NumPy computation of RepDistiller's crd/criterion.py and
 crd/memory.py (Embed, ContrastMemory, ContrastLoss)."""
 
-import sys
-import types
 
 import keras
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_kd as kd
+from keras_kd.presets import crd as crd_presets
 from helpers import small_cnn, sparse_ce
 
 N, K, DIM = 12, 5, 4
@@ -225,21 +224,8 @@ def test_config_round_trip():
     assert clone.side_inputs == ("example_index", "contrast_index")
 
 
-def _preset_module():
-    try:
-        import keras_kd.presets.registry  # noqa: F401
-    except ImportError:  # The registry is wired by the integrator.
-        registry = types.ModuleType("keras_kd.presets.registry")
-        registry.register = lambda *args, **kwargs: (lambda fn: fn)
-        sys.modules["keras_kd.presets.registry"] = registry
-    from keras_kd.presets import crd
-
-    return crd
-
-
 def test_preset_builds_the_official_recipe():
-    builder = _preset_module()._crd
-    builder = getattr(builder, "__wrapped__", builder)
+    builder = crd_presets._crd
     teacher, student = small_cnn(8, name="teacher"), small_cnn(4, name="student")
     [(key, term, weight)] = builder(
         [teacher], student, num_data=50000, feat_dim=128,

@@ -3,8 +3,6 @@
 distillers/OFD.py)."""
 
 import math
-import sys
-import types
 
 import keras
 import numpy as np
@@ -13,6 +11,7 @@ from keras import layers
 from keras import ops
 
 import keras_kd as kd
+from keras_kd.presets import ofd as ofd_presets
 from keras_kd.models import batch_norm_before
 from keras_kd.models import preactivation_layer_names
 from keras_kd.losses.overhaul_feature_distillation import margin_from_batch_norm
@@ -185,19 +184,6 @@ def test_ofd_config_round_trip():
     assert restored.margins == [[[-1.0, -0.5], [-0.2]]]
 
 
-def _preset_module():
-    """`keras_kd.presets.ofd`, over a stand-in registry where the real one
-    is not merged yet (`register` returns the builder unchanged)."""
-    try:
-        import keras_kd.presets.registry  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("keras_kd.presets.registry")
-        stub.register = lambda name, **kwargs: (lambda builder: builder)
-        sys.modules["keras_kd.presets.registry"] = stub
-    from keras_kd.presets import ofd
-    return ofd
-
-
 @pytest.mark.multi_backend
 def test_ofd_preset_trains_connectors_not_the_teacher(digits):
     x_train, _, y_train, _ = digits
@@ -205,8 +191,8 @@ def test_ofd_preset_trains_connectors_not_the_teacher(digits):
     teacher = kd.models.digits_cnn_large()
     student = kd.models.digits_cnn_small()
     teacher_before = [w.copy() for w in teacher.get_weights()]
-    [(key, ofd, weight)] = _preset_module()._ofd([teacher], student,
-                                                 ofd_weight=1e-3)
+    [(key, ofd, weight)] = ofd_presets._ofd([teacher], student,
+                                            ofd_weight=1e-3)
     assert (key, weight) == ("ofd", 1e-3)
     assert ofd.teacher_layer_names == ["block1_1_add", "block2_1_add"]
     np.testing.assert_allclose(

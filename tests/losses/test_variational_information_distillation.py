@@ -1,8 +1,6 @@
 """VID against a NumPy reference written from the paper and the official
 code (RepDistiller distiller_zoo/VID.py, mdistiller distillers/VID.py)."""
 
-import sys
-import types
 
 import keras
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 from keras import ops
 
 import keras_kd as kd
+from keras_kd.presets import vid as vid_presets
 
 
 def np_adaptive_pool(f, size):
@@ -155,25 +154,11 @@ def test_vid_trains_regressors_and_variances_not_the_teacher(digits):
         np.testing.assert_array_equal(b, a)
 
 
-def _preset_module():
-    """`keras_kd.presets.vid`, over a stand-in registry where the real one
-    is not merged yet (`register` returns the builder unchanged)."""
-    try:
-        import keras_kd.presets.registry  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("keras_kd.presets.registry")
-        stub.register = lambda name, **kwargs: (lambda builder: builder)
-        sys.modules["keras_kd.presets.registry"] = stub
-    from keras_kd.presets import vid
-    return vid
-
-
 def test_vid_preset_pairs_the_stages_after_the_stem():
-    vid = _preset_module()
     teacher = kd.models.get("resnet20", num_classes=10)
     student = kd.models.get("resnet8x4", num_classes=10)
-    [(key, term, weight)] = vid._vid([teacher], student, vid_weight=1.0,
-                                     init_pred_var=5.0)
+    [(key, term, weight)] = vid_presets._vid(
+        [teacher], student, vid_weight=1.0, init_pred_var=5.0)
     assert key == "vid" and weight == 1.0
     assert term.teacher_layer_names == ["stage1", "stage2", "stage3"]
     assert term.student_layer_names == ["stage1", "stage2", "stage3"]
