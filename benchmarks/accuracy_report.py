@@ -190,8 +190,14 @@ def plot(report, path):
 
 
 def write_report(report, stem):
-    markdown = format_markdown(report) + (
-        f"\nTotal wall time: {report['wall_seconds'] / 60:.1f} min.\n")
+    markdown = format_markdown(report)
+    if report.get("parts"):  # A merged suite: its parts' own wall times.
+        markdown += "\nWall time per part (min): " + ", ".join(
+            f"{p['file']} {p['wall_seconds'] / 60:.1f}"
+            for p in report["parts"]) + ".\n"
+    else:
+        markdown += (f"\nTotal wall time: {report['wall_seconds'] / 60:.1f} "
+                     f"min.\n")
     for note in report.get("notes", []):
         markdown += f"\nNote: {note}\n"
     with open(stem + ".md", "w") as f:
@@ -217,7 +223,7 @@ def merge_reports(paths, output_dir):
     report["methods"] = list(dict.fromkeys(
         m for r in parts for m in r["methods"]))
     report["interrupted"] = any(r.get("interrupted") for r in parts)
-    report["wall_seconds"] = max(r["wall_seconds"] for r in parts)
+    report["wall_seconds"] = sum(r["wall_seconds"] for r in parts)
     datasets = {}
     for r in parts:
         for d in r["datasets"]:
