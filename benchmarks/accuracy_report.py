@@ -148,8 +148,10 @@ def plot(report, path):
     import matplotlib.pyplot as plt
 
     datasets = report["datasets"]
+    widest = max(len(d["summary"]) for d in datasets)
     fig, axes = plt.subplots(len(datasets), 2,
-                             figsize=(12, 4 * len(datasets)), squeeze=False)
+                             figsize=(max(12, 0.5 * widest + 8),
+                                      5 * len(datasets)), squeeze=False)
     for (bars, curves), dataset in zip(axes, datasets):
         # The teacher is a reference line, not a method.
         teacher = [r for r in dataset["summary"]
@@ -168,7 +170,8 @@ def plot(report, path):
         bars.set_ylabel("last-epoch test accuracy %")
         bars.set_title(f"{dataset['key']}: {dataset['teacher']} → "
                        f"{dataset['student']}")
-        bars.tick_params(axis="x", rotation=45)
+        bars.set_xticks(range(len(names)))
+        bars.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
         low = min(100 * r["last"] for r in rows + teacher) if rows else 0
         bars.set_ylim(max(0, low - 10), 100)
         for method in names:
@@ -181,8 +184,10 @@ def plot(report, path):
             curves.plot(np.arange(1, length + 1), 100 * mean, label=method,
                         color=colours[method])
         curves.set_xlabel("epoch")
+        curves.xaxis.get_major_locator().set_params(integer=True)
         curves.set_ylabel("test accuracy % (mean over seeds)")
-        curves.legend(fontsize=7)
+        curves.legend(fontsize=6, ncol=2, loc="upper left",
+                      bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
