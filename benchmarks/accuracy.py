@@ -60,17 +60,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from accuracy_data import digits_heldout  # noqa: E402
 from accuracy_data import fashion_subset  # noqa: E402
-from accuracy_report import format_markdown  # noqa: E402,F401
-from accuracy_runs import SKD_SUBSET  # noqa: E402
-from accuracy_runs import curve  # noqa: E402
-from accuracy_runs import tail  # noqa: E402
-from accuracy_runs import teacher_seeds  # noqa: E402
-from accuracy_runs import wait_for_teacher  # noqa: E402
-from accuracy_runs import recipe_call  # noqa: E402
-from accuracy_runs import run_recipe  # noqa: E402
 from accuracy_report import merge_reports  # noqa: E402
 from accuracy_report import summarize  # noqa: E402
 from accuracy_report import write_report  # noqa: E402
+from accuracy_runs import SKD_SUBSET  # noqa: E402
+from accuracy_runs import curve  # noqa: E402
+from accuracy_runs import recipe_call  # noqa: E402
+from accuracy_runs import run_recipe  # noqa: E402
+from accuracy_runs import tail  # noqa: E402
+from accuracy_runs import teacher_seeds  # noqa: E402
+from accuracy_runs import wait_for_teacher  # noqa: E402
 
 from keras_kd import machine
 from keras_kd import presets

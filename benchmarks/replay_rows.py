@@ -24,8 +24,9 @@ seconds = rows.runner("kd_recorded")(None, None, 256)  # One timed fit.
 import os
 import time
 
-import keras
 import numpy as np
+
+import throughput as tp
 
 import keras_kd as kd
 
@@ -35,10 +36,6 @@ DESCRIPTIONS = {
     "student_replay": "student alone, replayed crop+flip stream",
     "kd_recorded": "kd: logits KD from a recorded teacher (float16)",
 }
-
-
-def _ce():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 class ReplayRunner:
@@ -110,6 +107,5 @@ class ReplayRows:
                 **kd.presets.build("kd", None, student))
         else:
             raise ValueError(f"Unknown replay row '{config}'.")
-        model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
-                      loss=_ce())
+        model.compile(optimizer=tp._optimizer(), loss=tp._ce())
         return ReplayRunner(model, self._stream(config == "kd_recorded"))

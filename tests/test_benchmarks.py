@@ -139,6 +139,11 @@ def accuracy():
     return _load("accuracy")
 
 
+@pytest.fixture(scope="module")
+def accuracy_report():
+    return _load("accuracy_report")
+
+
 def _runs():
     rng = np.random.default_rng(0)
     runs = []
@@ -168,14 +173,15 @@ def _report(runs, summary):
     }
 
 
-def test_accuracy_summary_table(accuracy):
+def test_accuracy_summary_table(accuracy, accuracy_report):
     runs = _runs()
     summary = {row["method"]: row for row in accuracy.summarize(runs)}
     kd_last = [r["last"] for r in runs if r["method"] == "kd" and "last" in r]
     assert summary["kd"]["seeds"] == 3 and summary["kd"]["failed"] == 1
     assert summary["kd"]["last"] == pytest.approx(np.mean(kd_last))
     assert summary["kd"]["last_std"] == pytest.approx(np.std(kd_last))
-    table = accuracy.format_markdown(_report(runs, list(summary.values())))
+    table = accuracy_report.format_markdown(
+        _report(runs, list(summary.values())))
     kd_line = next(line for line in table.splitlines()
                    if line.startswith("| kd |"))
     assert (f"{100 * np.mean(kd_last):.2f} ± {100 * np.std(kd_last):.2f}"
@@ -330,12 +336,13 @@ def test_merge_replaces_a_rerun_of_the_same_method_and_seed(
 
 
 def test_table_says_whether_a_method_beats_kd_beyond_the_seed_spread(
-        accuracy):
+        accuracy, accuracy_report):
     runs = [{"method": m, "seed": s, "last": v + d, "best": v + d}
             for m, v in (("kd", 0.80), ("fitnets", 0.85), ("at", 0.801),
                          ("teacher", 0.95), ("subset: skd", 0.99))
             for s, d in ((0, -0.01), (1, 0.01))]
-    table = accuracy.format_markdown(_report(runs, accuracy.summarize(runs)))
+    table = accuracy_report.format_markdown(
+        _report(runs, accuracy.summarize(runs)))
     line = {row.split(" | ")[0][2:]: row for row in table.splitlines()
             if row.startswith("| ")}
     assert "+5.00 (above)" in line["fitnets"]  # 5 points > 1 + 1 std.

@@ -188,4 +188,3 @@ def l2_normalize(x, axis=-1, eps=1e-12):
     """
     square = ops.sum(ops.square(x), axis=axis, keepdims=True)
     return x / ops.sqrt(ops.maximum(square, eps * eps))
-
