@@ -367,3 +367,13 @@ def test_skd_subset_runs_the_specialize_recipe_from_the_seeds_teacher(
     assert script == "distill.py" and "--teacher=t" in args
     assert "--reffakd_diagonal=0.008" in args and "--baseline" in args
     assert [name for _, name in phases] == ["kd", "teacher", "student"]
+
+
+def test_plot_colours_are_distinct_and_refuse_more_methods_than_colours(
+        accuracy_report):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    names = [f"m{i}" for i in range(60)]
+    colours = accuracy_report._colours(names, plt)
+    assert len(set(colours.values())) == 60
+    with pytest.raises(ValueError, match="61 methods, 60 colours"):
+        accuracy_report._colours(names + ["one more"], plt)
