@@ -104,3 +104,42 @@ def gradient(fn, variable):
     x = variable.value.detach().clone().requires_grad_(True)
     fn(x).backward()
     return x.grad.numpy()
+
+
+def trainable_values(model_or_term):
+    """Copies of the trainable variables' values (a model, layer or term)."""
+    return [np.array(keras.ops.convert_to_numpy(v))
+            for v in model_or_term.trainable_variables]
+
+
+def all_values(model):
+    """Copies of every weight of `model`, BatchNorm statistics included."""
+    return [np.array(w) for w in model.get_weights()]
+
+
+def fit_steps(distiller, x, y, steps=2, batch_size=32):
+    """`steps` optimizer steps on the first images, in order; the history.
+
+    Term tests assert what a few steps guarantee (finite logs, which
+    variables the gradients reach, a frozen teacher), not a loss trajectory,
+    which depends on the machine's floating-point path.
+    """
+    n = steps * batch_size
+    history = distiller.fit(x[:n], y[:n], batch_size=batch_size, epochs=1,
+                            shuffle=False, verbose=0).history
+    for name, values in history.items():
+        assert np.all(np.isfinite(values)), (name, values)
+    return history
+
+
+def assert_all_moved(before, after, what="variable"):
+    """Adam moves exactly the variables whose gradient is non-zero."""
+    assert len(before) == len(after) > 0
+    for i, (b, a) in enumerate(zip(before, after)):
+        assert np.abs(a - b).max() > 0, f"{what} {i} got no gradient"
+
+
+def assert_unchanged(before, after):
+    assert len(before) == len(after)
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(b, a)

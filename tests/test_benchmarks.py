@@ -275,6 +275,7 @@ def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
     assert all(c[1] == "val_flags" and c[2] == "d_val" for c in calls)
 
 
+@pytest.mark.slow
 def test_accuracy_cpu_suite_runs_the_recipes(tmp_path):
     """One seed, one epoch, KD only: the teacher, student and KD rows."""
     import subprocess

@@ -152,6 +152,7 @@ def test_evaluate_measures_the_student_alone(digits):
     )
 
 
+@pytest.mark.slow
 def test_digits_distillation_beats_student_alone(digits, trained_teacher):
     """KD from a trained teacher beats the same student trained alone.
 

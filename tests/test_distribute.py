@@ -132,6 +132,7 @@ def test_synchronized_batch_norm_is_scoped(digits):
     assert (distiller.train_function is None) == (BACKEND == "tensorflow")
 
 
+@pytest.mark.slow
 @tensorflow_only
 def test_mirrored_two_replicas_match_one_device(tmp_path):
     r = run_worker("mirrored", tmp_path)

@@ -4,10 +4,15 @@ digits with a 10-class teacher and a 3-class student."""
 import keras
 import numpy as np
 import pytest
+from helpers import all_values
+from helpers import assert_all_moved
+from helpers import assert_unchanged
+from helpers import fit_steps
 from helpers import numpy_log_softmax
 from helpers import numpy_softmax
 from helpers import small_cnn
 from helpers import sparse_ce
+from helpers import trainable_values
 from keras import ops
 
 import keras_kd as kd
@@ -84,46 +89,41 @@ def compile_(model):
 
 
 def test_skd_trains_adapters_and_student_not_teacher(task, trained_teacher):
-    x, y, x_val, y_val, _ = task
+    x, y, _, _, _ = task
     keras.utils.set_random_seed(0)
     student = small_cnn(8, num_classes=3, name="student")
     distiller = compile_(kd.skd.skd_distiller(
         trained_teacher, student, ["stage1", "stage2"], beta=10.0))
     assert [type(t).__name__ for t in distiller.distillation_losses] == [
         "FeatureAlignment", "FeatureAlignment"]
-    teacher_before = [w.copy() for w in trained_teacher.get_weights()]
-    adapters_before = [
-        [w.copy() for w in t.aligners[0].get_weights()]
-        for t in distiller.distillation_losses
-    ]
-    history = compile_(distiller).fit(x, y, epochs=8, batch_size=16, verbose=0)
-    for name in ("skd_stage1", "skd_stage2", "student_loss"):
-        values = history.history[name]
-        assert np.all(np.isfinite(values)) and values[-1] < values[0], (name, values)
-    for w0, w1 in zip(teacher_before, trained_teacher.get_weights()):
-        np.testing.assert_array_equal(w0, w1)
+    teacher_before = all_values(trained_teacher)
+    adapters_before = [trainable_values(t.aligners[0])
+                       for t in distiller.distillation_losses]
+    history = fit_steps(compile_(distiller), x, y, batch_size=16)
+    assert_unchanged(teacher_before, all_values(trained_teacher))
     for term, before in zip(distiller.distillation_losses, adapters_before):
-        assert any(np.abs(a - b).max() > 1e-4
-                   for a, b in zip(before, term.aligners[0].get_weights()))
+        assert_all_moved(before, trainable_values(term.aligners[0]), term.name)
     # The Distiller's total is CE + β · Σ stages (additive weighting).
-    logs = {k: v[-1] for k, v in history.history.items()}
+    logs = {k: v[-1] for k, v in history.items()}
     np.testing.assert_allclose(
         logs["total_loss"],
         logs["student_loss"] + 10.0 * (logs["skd_stage1"] + logs["skd_stage2"]),
         rtol=1e-4)
-    assert distiller.evaluate(x_val, y_val, verbose=0)[1] > 1 / 3
 
 
-def test_renormalised_logits_baseline_trains(task, trained_teacher):
-    x, y, x_val, y_val, mapping = task
+def test_renormalised_logits_baseline_trains_the_student_only(task, trained_teacher):
+    x, y, _, _, mapping = task
     keras.utils.set_random_seed(0)
     student = small_cnn(8, num_classes=3, name="student")
     distiller = compile_(kd.skd.renormalised_logits_distiller(
-        trained_teacher, student, mapping.original_ids))
-    history = distiller.fit(x, y, epochs=6, batch_size=16, verbose=0)
-    values = history.history["subset_logits_distillation"]
-    assert values[-1] < values[0], values
-    assert distiller.evaluate(x_val, y_val, verbose=0)[1] > 1 / 3
+        trained_teacher, student, mapping.original_ids, student_loss_weight=0.0))
+    teacher_before = all_values(trained_teacher)
+    student_before = trainable_values(student)
+    history = fit_steps(distiller, x, y, batch_size=16)
+    assert history["subset_logits_distillation"][0] > 0
+    # A zero CE weight: only the subset KD term moves the student.
+    assert_all_moved(student_before, trainable_values(student))
+    assert_unchanged(teacher_before, all_values(trained_teacher))
 
 
 def test_finetune_model_copies_backbone_with_new_head(task, trained_teacher):

@@ -5,8 +5,11 @@ import math
 import keras
 import numpy as np
 import pytest
+from helpers import all_values
+from helpers import assert_all_moved
 from helpers import small_cnn
 from helpers import sparse_ce
+from helpers import trainable_values
 from keras import ops
 
 import keras_kd as kd
@@ -193,26 +196,29 @@ def test_ctkd_config_round_trip():
 
 
 @pytest.mark.parametrize("mode", ["global", "instance"])
-def test_ctkd_end_to_end_on_digits(digits, trained_teacher, mode):
+def test_ctkd_gradients_reach_student_and_temperature_not_teacher(
+        digits, trained_teacher, mode):
     x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(3)
     student = small_cnn(4, name="student")
     term = kd.losses.CurriculumTemperatureDistillation(mode=mode, hidden_units=8)
     distiller = kd.Distiller(trained_teacher, student, term,
                              distillation_loss_weights=[0.9],
-                             student_loss_weight=0.1, weighting="additive")
+                             student_loss_weight=0.0, weighting="additive")
     owned = [v for v in distiller.trainable_variables
              if any(v is w for w in term.trainable_variables)]
     assert owned and not any(
         v is w for v in term.trainable_variables for w in student.weights)
     before_term = [ops.convert_to_numpy(v).copy() for v in term.trainable_variables]
-    before_teacher = [w.copy() for w in trained_teacher.get_weights()]
+    before_teacher = all_values(trained_teacher)
+    before_student = trainable_values(student)
     distiller.compile(keras.optimizers.Adam(3e-3), sparse_ce())
-    history = distiller.fit(x_train, y_train, epochs=4, batch_size=64,
+    history = distiller.fit(x_train[:64], y_train[:64], epochs=2, batch_size=32,
                             verbose=0).history
-    total = history["student_loss"]
-    assert np.isfinite(history["total_loss"]).all() and total[-1] < total[0]
-    assert float(term.epoch) == 3.0
+    assert np.isfinite(history["total_loss"]).all()
+    assert float(term.epoch) == 1.0
+    # A zero CE weight: only the CTKD term's gradient moves the student.
+    assert_all_moved(before_student, trainable_values(student))
     assert any(np.abs(ops.convert_to_numpy(v) - b).max() > 1e-4
                for v, b in zip(term.trainable_variables, before_term))
     for w0, w1 in zip(before_teacher, trained_teacher.get_weights()):

@@ -3,10 +3,15 @@
 import keras
 import numpy as np
 import pytest
+from helpers import all_values
+from helpers import assert_all_moved
+from helpers import assert_unchanged
+from helpers import fit_steps
 from helpers import numpy_log_softmax
 from helpers import numpy_softmax
 from helpers import small_cnn
 from helpers import sparse_ce
+from helpers import trainable_values
 from keras import layers
 from keras import ops
 
@@ -159,34 +164,34 @@ def test_student_loss_is_ce_on_unrotated_views_only(digits):
         float(distiller.student_loss_tracker.result()), ce, rtol=1e-4)
 
 
-def test_trains_on_digits_heads_learn_teacher_backbone_frozen(digits, trained_teacher):
-    x_train, x_test, y_train, y_test = digits
+def test_gradients_reach_heads_and_student_not_teacher_backbone(
+        digits, trained_teacher):
+    x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(0)
     teacher, student = trained_teacher, small_cnn(8, name="student")
     term = kd.losses.DualLevelDistillation("features", "features", embedding_dim=32)
-    distiller = kd.Distiller(teacher, student, term, student_loss_weight=1.0,
+    distiller = kd.Distiller(teacher, student, term, student_loss_weight=0.0,
                              weighting="additive")
     distiller.compile(keras.optimizers.Adam(1e-2), sparse_ce(), metrics=["accuracy"])
-    teacher_before = [w.copy() for w in teacher.get_weights()]
+    teacher_before = all_values(teacher)
+    student_before = trainable_values(student)
     heads = [term.correlation_head, term.alignment_head,
              term.student_embedding, term.teacher_embedding]
     heads_before = [[w.copy() for w in h.get_weights()] for h in heads]
-    history = distiller.fit(x_train[:512], y_train[:512], epochs=5,
-                            batch_size=32, verbose=0)
-    for name in ("student_loss", "dual_level_distillation") + tuple(
-        f"dual_level_distillation_{part}" for part in term.component_names
-    ):
-        values = history.history[name]
-        assert np.all(np.isfinite(values)) and values[-1] < values[0], (name, values)
-    for w0, w1 in zip(teacher_before, teacher.get_weights()):
-        np.testing.assert_array_equal(w0, w1)
+    history = fit_steps(distiller, x_train, y_train)
+    for part in term.component_names:
+        assert history[f"dual_level_distillation_{part}"][0] > 0, part
+    assert_unchanged(teacher_before, all_values(teacher))
+    # A zero CE weight: only DLKD's gradient moves the student, whose
+    # backbone it reaches through "features", not the logits layer after it.
+    student_after = trainable_values(student)
+    assert_all_moved(student_before[:-2], student_after[:-2])
+    assert_unchanged(student_before[-2:], student_after[-2:])
     # Adam leaves a weight with a zero gradient unchanged, so each head
     # changing shows that gradients reach it (the teacher's one included).
     for head, before in zip(heads, heads_before):
         assert any(np.abs(a - b).max() > 1e-4
                    for a, b in zip(before, head.get_weights())), head.name
-    accuracy = distiller.evaluate(x_test, y_test, verbose=0)[1]
-    assert accuracy > 0.2, accuracy  # Chance: 0.1; measured 0.51 (TF), 0.40 (JAX).
 
 
 # --- Errors and config -------------------------------------------------------
