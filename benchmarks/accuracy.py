@@ -71,9 +71,9 @@ from accuracy_runs import tail  # noqa: E402
 from accuracy_runs import teacher_seeds  # noqa: E402
 from accuracy_runs import wait_for_teacher  # noqa: E402
 
-from keras_kd import machine
-from keras_kd import presets
-from keras_kd.cli.protocols import PROTOCOLS
+from keras_kd import machine  # noqa: E402
+from keras_kd import presets  # noqa: E402
+from keras_kd.cli.protocols import PROTOCOLS  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -83,78 +83,109 @@ def define_flags():
     module can be imported beside other absl programs)."""
     flags.DEFINE_enum("suite", "cpu", ["cpu", "cifar"], "Which suite to run.")
     flags.DEFINE_list(
-        "methods", None,
+        "methods",
+        None,
         "Methods (recipes' --method names; default: every method the recipes "
-        "know). The student alone is always reported, from the kd runs.")
+        "know). The student alone is always reported, from the kd runs.",
+    )
     flags.DEFINE_list("seeds", ["0", "1"], "Seeds; each method runs once each.")
     flags.DEFINE_integer(
-        "epochs", None,
+        "epochs",
+        None,
         "Student epochs (default: the recipes' protocol's, 240 cifar; the "
-        "Fashion-MNIST subset uses --fashion_epochs).")
+        "Fashion-MNIST subset uses --fashion_epochs).",
+    )
     flags.DEFINE_integer(
-        "teacher_epochs", None,
-        "Teacher epochs (default: 30 digits, --epochs cifar).")
+        "teacher_epochs", None, "Teacher epochs (default: 30 digits, --epochs cifar)."
+    )
     flags.DEFINE_list(
-        "datasets", ["digits", "fashion_mnist"],
-        "cpu suite: which of digits, fashion_mnist to run.")
+        "datasets",
+        ["digits", "fashion_mnist"],
+        "cpu suite: which of digits, fashion_mnist to run.",
+    )
     flags.DEFINE_string(
-        "fashion_mnist", None,
+        "fashion_mnist",
+        None,
         "cpu suite: folder with Fashion-MNIST's train.npz/test.npz (e.g. "
-        "../shared/data/fashion_mnist); omitted: digits only.")
+        "../shared/data/fashion_mnist); omitted: digits only.",
+    )
     flags.DEFINE_integer(
-        "fashion_train", 20000,
+        "fashion_train",
+        20000,
         "Fashion-MNIST: training images, a class-stratified subset of the "
-        "60,000 (fixed seed 0); 60000 takes them all.")
+        "60,000 (fixed seed 0); 60000 takes them all.",
+    )
     flags.DEFINE_integer(
-        "fashion_val", 5000,
+        "fashion_val",
+        5000,
         "Fashion-MNIST: validation images, class-stratified, carved from the "
         "training images the subset leaves out (from the subset when it "
-        "takes all 60,000); used for every choice (--tune), never test.")
+        "takes all 60,000); used for every choice (--tune), never test.",
+    )
     flags.DEFINE_integer("fashion_epochs", 2, "Fashion-MNIST student epochs.")
-    flags.DEFINE_integer("fashion_teacher_epochs", 3,
-                         "Fashion-MNIST teacher epochs.")
-    flags.DEFINE_integer("fashion_batch_size", 128,
-                         "Fashion-MNIST batch size (digits protocol, Adam).")
+    flags.DEFINE_integer("fashion_teacher_epochs", 3, "Fashion-MNIST teacher epochs.")
+    flags.DEFINE_integer(
+        "fashion_batch_size", 128, "Fashion-MNIST batch size (digits protocol, Adam)."
+    )
     flags.DEFINE_bool(
-        "with_kd", True,
+        "with_kd",
+        True,
         "Run the kd runs (teachers, student alone) first. --nowith_kd: "
         "another process runs them in the same --work_dir; this one waits "
-        "for their teachers (a suite in parts, merged with --merge).")
+        "for their teachers (a suite in parts, merged with --merge).",
+    )
     flags.DEFINE_bool(
-        "tune", False,
+        "tune",
+        False,
         "First choose each term weight (fitnets, at, fa, skd, afd, rtk: the "
         "protocol's ×0.1, ×1, ×10) by last-epoch accuracy on a validation "
         "split carved from the training data (digits: --digits_val images; "
         "Fashion-MNIST: --fashion_val), then run --seeds with the chosen "
-        "weights and report their test accuracy. The sweep goes to the JSON.")
+        "weights and report their test accuracy. The sweep goes to the JSON.",
+    )
     flags.DEFINE_list("tune_seeds", ["0"], "--tune: seeds of the sweep.")
-    flags.DEFINE_integer("digits_val", 300,
-                         "--tune on digits: validation images (stratified).")
+    flags.DEFINE_integer(
+        "digits_val", 300, "--tune on digits: validation images (stratified)."
+    )
     flags.DEFINE_string(
-        "part", None,
-        "A name for this part of a suite run in parts (added to the file "
-        "names).")
+        "part",
+        None,
+        "A name for this part of a suite run in parts (added to the file names).",
+    )
     flags.DEFINE_list(
-        "merge", None,
+        "merge",
+        None,
         "Merge these JSON files (parts of one suite: runs of the same "
-        "datasets) into --output_dir and exit.")
+        "datasets) into --output_dir and exit.",
+    )
     flags.DEFINE_string(
-        "cifar_dataset", None,
-        "cifar suite: the recipes' --dataset (cifar100, or npz:PATH).")
+        "cifar_dataset",
+        None,
+        "cifar suite: the recipes' --dataset (cifar100, or npz:PATH).",
+    )
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory.")
-    flags.DEFINE_string("output_dir", os.path.join(ROOT, "benchmarks", "results"),
-                        "Where the table, JSON and plot go.")
-    flags.DEFINE_string("work_dir", "/tmp/keras_kd_accuracy",
-                        "Where the runs (checkpoints, logs) go.")
-    flags.DEFINE_list("extra_flags", [],
-                      "More flags for every recipe run, e.g. --jit_compile.")
     flags.DEFINE_string(
-        "report_from", None,
-        "Rewrite the table and plot of an earlier run's JSON and exit.")
+        "output_dir",
+        os.path.join(ROOT, "benchmarks", "results"),
+        "Where the table, JSON and plot go.",
+    )
     flags.DEFINE_string(
-        "note", None,
+        "work_dir", "/tmp/keras_kd_accuracy", "Where the runs (checkpoints, logs) go."
+    )
+    flags.DEFINE_list(
+        "extra_flags", [], "More flags for every recipe run, e.g. --jit_compile."
+    )
+    flags.DEFINE_string(
+        "report_from",
+        None,
+        "Rewrite the table and plot of an earlier run's JSON and exit.",
+    )
+    flags.DEFINE_string(
+        "note",
+        None,
         "With --report_from: a note to add to the JSON and the table (e.g. "
-        "what changed during the run).")
+        "what changed during the run).",
+    )
 
 
 def default_methods():
@@ -176,11 +207,12 @@ def suite_datasets(suite):
             "flags": ["--dataset=digits", "--protocol=digits", digits_batch],
             "epochs": FLAGS.epochs or digits["epochs"],
             "teacher_epochs": FLAGS.teacher_epochs or digits["teacher_epochs"],
-            "teacher": "digits_cnn_large", "student": "digits_cnn_small",
+            "teacher": "digits_cnn_large",
+            "student": "digits_cnn_small",
             "protocol_epochs": [digits["epochs"], digits["teacher_epochs"]],
             "note": "scikit-learn digits, 1347 train / 450 test; student on "
-                    "the first 100 training images (recipes' digits "
-                    "protocol)",
+            "the first 100 training images (recipes' digits "
+            "protocol)",
         }
         if FLAGS.tune:
             # Held out: a stratified validation split of the training
@@ -188,63 +220,95 @@ def suite_datasets(suite):
             path, val_path = digits_heldout(FLAGS.work_dir, FLAGS.digits_val)
             digits_data.update(
                 key="digits_heldout",
-                flags=[f"--dataset=npz:{path}", "--protocol=digits",
-                       digits_batch],
+                flags=[f"--dataset=npz:{path}", "--protocol=digits", digits_batch],
                 val_flags=[f"--dataset=npz:{val_path}"],
-                validation={"images": FLAGS.digits_val, "stratified": True,
-                            "seed": 0, "from": "the 1347 training images"},
+                validation={
+                    "images": FLAGS.digits_val,
+                    "stratified": True,
+                    "seed": 0,
+                    "from": "the 1347 training images",
+                },
                 note=f"scikit-learn digits, {1347 - FLAGS.digits_val} train "
-                     f"({FLAGS.digits_val} more carved out, stratified, as "
-                     f"validation) / 450 test; students on the first 100 "
-                     f"training images (recipes' digits protocol)")
+                f"({FLAGS.digits_val} more carved out, stratified, as "
+                f"validation) / 450 test; students on the first 100 "
+                f"training images (recipes' digits protocol)",
+            )
         datasets = [digits_data] if "digits" in FLAGS.datasets else []
         if FLAGS.fashion_mnist and "fashion_mnist" in FLAGS.datasets:
             path, val_path = fashion_subset(
-                FLAGS.fashion_mnist, FLAGS.work_dir, FLAGS.fashion_train,
-                FLAGS.fashion_val)
-            datasets.append({
-                "key": f"fashion_mnist_{FLAGS.fashion_train}",
-                "flags": [f"--dataset=npz:{path}", "--protocol=digits",
-                          f"--batch_size={FLAGS.fashion_batch_size}",
-                          "--train_limit=0", "--reffakd_diagonal=0.008"],
-                "val_flags": [f"--dataset=npz:{val_path}"],
-                "epochs": FLAGS.fashion_epochs,
-                "teacher_epochs": FLAGS.fashion_teacher_epochs,
-                "teacher": "fashion_cnn_large",
-                "student": "fashion_cnn_small",
-                "validation": {
-                    "images": FLAGS.fashion_val, "stratified": True,
-                    "seed": 0, "from": "Fashion-MNIST training images "
-                    "outside the training subset"},
-                "note": f"Fashion-MNIST (exact data), a class-stratified "
-                        f"subset of {FLAGS.fashion_train} of the 60,000 "
-                        f"training images (seed 0), all 10,000 test images; "
-                        f"teacher and students on the whole subset; digits "
-                        f"protocol (Adam 3e-3, no augmentation), batch "
-                        f"{FLAGS.fashion_batch_size}",
-            })
+                FLAGS.fashion_mnist,
+                FLAGS.work_dir,
+                FLAGS.fashion_train,
+                FLAGS.fashion_val,
+            )
+            datasets.append(
+                {
+                    "key": f"fashion_mnist_{FLAGS.fashion_train}",
+                    "flags": [
+                        f"--dataset=npz:{path}",
+                        "--protocol=digits",
+                        f"--batch_size={FLAGS.fashion_batch_size}",
+                        "--train_limit=0",
+                        "--reffakd_diagonal=0.008",
+                    ],
+                    "val_flags": [f"--dataset=npz:{val_path}"],
+                    "epochs": FLAGS.fashion_epochs,
+                    "teacher_epochs": FLAGS.fashion_teacher_epochs,
+                    "teacher": "fashion_cnn_large",
+                    "student": "fashion_cnn_small",
+                    "validation": {
+                        "images": FLAGS.fashion_val,
+                        "stratified": True,
+                        "seed": 0,
+                        "from": "Fashion-MNIST training images "
+                        "outside the training subset",
+                    },
+                    "note": f"Fashion-MNIST (exact data), a class-stratified "
+                    f"subset of {FLAGS.fashion_train} of the 60,000 "
+                    f"training images (seed 0), all 10,000 test images; "
+                    f"teacher and students on the whole subset; digits "
+                    f"protocol (Adam 3e-3, no augmentation), batch "
+                    f"{FLAGS.fashion_batch_size}",
+                }
+            )
         return datasets
     if not FLAGS.cifar_dataset:
         raise app.UsageError("--suite=cifar needs --cifar_dataset.")
     cifar = PROTOCOLS["cifar"]
-    extra = [f"--dataset={FLAGS.cifar_dataset}", "--protocol=cifar",
-             f"--batch_size={cifar['batch_size']}"]
+    extra = [
+        f"--dataset={FLAGS.cifar_dataset}",
+        "--protocol=cifar",
+        f"--batch_size={cifar['batch_size']}",
+    ]
     if FLAGS.data_dir:
         extra.append(f"--data_dir={FLAGS.data_dir}")
     epochs = FLAGS.epochs or cifar["epochs"]
     return [
-        {"key": f"{FLAGS.cifar_dataset}_{t}_{s}".replace(":", "_").replace(
-            "/", "_"), "flags": extra, "epochs": epochs,
-         "teacher_epochs": FLAGS.teacher_epochs or epochs, "teacher": t,
-         "student": s, "protocol_epochs": [cifar["epochs"],
-                                           cifar["teacher_epochs"]],
-         "note": f"docs/methods.md §6 protocol, {epochs} epochs (240 published)"}
+        {
+            "key": f"{FLAGS.cifar_dataset}_{t}_{s}".replace(":", "_").replace("/", "_"),
+            "flags": extra,
+            "epochs": epochs,
+            "teacher_epochs": FLAGS.teacher_epochs or epochs,
+            "teacher": t,
+            "student": s,
+            "protocol_epochs": [cifar["epochs"], cifar["teacher_epochs"]],
+            "note": f"docs/methods.md §6 protocol, {epochs} epochs (240 published)",
+        }
         for t, s in (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"))
     ]
 
 
-def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
-                weights=None, flags_key="flags", work_key=None, tag=""):
+def run_dataset(
+    dataset,
+    methods,
+    seeds,
+    log,
+    on_update=lambda runs: None,
+    weights=None,
+    flags_key="flags",
+    work_key=None,
+    tag="",
+):
     """Trains the teachers and every (method, seed); returns the runs.
 
     `weights` maps a method to extra recipe flags (a chosen term weight);
@@ -254,8 +318,11 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
     is added to the non-kd runs' folder names."""
     work = os.path.join(FLAGS.work_dir, work_key or dataset["key"])
     os.makedirs(work, exist_ok=True)
-    common = dataset["flags"] + dataset.get(flags_key, []) * (
-        flags_key != "flags") + FLAGS.extra_flags
+    common = (
+        dataset["flags"]
+        + dataset.get(flags_key, []) * (flags_key != "flags")
+        + FLAGS.extra_flags
+    )
     weights = weights or {}
     runs, teachers = [], {}
     # The kd runs come first: for seed s, the kd run trains the teacher
@@ -263,34 +330,49 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
     # seed s distils from that teacher file. Then seed by seed, so that an
     # interrupted suite has complete seeds.
     order = [("kd", seed) for seed in seeds if "kd" in methods] + [
-        (method, seed) for seed in seeds for method in methods
-        if method != "kd"]
+        (method, seed) for seed in seeds for method in methods if method != "kd"
+    ]
     for method, seed in order:
         name = method if method == "kd" else method + tag
         out = os.path.join(work, f"{name}_s{seed}")
-        needed = [seed] if method == SKD_SUBSET else [] if method == "kd" else (
-            teacher_seeds(method, seed, seeds))
+        needed = (
+            [seed]
+            if method == SKD_SUBSET
+            else []
+            if method == "kd"
+            else (teacher_seeds(method, seed, seeds))
+        )
         for s in needed:
             if s not in teachers:
                 teachers[s] = wait_for_teacher(work, s, log)
         picked = [teachers[s] for s in needed]
         if None in picked:
-            runs.append({"method": method, "seed": seed,
-                         "failed": "its kd run (teacher) failed",
-                         "command": ""})
+            runs.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "failed": "its kd run (teacher) failed",
+                    "command": "",
+                }
+            )
             continue
         script, args, phases = recipe_call(
-            method, seed, dataset, common + list(weights.get(method, [])),
-            out, picked)
+            method, seed, dataset, common + list(weights.get(method, [])), out, picked
+        )
         log_path = os.path.join(work, f"{name}_s{seed}.log")
         code, seconds, command = run_recipe(script, args, log_path)
         if code != 0:
-            runs.append({"method": method, "seed": seed,
-                         "failed": tail(log_path), "command": command})
+            runs.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "failed": tail(log_path),
+                    "command": command,
+                }
+            )
             if method == "kd":
                 teachers[seed] = None
-            log(f"[{dataset['key']}] {method} seed {seed}: FAILED "
-                f"(see {log_path})")
+            log(f"[{dataset['key']}] {method} seed {seed}: FAILED (see {log_path})")
             on_update(runs)
             continue
         with open(os.path.join(out, "results.json")) as f:
@@ -299,29 +381,39 @@ def run_dataset(dataset, methods, seeds, log, on_update=lambda runs: None,
             teachers[seed] = os.path.join(out, "teacher_0.keras")
         for phase, name in phases:
             result = models[phase]
-            runs.append({
-                "method": name, "seed": seed,
-                "last": result["last_epoch_test_accuracy"],
-                "best": result["best_epoch_test_accuracy"],
-                "best_epoch": result.get("best_epoch"),
-                "epochs": result.get("epochs"),
-                "train_seconds": result.get("train_seconds"),
-                "images_per_second": result.get("images_per_second"),
-                "curve": curve(os.path.join(out, phase, "log.csv")),
-                "command": command,
-            })
-        log(f"[{dataset['key']}] {method} seed {seed}: "
+            runs.append(
+                {
+                    "method": name,
+                    "seed": seed,
+                    "last": result["last_epoch_test_accuracy"],
+                    "best": result["best_epoch_test_accuracy"],
+                    "best_epoch": result.get("best_epoch"),
+                    "epochs": result.get("epochs"),
+                    "train_seconds": result.get("train_seconds"),
+                    "images_per_second": result.get("images_per_second"),
+                    "curve": curve(os.path.join(out, phase, "log.csv")),
+                    "command": command,
+                }
+            )
+        log(
+            f"[{dataset['key']}] {method} seed {seed}: "
             f"{models[phases[0][0]]['last_epoch_test_accuracy']:.4f} "
-            f"({seconds:.0f} s)")
+            f"({seconds:.0f} s)"
+        )
         on_update(runs)
     return runs
 
 
 # The term weight each --tune sweep varies: the recipes' flag and its
 # grid, the protocol's weight times 0.1, 1 and 10.
-TUNE_FLAGS = {"fitnets": "fitnets_weight", "at": "at_weight",
-              "fa": "fa_weight", "skd": "skd_weight", "afd": "afd_weight",
-              "rtk": "afd_weight"}
+TUNE_FLAGS = {
+    "fitnets": "fitnets_weight",
+    "at": "at_weight",
+    "fa": "fa_weight",
+    "skd": "skd_weight",
+    "afd": "afd_weight",
+    "rtk": "afd_weight",
+}
 
 
 def tune_grid(method):
@@ -337,8 +429,7 @@ def tune_dataset(dataset, methods, seeds, log):
     recipe flags per method and the record of the sweep."""
     chosen, record = {}, {}
     work_key = dataset["key"] + "_val"
-    run_dataset(dataset, ["kd"], seeds, log, flags_key="val_flags",
-                work_key=work_key)
+    run_dataset(dataset, ["kd"], seeds, log, flags_key="val_flags", work_key=work_key)
     for method in methods:
         if method not in TUNE_FLAGS:
             continue
@@ -346,9 +437,15 @@ def tune_dataset(dataset, methods, seeds, log):
         scores = {}
         for weight in tune_grid(method):
             runs = run_dataset(
-                dataset, [method], seeds, log,
+                dataset,
+                [method],
+                seeds,
+                log,
                 weights={method: [f"--{flag}={weight:g}"]},
-                flags_key="val_flags", work_key=work_key, tag=f"_w{weight:g}")
+                flags_key="val_flags",
+                work_key=work_key,
+                tag=f"_w{weight:g}",
+            )
             done = [r["last"] for r in runs if "last" in r]
             if done:
                 scores[f"{weight:g}"] = float(np.mean(done))
@@ -357,11 +454,13 @@ def tune_dataset(dataset, methods, seeds, log):
         best = max(scores, key=scores.get)
         chosen[method] = [f"--{flag}={best}"]
         record[method] = {
-            "flag": flag, "validation_accuracy": scores, "chosen": best,
+            "flag": flag,
+            "validation_accuracy": scores,
+            "chosen": best,
             "seeds": seeds,
-            "criterion": "mean last-epoch validation accuracy"}
-        log(f"[{dataset['key']}] {method}: {flag}={best} "
-            f"(validation {scores})")
+            "criterion": "mean last-epoch validation accuracy",
+        }
+        log(f"[{dataset['key']}] {method}: {flag}={best} (validation {scores})")
     return chosen, record
 
 
@@ -376,16 +475,15 @@ def main(argv):
             report.setdefault("notes", []).append(FLAGS.note)
             with open(FLAGS.report_from, "w") as f:
                 json.dump(report, f, indent=1)
-        write_report(report, FLAGS.report_from[:-len(".json")])
+        write_report(report, FLAGS.report_from[: -len(".json")])
         return
 
     methods = FLAGS.methods or default_methods()
-    unknown = [m for m in methods
-               if m not in presets.names() and m != SKD_SUBSET]
+    unknown = [m for m in methods if m not in presets.names() and m != SKD_SUBSET]
     if unknown:
         raise app.UsageError(
-            f"Unknown methods {unknown}; the recipes know "
-            f"{default_methods()}.")
+            f"Unknown methods {unknown}; the recipes know {default_methods()}."
+        )
     if FLAGS.merge:
         merge_reports(FLAGS.merge, FLAGS.output_dir)
         return
@@ -399,31 +497,41 @@ def main(argv):
     report = {
         "suite": FLAGS.suite,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"),
-        "machine": machine.machine_info(
-            "cpu" if FLAGS.suite == "cpu" else "see runs"),
+            timespec="seconds"
+        ),
+        "machine": machine.machine_info("cpu" if FLAGS.suite == "cpu" else "see runs"),
         "backend": keras.backend.backend(),
-        "command": " ".join([f"KERAS_BACKEND={keras.backend.backend()}",
-                             "python"] + sys.argv),
+        "command": " ".join(
+            [f"KERAS_BACKEND={keras.backend.backend()}", "python"] + sys.argv
+        ),
         "seeds": seeds,
         "methods": methods,
         "datasets": [],
     }
     datasets = suite_datasets(FLAGS.suite)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.output_dir, "accuracy_{}_{}_{}_{}{}".format(
-        FLAGS.suite, "_".join(d["key"] for d in datasets),
-        report["backend"], report["date"][:10],
-        f"_{FLAGS.part}" if FLAGS.part else ""))
+    stem = os.path.join(
+        FLAGS.output_dir,
+        "accuracy_{}_{}_{}_{}{}".format(
+            FLAGS.suite,
+            "_".join(d["key"] for d in datasets),
+            report["backend"],
+            report["date"][:10],
+            f"_{FLAGS.part}" if FLAGS.part else "",
+        ),
+    )
     partial = stem + ".partial.json"
 
     def save_partial(dataset, runs):
         # After every run, so an interrupted suite can still be reported
         # (--report_from=<this file>).
         done = dict(dataset, runs=runs, summary=summarize(runs))
-        snapshot = dict(report, datasets=report["datasets"] + [done],
-                        wall_seconds=time.perf_counter() - start,
-                        interrupted=True)
+        snapshot = dict(
+            report,
+            datasets=report["datasets"] + [done],
+            wall_seconds=time.perf_counter() - start,
+            interrupted=True,
+        )
         with open(partial, "w") as f:
             json.dump(snapshot, f, indent=1)
 
@@ -431,15 +539,21 @@ def main(argv):
         weights = {}
         if FLAGS.tune:
             if "val_flags" not in dataset:
-                raise app.UsageError(f"--tune: {dataset['key']} has no "
-                                     f"validation split.")
+                raise app.UsageError(
+                    f"--tune: {dataset['key']} has no validation split."
+                )
             weights, dataset["tuning"] = tune_dataset(
-                dataset, methods, [int(s) for s in FLAGS.tune_seeds], print)
-        runs = run_dataset(dataset, methods, seeds, print,
-                           lambda runs, d=dataset: save_partial(d, runs),
-                           weights=weights)
-        report["datasets"].append(dict(dataset, runs=runs,
-                                       summary=summarize(runs)))
+                dataset, methods, [int(s) for s in FLAGS.tune_seeds], print
+            )
+        runs = run_dataset(
+            dataset,
+            methods,
+            seeds,
+            print,
+            lambda runs, d=dataset: save_partial(d, runs),
+            weights=weights,
+        )
+        report["datasets"].append(dict(dataset, runs=runs, summary=summarize(runs)))
     report["wall_seconds"] = time.perf_counter() - start
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1)

@@ -20,9 +20,12 @@ def stratified_split(y, count, rng, exclude=()):
     """`count` indices of `y`, the same number per class, none in `exclude`."""
     classes = np.unique(y)
     free = np.setdiff1d(np.arange(len(y)), np.asarray(exclude, int))
-    picked = np.concatenate([
-        rng.choice(free[y[free] == c], count // len(classes), replace=False)
-        for c in classes])
+    picked = np.concatenate(
+        [
+            rng.choice(free[y[free] == c], count // len(classes), replace=False)
+            for c in classes
+        ]
+    )
     return rng.permutation(picked)  # Mixed classes in every prefix.
 
 
@@ -39,8 +42,7 @@ def digits_heldout(work_dir, val):
     (x, y), (x_test, y_test), _ = data.load("digits")
     held = stratified_split(y, val, np.random.default_rng(0))
     keep = np.setdiff1d(np.arange(len(y)), held)  # Keeps the order.
-    for folder, (tx, ty) in ((out, (x_test, y_test)),
-                             (out_val, (x[held], y[held]))):
+    for folder, (tx, ty) in ((out, (x_test, y_test)), (out_val, (x[held], y[held]))):
         os.makedirs(folder, exist_ok=True)
         np.savez(os.path.join(folder, "train.npz"), x=x[keep], y=y[keep])
         np.savez(os.path.join(folder, "test.npz"), x=tx, y=ty)
@@ -61,13 +63,14 @@ def fashion_subset(source, work_dir, train, val):
     data = np.load(os.path.join(source, "train.npz"))
     x, y = data["x"], data["y"]
     picked = stratified_split(y, train, rng)
-    rest = stratified_split(y, val, rng, exclude=(
-        picked if train < len(y) else ()))
+    rest = stratified_split(y, val, rng, exclude=(picked if train < len(y) else ()))
     if train >= len(y):
         picked = np.setdiff1d(picked, rest)
     test = np.load(os.path.join(source, "test.npz"))
-    for folder, (tx, ty) in ((out, (test["x"], test["y"])),
-                             (out_val, (x[rest], y[rest]))):
+    for folder, (tx, ty) in (
+        (out, (test["x"], test["y"])),
+        (out_val, (x[rest], y[rest])),
+    ):
         os.makedirs(folder, exist_ok=True)
         np.savez(os.path.join(folder, "train.npz"), x=x[picked], y=y[picked])
         np.savez(os.path.join(folder, "test.npz"), x=tx, y=ty)

@@ -26,8 +26,7 @@ def summarize(runs):
     rows = []
     for method, items in table.items():
         done = [r for r in items if "failed" not in r]
-        row = {"method": method, "seeds": len(done),
-               "failed": len(items) - len(done)}
+        row = {"method": method, "seeds": len(done), "failed": len(items) - len(done)}
         for key in ("last", "best", "train_seconds", "images_per_second"):
             values = [r[key] for r in done if r.get(key) is not None]
             if values:
@@ -52,12 +51,13 @@ def format_markdown(report):
         "",
     ]
     if report.get("interrupted"):
-        lines += ["**Interrupted suite**: only the runs counted in `runs` "
-                  "finished.", ""]
+        lines += [
+            "**Interrupted suite**: only the runs counted in `runs` finished.",
+            "",
+        ]
     for dataset in report["datasets"]:
         lines += [
-            f"## {dataset['key']}: {dataset['teacher']} → "
-            f"{dataset['student']}",
+            f"## {dataset['key']}: {dataset['teacher']} → {dataset['student']}",
             "",
             f"{dataset['note']}; {dataset['epochs']} student epochs, "
             f"teachers {dataset['teacher_epochs']}.",
@@ -65,19 +65,26 @@ def format_markdown(report):
         ]
         if dataset.get("validation"):
             v = dataset["validation"]
-            lines += [f"Validation split (every choice; never test): "
-                      f"{v['images']} images, class-stratified, seed "
-                      f"{v['seed']}, from {v['from']}.", ""]
+            lines += [
+                f"Validation split (every choice; never test): "
+                f"{v['images']} images, class-stratified, seed "
+                f"{v['seed']}, from {v['from']}.",
+                "",
+            ]
         for method, t in dataset.get("tuning", {}).items():
-            grid = ", ".join(f"{w}: {100 * a:.2f}%"
-                             for w, a in t["validation_accuracy"].items())
-            lines += [f"- {method}: `--{t['flag']}={t['chosen']}` chosen by "
-                      f"{t['criterion']} (seeds {t['seeds']}) over {grid}"]
+            grid = ", ".join(
+                f"{w}: {100 * a:.2f}%" for w, a in t["validation_accuracy"].items()
+            )
+            lines += [
+                f"- {method}: `--{t['flag']}={t['chosen']}` chosen by "
+                f"{t['criterion']} (seeds {t['seeds']}) over {grid}"
+            ]
         if dataset.get("tuning"):
             lines.append("")
         protocol = dataset.get("protocol_epochs")
         if protocol and [dataset["epochs"], dataset["teacher_epochs"]] != (
-                list(protocol)):
+            list(protocol)
+        ):
             lines += [
                 f"**Shortened run**: {dataset['epochs']} student / "
                 f"{dataset['teacher_epochs']} teacher epochs instead of the "
@@ -90,22 +97,25 @@ def format_markdown(report):
             "(points) | runs | train s / run | images/s (recipes' timer) |",
             "|---|---|---|---|---|---|---|",
         ]
-        kd_row = next((r for r in dataset["summary"]
-                       if r["method"] == "kd" and "last" in r), None)
+        kd_row = next(
+            (r for r in dataset["summary"] if r["method"] == "kd" and "last" in r), None
+        )
         for row in dataset["summary"]:
+
             def pm(key, scale=1.0, fmt=".2f"):
                 if key not in row:
                     return "–"
-                return (f"{scale * row[key]:{fmt}} ± "
-                        f"{scale * row[key + '_std']:{fmt}}")
+                return f"{scale * row[key]:{fmt}} ± {scale * row[key + '_std']:{fmt}}"
 
             runs = f"{row['seeds']}" + (
-                f" ({row['failed']} failed)" if row["failed"] else "")
+                f" ({row['failed']} failed)" if row["failed"] else ""
+            )
             lines.append(
                 f"| {row['method']} | {pm('last', 100)} | {pm('best', 100)} "
                 f"| {_versus(row, kd_row)} "
                 f"| {runs} | {pm('train_seconds', 1, '.0f')} | "
-                f"{pm('images_per_second', 1, '.0f')} |")
+                f"{pm('images_per_second', 1, '.0f')} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -115,20 +125,28 @@ def _versus(row, kd_row):
     exceeds the two rows' standard deviations added (a plain, conservative
     reading of 3 seeds). The teacher and the class-subset rows (another
     task: accuracy on the subset's classes) are not compared."""
-    if kd_row is None or "last" not in row or row is kd_row or (
-            row["method"] == "teacher" or row["method"].startswith("subset:")):
+    if (
+        kd_row is None
+        or "last" not in row
+        or row is kd_row
+        or (row["method"] == "teacher" or row["method"].startswith("subset:"))
+    ):
         return "–"
     diff = 100 * (row["last"] - kd_row["last"])
     noise = 100 * (row["last_std"] + kd_row["last_std"])
-    verdict = "above" if diff > noise else "below" if -diff > noise else (
-        "within noise")
+    verdict = (
+        "above" if diff > noise else "below" if -diff > noise else ("within noise")
+    )
     return f"{diff:+.2f} ({verdict})"
 
 
 def _colours(names, plt):
     """One colour per method: tab20, tab20b and tab20c give 60."""
-    palette = [plt.get_cmap(name)(i) for name in ("tab20", "tab20b", "tab20c")
-               for i in range(20)]
+    palette = [
+        plt.get_cmap(name)(i)
+        for name in ("tab20", "tab20b", "tab20c")
+        for i in range(20)
+    ]
     if len(names) > len(palette):
         raise ValueError(f"{len(names)} methods, {len(palette)} colours.")
     return {m: palette[i] for i, m in enumerate(names)}
@@ -140,8 +158,9 @@ def plot(report, path):
     try:
         import matplotlib
     except ImportError:
-        print(f"matplotlib is not installed: no plot at {path} "
-              f"(pip install matplotlib).")
+        print(
+            f"matplotlib is not installed: no plot at {path} (pip install matplotlib)."
+        )
         return False
 
     matplotlib.use("Agg")
@@ -149,45 +168,64 @@ def plot(report, path):
 
     datasets = report["datasets"]
     widest = max(len(d["summary"]) for d in datasets)
-    fig, axes = plt.subplots(len(datasets), 2,
-                             figsize=(max(12, 0.5 * widest + 8),
-                                      5 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(datasets),
+        2,
+        figsize=(max(12, 0.5 * widest + 8), 5 * len(datasets)),
+        squeeze=False,
+    )
     for (bars, curves), dataset in zip(axes, datasets):
         # The teacher is a reference line, not a method.
-        teacher = [r for r in dataset["summary"]
-                   if r["method"] == "teacher" and "last" in r]
-        rows = [r for r in dataset["summary"]
-                if "last" in r and r["method"] != "teacher"]
+        teacher = [
+            r for r in dataset["summary"] if r["method"] == "teacher" and "last" in r
+        ]
+        rows = [
+            r for r in dataset["summary"] if "last" in r and r["method"] != "teacher"
+        ]
         names = [r["method"] for r in rows]
         colours = _colours(names, plt)
-        bars.bar(names, [100 * r["last"] for r in rows],
-                 yerr=[100 * r["last_std"] for r in rows], capsize=3,
-                 color=[colours[m] for m in names])
+        bars.bar(
+            names,
+            [100 * r["last"] for r in rows],
+            yerr=[100 * r["last_std"] for r in rows],
+            capsize=3,
+            color=[colours[m] for m in names],
+        )
         for r in teacher:
-            bars.axhline(100 * r["last"], color="black", linestyle="--",
-                         linewidth=1, label=f"teacher {100 * r['last']:.1f}%")
+            bars.axhline(
+                100 * r["last"],
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label=f"teacher {100 * r['last']:.1f}%",
+            )
             bars.legend(fontsize=7)
         bars.set_ylabel("last-epoch test accuracy %")
-        bars.set_title(f"{dataset['key']}: {dataset['teacher']} → "
-                       f"{dataset['student']}")
+        bars.set_title(f"{dataset['key']}: {dataset['teacher']} → {dataset['student']}")
         bars.set_xticks(range(len(names)))
         bars.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
         low = min(100 * r["last"] for r in rows + teacher) if rows else 0
         bars.set_ylim(max(0, low - 10), 100)
         for method in names:
-            curves_ = [r["curve"] for r in dataset["runs"]
-                       if r["method"] == method and r.get("curve")]
+            curves_ = [
+                r["curve"]
+                for r in dataset["runs"]
+                if r["method"] == method and r.get("curve")
+            ]
             if not curves_:
                 continue
             length = min(map(len, curves_))
             mean = np.mean([c[:length] for c in curves_], axis=0)
-            curves.plot(np.arange(1, length + 1), 100 * mean, label=method,
-                        color=colours[method])
+            curves.plot(
+                np.arange(1, length + 1),
+                100 * mean,
+                label=method,
+                color=colours[method],
+            )
         curves.set_xlabel("epoch")
         curves.xaxis.get_major_locator().set_params(integer=True)
         curves.set_ylabel("test accuracy % (mean over seeds)")
-        curves.legend(fontsize=6, ncol=2, loc="upper left",
-                      bbox_to_anchor=(1.0, 1.0))
+        curves.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -197,12 +235,15 @@ def plot(report, path):
 def write_report(report, stem):
     markdown = format_markdown(report)
     if report.get("parts"):  # A merged suite: its parts' own wall times.
-        markdown += "\nWall time per part (min): " + ", ".join(
-            f"{p['file']} {p['wall_seconds'] / 60:.1f}"
-            for p in report["parts"]) + ".\n"
+        markdown += (
+            "\nWall time per part (min): "
+            + ", ".join(
+                f"{p['file']} {p['wall_seconds'] / 60:.1f}" for p in report["parts"]
+            )
+            + ".\n"
+        )
     else:
-        markdown += (f"\nTotal wall time: {report['wall_seconds'] / 60:.1f} "
-                     f"min.\n")
+        markdown += f"\nTotal wall time: {report['wall_seconds'] / 60:.1f} min.\n"
     for note in report.get("notes", []):
         markdown += f"\nNote: {note}\n"
     with open(stem + ".md", "w") as f:
@@ -219,14 +260,21 @@ def merge_reports(paths, output_dir):
     for path in paths:
         with open(path) as f:
             parts.append(json.load(f))
-    report = dict(parts[0], parts=[
-        {"file": os.path.basename(p), "command": r["command"],
-         "methods": r["methods"], "wall_seconds": r["wall_seconds"],
-         "interrupted": bool(r.get("interrupted"))}
-        for p, r in zip(paths, parts)])
+    report = dict(
+        parts[0],
+        parts=[
+            {
+                "file": os.path.basename(p),
+                "command": r["command"],
+                "methods": r["methods"],
+                "wall_seconds": r["wall_seconds"],
+                "interrupted": bool(r.get("interrupted")),
+            }
+            for p, r in zip(paths, parts)
+        ],
+    )
     report["command"] = " ; ".join(r["command"] for r in parts)
-    report["methods"] = list(dict.fromkeys(
-        m for r in parts for m in r["methods"]))
+    report["methods"] = list(dict.fromkeys(m for r in parts for m in r["methods"]))
     report["interrupted"] = any(r.get("interrupted") for r in parts)
     report["wall_seconds"] = sum(r["wall_seconds"] for r in parts)
     datasets = {}
@@ -236,16 +284,21 @@ def merge_reports(paths, output_dir):
             # A run in a later part (e.g. a suite resumed in the same work
             # folder) replaces the same (method, seed) of an earlier one.
             again = {(x["method"], x["seed"]) for x in d["runs"]}
-            merged["runs"] = [x for x in merged["runs"]
-                              if (x["method"], x["seed"]) not in again]
+            merged["runs"] = [
+                x for x in merged["runs"] if (x["method"], x["seed"]) not in again
+            ]
             merged["runs"] += d["runs"]
             if d.get("tuning"):
                 merged.setdefault("tuning", {}).update(d["tuning"])
-    report["datasets"] = [dict(d, summary=summarize(d["runs"]))
-                          for d in datasets.values()]
-    stem = os.path.join(output_dir, "accuracy_{}_{}_{}_{}".format(
-        report["suite"], "_".join(datasets), report["backend"],
-        report["date"][:10]))
+    report["datasets"] = [
+        dict(d, summary=summarize(d["runs"])) for d in datasets.values()
+    ]
+    stem = os.path.join(
+        output_dir,
+        "accuracy_{}_{}_{}_{}".format(
+            report["suite"], "_".join(datasets), report["backend"], report["date"][:10]
+        ),
+    )
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1)
     write_report(report, stem)

@@ -28,8 +28,7 @@ def run_recipe(script, args, log_path):
     command = [sys.executable, os.path.join(ROOT, "recipes", script)] + args
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=ROOT)
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     return code, time.perf_counter() - start, " ".join(command[1:])
 
 
@@ -62,9 +61,12 @@ def wait_for_teacher(work, seed, log, timeout=3600):
 # class subset, beside its three baselines, from the seed's kd teacher.
 SKD_SUBSET = "skd_subset"
 SKD_SUBSET_CLASSES = "0,1,2,3,4"
-SKD_SUBSET_PHASES = [("skd", "subset: skd"), ("scratch", "subset: scratch"),
-                     ("finetune", "subset: finetune teacher"),
-                     ("subset_kd", "subset: renormalised-logits kd")]
+SKD_SUBSET_PHASES = [
+    ("skd", "subset: skd"),
+    ("scratch", "subset: scratch"),
+    ("finetune", "subset: finetune teacher"),
+    ("subset_kd", "subset: renormalised-logits kd"),
+]
 # Flags of the suite's datasets that only recipes/distill.py knows.
 _DISTILL_ONLY = ("--reffakd_",)
 
@@ -75,27 +77,41 @@ def teacher_seeds(method, seed, seeds):
     spec = presets.get(method)
     if spec.teacher != "model":
         return []
-    rotation = seeds[seeds.index(seed):] + seeds[:seeds.index(seed)]
-    return [rotation[i % len(rotation)]
-            for i in range(max(spec.min_teachers, 1))]
+    rotation = seeds[seeds.index(seed) :] + seeds[: seeds.index(seed)]
+    return [rotation[i % len(rotation)] for i in range(max(spec.min_teachers, 1))]
 
 
 def recipe_call(method, seed, dataset, common, out, teachers):
     """`(script, args, phases)` of one run; `phases` pairs each model of its
     results.json with the method name it is reported as."""
-    args = [f"--seed={seed}", f"--student={dataset['student']}",
-            f"--epochs={dataset['epochs']}", f"--output_dir={out}",
-            "--export="]
+    args = [
+        f"--seed={seed}",
+        f"--student={dataset['student']}",
+        f"--epochs={dataset['epochs']}",
+        f"--output_dir={out}",
+        "--export=",
+    ]
     if method == SKD_SUBSET:
         common = [a for a in common if not a.startswith(_DISTILL_ONLY)]
-        return "specialize.py", common + args + [
-            f"--teacher={teachers[0]}", f"--classes={SKD_SUBSET_CLASSES}",
-            "--images_per_class=0"], SKD_SUBSET_PHASES
+        return (
+            "specialize.py",
+            common
+            + args
+            + [
+                f"--teacher={teachers[0]}",
+                f"--classes={SKD_SUBSET_CLASSES}",
+                "--images_per_class=0",
+            ],
+            SKD_SUBSET_PHASES,
+        )
     args = common + [f"--method={method}"] + args
     phases = [("distilled", method)]
     if method == "kd":
-        args += ["--baseline", f"--teacher={dataset['teacher']}",
-                 f"--teacher_epochs={dataset['teacher_epochs']}"]
+        args += [
+            "--baseline",
+            f"--teacher={dataset['teacher']}",
+            f"--teacher_epochs={dataset['teacher_epochs']}",
+        ]
         phases += [("teacher_0", "teacher"), ("student_alone", "student")]
     else:
         args.append("--nobaseline")

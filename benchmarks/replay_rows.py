@@ -25,7 +25,6 @@ import os
 import time
 
 import numpy as np
-
 import throughput as tp
 
 import keras_kd as kd
@@ -48,8 +47,9 @@ class ReplayRunner:
 
     def __call__(self, x, y, batch_size):
         start = time.perf_counter()
-        self.model.fit(self.stream, epochs=1, steps_per_epoch=self.stream.steps,
-                       verbose=0)
+        self.model.fit(
+            self.stream, epochs=1, steps_per_epoch=self.stream.steps, verbose=0
+        )
         return time.perf_counter() - start
 
 
@@ -60,8 +60,9 @@ class ReplayRows:
     recording that compiles the teacher) and its storage in bytes per
     example per epoch."""
 
-    def __init__(self, teacher, make_student, batch_size, steps, workers,
-                 folder, seed=0):
+    def __init__(
+        self, teacher, make_student, batch_size, steps, workers, folder, seed=0
+    ):
         shape = tuple(teacher.inputs[0].shape[1:])
         classes = int(teacher.outputs[0].shape[-1])
         rng = np.random.default_rng(seed)
@@ -71,30 +72,57 @@ class ReplayRows:
         self.make_student, self.seed = make_student, seed
         self.batch_size, self.workers = batch_size, workers
         self.spec = spec = kd.offline.CropFlip(
-            padding=4, normalize=kd.data.channel_stats(self.x))
+            padding=4, normalize=kd.data.channel_stats(self.x)
+        )
         self.path = os.path.join(folder, "record")
-        kd.offline.record(teacher, (self.x[:batch_size], self.y[:batch_size]),
-                          spec, 1, os.path.join(folder, "warm"), seed,
-                          batch_size=batch_size, verbose=0)
+        kd.offline.record(
+            teacher,
+            (self.x[:batch_size], self.y[:batch_size]),
+            spec,
+            1,
+            os.path.join(folder, "warm"),
+            seed,
+            batch_size=batch_size,
+            verbose=0,
+        )
         start = time.perf_counter()
-        kd.offline.record(teacher, (self.x, self.y), spec, 1, self.path, seed,
-                          batch_size=batch_size, verbose=0)
+        kd.offline.record(
+            teacher,
+            (self.x, self.y),
+            spec,
+            1,
+            self.path,
+            seed,
+            batch_size=batch_size,
+            verbose=0,
+        )
         seconds = time.perf_counter() - start
-        stored = sum(os.path.getsize(os.path.join(self.path, f))
-                     for f in os.listdir(self.path) if f.endswith(".npz"))
-        self.record_row = {"images_per_s": n / seconds,
-                           "bytes_per_example_epoch": stored / n}
+        stored = sum(
+            os.path.getsize(os.path.join(self.path, f))
+            for f in os.listdir(self.path)
+            if f.endswith(".npz")
+        )
+        self.record_row = {
+            "images_per_s": n / seconds,
+            "bytes_per_example_epoch": stored / n,
+        }
 
     def _stream(self, targets):
         """The recorded stream; without targets, the same crops from the
         record's augmentation and seed (images and labels only)."""
         if targets:
             return kd.offline.ReplayPyDataset(
-                self.x, self.y, self.batch_size, record=self.path,
-                workers=self.workers)
+                self.x, self.y, self.batch_size, record=self.path, workers=self.workers
+            )
         return kd.offline.ReplayPyDataset(
-            self.x, self.y, self.batch_size, augmentation=self.spec,
-            seed=self.seed, targets=False, workers=self.workers)
+            self.x,
+            self.y,
+            self.batch_size,
+            augmentation=self.spec,
+            seed=self.seed,
+            targets=False,
+            workers=self.workers,
+        )
 
     def runner(self, config):
         """The runner of `student_replay` or `kd_recorded`."""
@@ -103,8 +131,10 @@ class ReplayRows:
             model = student
         elif config == "kd_recorded":
             model = kd.Distiller(
-                kd.offline.RecordedTeacher(self.path), student,
-                **kd.presets.build("kd", None, student))
+                kd.offline.RecordedTeacher(self.path),
+                student,
+                **kd.presets.build("kd", None, student),
+            )
         else:
             raise ValueError(f"Unknown replay row '{config}'.")
         model.compile(optimizer=tp._optimizer(), loss=tp._ce())

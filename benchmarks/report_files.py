@@ -53,15 +53,20 @@ def summary(values):
         "min": float(values.min()),
         "max": float(values.max()),
         "spread_pct": float(100 * (values.max() - values.min()) / median)
-        if median else 0.0,
+        if median
+        else 0.0,
     }
 
 
 def versions():
     """The versions of Python, Keras, keras_kd, NumPy and the imported
     backends."""
-    versions = {"python": platform.python_version(), "keras": keras.__version__,
-                "keras_kd": kd.__version__, "numpy": np.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "keras_kd": kd.__version__,
+        "numpy": np.__version__,
+    }
     for module in ("tensorflow", "jax", "torch"):
         if module in sys.modules:
             versions[module] = getattr(sys.modules[module], "__version__", "?")

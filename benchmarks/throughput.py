@@ -47,12 +47,11 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras  # noqa: E402
 import report_files  # noqa: E402
 import torch_twins  # noqa: E402
 from memory_sampler import MemorySampler  # noqa: E402
 from memory_sampler import host_rss_bytes  # noqa: E402
-
-import keras  # noqa: E402
 
 import keras_kd as kd  # noqa: E402
 from keras_kd import machine  # noqa: E402
@@ -70,11 +69,15 @@ KD_CONFIGS = (
     "kd_reffakd",
 )
 ALL_CONFIGS = (
-    "student",
-    "teacher_forward",
-    "keras_logits",
-    "keras_logits_feature",
-) + KD_CONFIGS + ("torch_kd",)
+    (
+        "student",
+        "teacher_forward",
+        "keras_logits",
+        "keras_logits_feature",
+    )
+    + KD_CONFIGS
+    + ("torch_kd",)
+)
 DESCRIPTIONS = {
     "student": "student alone (fit, CE)",
     "teacher_forward": "teacher forward alone (predict)",
@@ -112,28 +115,34 @@ def define_flags():
     flags.DEFINE_integer("repeats", 5, "Timed repeats, round-robin over rows.")
     flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after compilation.")
     flags.DEFINE_bool(
-        "mixed_precision", False,
+        "mixed_precision",
+        False,
         "mixed_float16 on accelerators, mixed_bfloat16 on CPU.",
     )
     flags.DEFINE_list("input_shape", ["32", "32", "3"], "Image shape H,W,C.")
     flags.DEFINE_integer("num_classes", 100, "Number of classes.")
     flags.DEFINE_list(
-        "configs", list(ALL_CONFIGS),
+        "configs",
+        list(ALL_CONFIGS),
         "Rows to run (student and teacher_forward are always run).",
     )
     flags.DEFINE_string(
-        "feature_layer", None,
+        "feature_layer",
+        None,
         "Layer for the feature rows (default: the last stage whose teacher and "
         "student shapes are equal).",
     )
     flags.DEFINE_string("output_dir", None, "Where to write the JSON and table.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_enum(
-        "clock", "wall", list(CLOCKS),
+        "clock",
+        "wall",
+        list(CLOCKS),
         "What a row's time is: 'wall' (elapsed seconds; use it on a "
         "dedicated machine or an accelerator) or 'cpu' (CPU seconds of this "
         "process, all threads: on a CPU shared with other jobs, a row's "
-        "cost stays put while wall time swings with the other jobs' load).")
+        "cost stays put while wall time swings with the other jobs' load).",
+    )
 
 
 # Configurations.
@@ -175,10 +184,16 @@ def _ce():
 def _kd_terms(config, teacher, student, feature_layer):
     """The `kd.Distiller` keyword arguments of one configuration, from
     `kd.presets` with the papers' defaults (SKD's stages at weight 1)."""
-    presets = {"kd_logits": ("kd", {}), "kd_logits_feature": ("kd", {}),
-               "kd_fa": ("fa", {}), "kd_at": ("kd+at", {}),
-               "kd_afd": ("afd", {}), "kd_rtk": ("rtk", {}),
-               "kd_skd": ("skd", {"skd_weight": 1.0}), "kd_dlkd": ("dlkd", {})}
+    presets = {
+        "kd_logits": ("kd", {}),
+        "kd_logits_feature": ("kd", {}),
+        "kd_fa": ("fa", {}),
+        "kd_at": ("kd+at", {}),
+        "kd_afd": ("afd", {}),
+        "kd_rtk": ("rtk", {}),
+        "kd_skd": ("skd", {"skd_weight": 1.0}),
+        "kd_dlkd": ("dlkd", {}),
+    }
     if config not in presets:
         raise ValueError(f"Unknown configuration '{config}'.")
     name, overrides = presets[config]
@@ -187,7 +202,8 @@ def _kd_terms(config, teacher, student, feature_layer):
     kwargs = kd.presets.build(name, teacher, student, **overrides)
     if config == "kd_logits_feature":
         kwargs["distillation_losses"].append(
-            kd.losses.FeatureDistillation(feature_layer, feature_layer))
+            kd.losses.FeatureDistillation(feature_layer, feature_layer)
+        )
         kwargs["distillation_loss_weights"].append(0.9)
     return kwargs
 
@@ -209,8 +225,9 @@ class KerasRunner:
         if self.predict:
             self.model.predict(x, batch_size=batch_size, verbose=0)
         else:
-            self.model.fit(x, y, batch_size=batch_size, epochs=1,
-                           shuffle=False, verbose=0)
+            self.model.fit(
+                x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0
+            )
         return _clock[0]() - start
 
 
@@ -228,29 +245,32 @@ def build_runner(config, teacher, make_student, feature_layer, num_classes):
         if config == "keras_logits_feature":
             if feature_layer is None:
                 return "no same-shape layer in teacher and student"
-            losses.append(keras.distillation.FeatureDistillation(
-                "mse", feature_layer, feature_layer))
+            losses.append(
+                keras.distillation.FeatureDistillation(
+                    "mse", feature_layer, feature_layer
+                )
+            )
         model = keras.distillation.Distiller(
-            teacher, student, losses, [1.0] * len(losses),
-            student_loss_weight=0.1)
+            teacher, student, losses, [1.0] * len(losses), student_loss_weight=0.1
+        )
     elif config == "kd_reffakd":
         rng = np.random.default_rng(0)
-        similarity = np.eye(num_classes) + 0.1 * rng.random(
-            (num_classes, num_classes))
+        similarity = np.eye(num_classes) + 0.1 * rng.random((num_classes, num_classes))
         table = kd.reffakd.soft_label_table(similarity)
-        model = kd.Distiller(kd.SoftLabelTeacher(table), student,
-                             kd.losses.LogitsDistillation(TEMPERATURE),
-                             student_loss_weight=0.1)
+        model = kd.Distiller(
+            kd.SoftLabelTeacher(table),
+            student,
+            kd.losses.LogitsDistillation(TEMPERATURE),
+            student_loss_weight=0.1,
+        )
     else:
-        if config == "kd_dlkd" and not hasattr(
-            kd.losses, "DualLevelDistillation"
-        ):
+        if config == "kd_dlkd" and not hasattr(kd.losses, "DualLevelDistillation"):
             return "kd.losses.DualLevelDistillation is not in this version"
         if config == "kd_logits_feature" and feature_layer is None:
             return "no same-shape layer in teacher and student"
         model = kd.Distiller(
-            teacher, student,
-            **_kd_terms(config, teacher, student, feature_layer))
+            teacher, student, **_kd_terms(config, teacher, student, feature_layer)
+        )
     model.compile(optimizer=_optimizer(), loss=_ce())
     return KerasRunner(model)
 
@@ -267,17 +287,31 @@ def build_torch_runner(teacher, student):
     if not torch_installed():
         return "PyTorch is not installed"
     return torch_twins.build_torch_runner(
-        teacher, student, clock=lambda: _clock[0](), temperature=TEMPERATURE)
+        teacher, student, clock=lambda: _clock[0](), temperature=TEMPERATURE
+    )
 
 
 # Measurement.
 
 
-def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
-                  steps=None, repeats=5, warmup_steps=2, mixed_precision=False,
-                  input_shape=(32, 32, 3), num_classes=100, configs=None,
-                  feature_layer=None, seed=0, output_dir=None, command=None,
-                  clock="wall", log=print):
+def run_benchmark(
+    teacher="resnet32x4",
+    student="resnet8x4",
+    batch_size=None,
+    steps=None,
+    repeats=5,
+    warmup_steps=2,
+    mixed_precision=False,
+    input_shape=(32, 32, 3),
+    num_classes=100,
+    configs=None,
+    feature_layer=None,
+    seed=0,
+    output_dir=None,
+    command=None,
+    clock="wall",
+    log=print,
+):
     """Runs the benchmark and returns its results as a dict (see module
     docstring); writes `throughput_<backend>_<device>_<date>.{json,md}` to
     `output_dir` when given."""
@@ -291,10 +325,12 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
     unknown = sorted(set(configs) - set(ALL_CONFIGS))
     if unknown:
         raise ValueError(
-            f"Unknown configurations {unknown}; choose from {ALL_CONFIGS}.")
+            f"Unknown configurations {unknown}; choose from {ALL_CONFIGS}."
+        )
     configs = ["student", "teacher_forward"] + [
-        c for c in ALL_CONFIGS if c in configs
-        and c not in ("student", "teacher_forward")
+        c
+        for c in ALL_CONFIGS
+        if c in configs and c not in ("student", "teacher_forward")
     ]
     policy = "float32"
     if mixed_precision:
@@ -309,7 +345,7 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
     probe = make_student()
     feature_layer = same_shape_layer(teacher_model, probe, feature_layer)
     x, y = make_data(batch_size, steps, input_shape, num_classes, seed)
-    warm_x, warm_y = x[:batch_size * warmup_steps], y[:batch_size * warmup_steps]
+    warm_x, warm_y = x[: batch_size * warmup_steps], y[: batch_size * warmup_steps]
 
     runners, skipped, setup = {}, {}, {}
     with MemorySampler() as sampler:
@@ -317,8 +353,9 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
             rss_before = host_rss_bytes()
             sampler.label = config
             start = time.perf_counter()
-            runner = build_runner(config, teacher_model, make_student,
-                                  feature_layer, num_classes)
+            runner = build_runner(
+                config, teacher_model, make_student, feature_layer, num_classes
+            )
             if isinstance(runner, str):
                 skipped[config] = runner
                 sampler.label = None
@@ -343,14 +380,18 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
 
     images = batch_size * steps
     rates = {c: images / np.asarray(t) for c, t in times.items()}
-    rates["fused_limit"] = 1 / (
-        1 / rates["student"] + 1 / rates["teacher_forward"])
+    rates["fused_limit"] = 1 / (1 / rates["student"] + 1 / rates["teacher_forward"])
     order = ["student", "teacher_forward", "fused_limit"] + configs[2:]
     rows = []
     for config in order:
         if config in skipped:
-            rows.append({"config": config, "description": DESCRIPTIONS[config],
-                         "skipped": skipped[config]})
+            rows.append(
+                {
+                    "config": config,
+                    "description": DESCRIPTIONS[config],
+                    "skipped": skipped[config],
+                }
+            )
             continue
         rate = rates[config]
         row = {
@@ -374,17 +415,25 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
 
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"),
+            timespec="seconds"
+        ),
         "machine": machine.machine_info(),
         "backend": keras.backend.backend(),
         "versions": report_files.versions(),
         "command": command,
         "settings": {
-            "teacher": teacher, "student": student, "batch_size": batch_size,
-            "steps": steps, "repeats": repeats, "warmup_steps": warmup_steps,
-            "dtype_policy": policy, "input_shape": list(input_shape),
-            "num_classes": num_classes, "feature_layer": feature_layer,
-            "seed": seed, "clock": clock,
+            "teacher": teacher,
+            "student": student,
+            "batch_size": batch_size,
+            "steps": steps,
+            "repeats": repeats,
+            "warmup_steps": warmup_steps,
+            "dtype_policy": policy,
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "feature_layer": feature_layer,
+            "seed": seed,
+            "clock": clock,
         },
         "rows": rows,
         "targets": _targets(rates, runners),
@@ -394,8 +443,10 @@ def run_benchmark(teacher="resnet32x4", student="resnet8x4", batch_size=None,
     log(table)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        stem = os.path.join(output_dir, "throughput_{}_{}_{}".format(
-            result["backend"], kind, result["date"][:10]))
+        stem = os.path.join(
+            output_dir,
+            "throughput_{}_{}_{}".format(result["backend"], kind, result["date"][:10]),
+        )
         with open(stem + ".json", "w") as f:
             json.dump(result, f, indent=1)
         with open(stem + ".md", "w") as f:
@@ -408,8 +459,7 @@ def _keras_reference(config, rates):
     if config.startswith(("keras_", "student", "teacher", "fused")):
         return None
     reference = (
-        "keras_logits_feature" if config == "kd_logits_feature"
-        else "keras_logits"
+        "keras_logits_feature" if config == "kd_logits_feature" else "keras_logits"
     )
     return reference if reference in rates else None
 
@@ -422,16 +472,24 @@ def _targets(rates, runners):
 
     targets = [
         ("kd_logits vs keras_logits", ratio("kd_logits", "keras_logits"), 1.0),
-        ("kd_logits_feature vs keras_logits_feature",
-         ratio("kd_logits_feature", "keras_logits_feature"), 1.25),
+        (
+            "kd_logits_feature vs keras_logits_feature",
+            ratio("kd_logits_feature", "keras_logits_feature"),
+            1.25,
+        ),
     ]
     targets += [
         (f"{c} vs fused_limit", ratio(c, "fused_limit"), 0.9)
-        for c in KD_CONFIGS if c in LIVE_TEACHER and c in runners
+        for c in KD_CONFIGS
+        if c in LIVE_TEACHER and c in runners
     ]
     return [
-        {"name": name, "ratio": value, "target": goal,
-         "met": None if value is None else value >= goal}
+        {
+            "name": name,
+            "ratio": value,
+            "target": goal,
+            "met": None if value is None else value >= goal,
+        }
         for name, value, goal in targets
     ]
 
@@ -453,8 +511,9 @@ def format_table(result):
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
     for row in result["rows"]:
         if "skipped" in row:
-            lines.append(f"| {row['description']} | skipped: {row['skipped']}"
-                         f" | | | | | | |")
+            lines.append(
+                f"| {row['description']} | skipped: {row['skipped']} | | | | | | |"
+            )
             continue
         ips = row["images_per_s"]
         vs_keras = row.get("vs_keras")
@@ -467,8 +526,10 @@ def format_table(result):
         )
     lines += ["", "| target | ratio | goal | met |", "|---|---|---|---|"]
     for t in result["targets"]:
-        lines.append(f"| {t['name']} | {fmt(t['ratio'], '.2f')} | "
-                     f"≥ {t['target']:.2f} | {t['met']} |")
+        lines.append(
+            f"| {t['name']} | {fmt(t['ratio'], '.2f')} | "
+            f"≥ {t['target']:.2f} | {t['met']} |"
+        )
     lines += ["", f"Command: `{result['command']}`"]
     return "\n".join(lines)
 
@@ -476,16 +537,25 @@ def format_table(result):
 def main(argv):
     del argv
     command = " ".join(
-        [f"KERAS_BACKEND={keras.backend.backend()}", "python"] + sys.argv)
+        [f"KERAS_BACKEND={keras.backend.backend()}", "python"] + sys.argv
+    )
     run_benchmark(
-        teacher=FLAGS.teacher, student=FLAGS.student,
-        batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
+        teacher=FLAGS.teacher,
+        student=FLAGS.student,
+        batch_size=FLAGS.batch_size,
+        steps=FLAGS.steps,
+        repeats=FLAGS.repeats,
         warmup_steps=FLAGS.warmup_steps,
         mixed_precision=FLAGS.mixed_precision,
-        input_shape=FLAGS.input_shape, num_classes=FLAGS.num_classes,
-        configs=FLAGS.configs, feature_layer=FLAGS.feature_layer,
-        seed=FLAGS.seed, output_dir=FLAGS.output_dir, command=command,
-        clock=FLAGS.clock)
+        input_shape=FLAGS.input_shape,
+        num_classes=FLAGS.num_classes,
+        configs=FLAGS.configs,
+        feature_layer=FLAGS.feature_layer,
+        seed=FLAGS.seed,
+        output_dir=FLAGS.output_dir,
+        command=command,
+        clock=FLAGS.clock,
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def _torch_resnet(name, num_classes, channels=3):
 
     if not name.startswith("resnet"):
         return None
-    spec = name[len("resnet"):]
+    spec = name[len("resnet") :]
     wide = spec.endswith("x4")
     depth = int(spec[:-2] if wide else spec)
     n = (depth - 2) // 6
@@ -41,32 +41,40 @@ def _torch_resnet(name, num_classes, channels=3):
             self.shortcut = nn.Sequential()
             if stride != 1 or cin != cout:
                 self.shortcut = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False),
-                    nn.BatchNorm2d(cout))
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
 
         def forward(self, x):
             y = self.bn1(self.conv1(x)).relu()
             y = self.bn2(self.conv2(y))
             return (y + self.shortcut(x)).relu()
 
-    layers = [nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False),
-              nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    layers = [
+        nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(),
+    ]
     cin = widths[0]
     for stage, cout in enumerate(widths[1:]):
         for index in range(n):
             stride = 2 if stage > 0 and index == 0 else 1
             layers.append(Block(cin, cout, stride))
             cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(cin, num_classes)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
     return nn.Sequential(*layers)
 
 
 class TorchRunner:
     """A plain eager PyTorch KD loop: `0.1·CE + 0.9·T²·KL`, SGD momentum."""
 
-    def __init__(self, teacher, student, mixed_precision,
-                 clock=time.perf_counter, temperature=4.0):
+    def __init__(
+        self,
+        teacher,
+        student,
+        mixed_precision,
+        clock=time.perf_counter,
+        temperature=4.0,
+    ):
         import torch
 
         self.clock, self.temperature = clock, temperature
@@ -79,12 +87,14 @@ class TorchRunner:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.optimizer = torch.optim.SGD(
-            self.student.parameters(), lr=1e-4, momentum=0.9)
+            self.student.parameters(), lr=1e-4, momentum=0.9
+        )
         self.autocast_dtype = None
         if mixed_precision:
             self.autocast_dtype = torch.float16 if self.cuda else torch.bfloat16
         self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.cuda and mixed_precision)
+            "cuda", enabled=self.cuda and mixed_precision
+        )
 
     def __call__(self, x, y, batch_size):
         torch = self.torch
@@ -93,11 +103,15 @@ class TorchRunner:
         ys = torch.from_numpy(y.astype("int64"))
         start = self.clock()
         for i in range(0, len(xs), batch_size):
-            xb = xs[i:i + batch_size].to(self.device).contiguous(
-                memory_format=torch.channels_last)
-            yb = ys[i:i + batch_size].to(self.device)
+            xb = (
+                xs[i : i + batch_size]
+                .to(self.device)
+                .contiguous(memory_format=torch.channels_last)
+            )
+            yb = ys[i : i + batch_size].to(self.device)
             with torch.autocast(
-                self.device.type, dtype=self.autocast_dtype,
+                self.device.type,
+                dtype=self.autocast_dtype,
                 enabled=self.autocast_dtype is not None,
             ):
                 with torch.no_grad():
@@ -107,9 +121,10 @@ class TorchRunner:
             kl = nn_f.kl_div(
                 nn_f.log_softmax(z_s / self.temperature, -1),
                 nn_f.log_softmax(z_t / self.temperature, -1),
-                reduction="batchmean", log_target=True)
-            loss = 0.1 * nn_f.cross_entropy(z_s, yb) + (
-                0.9 * self.temperature ** 2 * kl)
+                reduction="batchmean",
+                log_target=True,
+            )
+            loss = 0.1 * nn_f.cross_entropy(z_s, yb) + (0.9 * self.temperature**2 * kl)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -124,8 +139,7 @@ def torch_installed():
     return importlib.util.find_spec("torch") is not None
 
 
-def build_torch_runner(teacher, student, clock=time.perf_counter,
-                       temperature=4.0):
+def build_torch_runner(teacher, student, clock=time.perf_counter, temperature=4.0):
     """A `TorchRunner` on the twins of two zoo ResNets, or why not (str)."""
     if not torch_installed():
         return "PyTorch is not installed"
@@ -134,5 +148,10 @@ def build_torch_runner(teacher, student, clock=time.perf_counter,
     s = _torch_resnet(student.name, num_classes, channels)
     if t is None or s is None:
         return "PyTorch twins exist for the zoo's CIFAR ResNets only"
-    return TorchRunner(t, s, keras.mixed_precision.global_policy().name
-                       != "float32", clock, temperature)
+    return TorchRunner(
+        t,
+        s,
+        keras.mixed_precision.global_policy().name != "float32",
+        clock,
+        temperature,
+    )

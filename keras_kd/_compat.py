@@ -6,27 +6,27 @@ enough. Nothing else in keras_kd imports `keras.src`.
 
 import keras
 
-# TensorFlow, imported on first use (as Keras' own code does), so that
-# `import keras_kd` works without TensorFlow on the JAX/torch backends.
-# Public alternative: `import tensorflow` at each use, which fails at
-# import time where TensorFlow is absent.
-from keras.src.utils.module_utils import tensorflow  # noqa: F401
-
 # Scaling of a loss by the number of replicas under tf.distribute, the
 # inverse of what Keras' `compile_loss` applies; no public API
 # (`keras.losses.Loss` applies it internally only).
 from keras.src.losses.loss import scale_loss_for_distribution  # noqa: F401
 from keras.src.losses.loss import unscale_loss_for_distribution  # noqa: F401,E501
 
+# TensorFlow, imported on first use (as Keras' own code does), so that
+# `import keras_kd` works without TensorFlow on the JAX/torch backends.
+# Public alternative: `import tensorflow` at each use, which fails at
+# import time where TensorFlow is absent.
+from keras.src.utils.module_utils import tensorflow  # noqa: F401
+
 # Keeps a layer attribute from being tracked (teachers held by terms);
 # public API: none (`keras.Layer` tracks every attribute it is given).
 from keras.src.utils.tracking import DotNotTrackScope  # noqa: F401
 
+
 # `keras.layers.Layer`'s own recursive layer walk (every nested layer, once);
 # public API: `model.layers` lists direct children only.
 def flatten_layers(model, include_self=True, recursive=True):
-    return list(model._flatten_layers(include_self=include_self,
-                                      recursive=recursive))
+    return list(model._flatten_layers(include_self=include_self, recursive=recursive))
 
 
 # The layers a layer's output feeds, from the functional graph; public
@@ -85,9 +85,11 @@ class MultiWorkerFitMixin:
                 batch = next(batches)
                 break
             data_batch = keras.tree.map_structure(
-                lambda v: local_results(v)[0]
-                if isinstance(v, tf.distribute.DistributedValues)
-                else v,
+                lambda v: (
+                    local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues)
+                    else v
+                ),
                 batch,
             )
         return super()._maybe_symbolic_build(data_batch=data_batch)
@@ -110,9 +112,10 @@ def in_multi_worker_mode(model):
     import tensorflow as tf
 
     strategy = getattr(model, "_distribute_strategy", None)
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and strategy.extended._in_multi_worker_mode()
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
 
 
 # The layer that produced a symbolic tensor of a functional model; public

@@ -2,6 +2,7 @@ import math
 
 import keras
 from keras import ops
+
 from keras_kd import callbacks as callbacks_lib
 from keras_kd import model_outputs
 from keras_kd import side_inputs
@@ -11,6 +12,7 @@ from keras_kd._compat import compiled_loss
 from keras_kd._compat import scale_loss_for_distribution
 from keras_kd._compat import unscale_loss_for_distribution
 from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import class_indices
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
 from keras_kd.offline.recorded_teacher import RecordedTeacher
 from keras_kd.soft_label_teacher import SoftLabelTeacher
@@ -88,14 +90,37 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        teachers = _as_list(teacher)
+        self._validate_models(teachers, student)
+        terms = self._validate_distillation_losses(distillation_losses)
+        loss_weights = self._validate_loss_weights(distillation_loss_weights, terms)
+        self._validate_student_loss_weight(student_loss_weight, weighting)
+        teacher_weights = self._validate_teacher_weights(teacher_weights, teachers)
+        view_terms = self._validate_view_terms(terms)
+
         self.stop_on_nonfinite_loss = bool(stop_on_nonfinite_loss)
-        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        self.teacher = teacher
+        self.student = student
+        for model in teachers:
+            model.trainable = False
+        self.distillation_losses = terms
+        self.distillation_loss_weights = [float(w) for w in loss_weights]
+        self.student_loss_weight = float(student_loss_weight)
+        self.weighting = weighting
+        self.augmentation = augmentation
+        self.teacher_weights = teacher_weights
+        self._teachers = teachers
+        self._view_terms = view_terms
+        self._num_views = view_terms[0].num_views if view_terms else 1
+        self._create_trackers()
+        self._build_taps_and_terms()
+
+    def _validate_models(self, teachers, student):
+        """Validates the teachers' and the student's types."""
         if not teachers:
             raise ValueError("`teacher` is an empty list; give at least one.")
         for model in teachers:
-            if not isinstance(
-                model, (keras.Model, SoftLabelTeacher, RecordedTeacher)
-            ):
+            if not isinstance(model, (keras.Model, SoftLabelTeacher, RecordedTeacher)):
                 raise ValueError(
                     f"Each teacher must be a keras.Model, a "
                     f"kd.SoftLabelTeacher or a kd.offline.RecordedTeacher, "
@@ -105,18 +130,21 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             raise ValueError(
                 f"`student` must be a keras.Model, got {type(student).__name__}."
             )
+
+    def _validate_distillation_losses(self, distillation_losses):
+        """Returns the terms, `keras.distillation` losses wrapped."""
         if distillation_losses is None or distillation_losses == []:
             raise ValueError(
                 "`distillation_losses` is empty; give at least one term, e.g. "
                 "kd.losses.LogitsDistillation()."
             )
-        if not isinstance(distillation_losses, (list, tuple)):
-            distillation_losses = [distillation_losses]
-        terms = [
-            term if isinstance(term, DistillationTerm)
-            else KerasDistillationLoss(term)
-            for term in distillation_losses
+        return [
+            term if isinstance(term, DistillationTerm) else KerasDistillationLoss(term)
+            for term in _as_list(distillation_losses)
         ]
+
+    def _validate_loss_weights(self, distillation_loss_weights, terms):
+        """Returns one weight per term (default 1.0 each)."""
         if distillation_loss_weights is None:
             distillation_loss_weights = [1.0] * len(terms)
         if len(distillation_loss_weights) != len(terms):
@@ -125,6 +153,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 f"distillation_loss_weights for {len(terms)} "
                 f"distillation_losses; give one weight per term."
             )
+        return distillation_loss_weights
+
+    def _validate_student_loss_weight(self, student_loss_weight, weighting):
+        """Validates `weighting` and the range it allows the weight."""
         if weighting not in ("convex", "additive"):
             raise ValueError(
                 f"weighting must be 'convex' or 'additive', got {weighting!r}."
@@ -138,6 +170,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 f"student_loss_weight must be a number in [0, {upper:g}] with "
                 f"weighting='{weighting}', got {student_loss_weight!r}."
             )
+
+    def _validate_teacher_weights(self, teacher_weights, teachers):
+        """Returns the teacher weights normalised to sum to 1."""
         if teacher_weights is None:
             teacher_weights = [1.0] * len(teachers)
         if len(teacher_weights) != len(teachers) or min(teacher_weights) <= 0:
@@ -145,36 +180,24 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 f"teacher_weights must hold one positive weight per teacher "
                 f"({len(teachers)} teachers), got {list(teacher_weights)}."
             )
+        total_weight = float(sum(teacher_weights))
+        return [float(w) / total_weight for w in teacher_weights]
+
+    def _validate_view_terms(self, terms):
+        """Returns the terms that expand the batch into views (at most one)."""
         view_terms = [term for term in terms if term.num_views > 1]
         if len(view_terms) > 1:
             raise ValueError(
                 f"Only one term may expand the batch into views; got "
                 f"{[term.name for term in view_terms]}."
             )
+        return view_terms
 
-        self.teacher = teacher
-        self.student = student
-        for model in teachers:
-            model.trainable = False
-        self.distillation_losses = terms
-        self.distillation_loss_weights = [float(w) for w in distillation_loss_weights]
-        self.student_loss_weight = float(student_loss_weight)
-        self.weighting = weighting
-        self.augmentation = augmentation
-        total_weight = float(sum(teacher_weights))
-        self.teacher_weights = [float(w) / total_weight for w in teacher_weights]
-        self._teachers = teachers
-        self._view_terms = view_terms
-        self._num_views = view_terms[0].num_views if view_terms else 1
-        self._side_input_names = sorted(
-            {name for term in terms for name in term.side_inputs}
-            | {name for model in teachers
-               for name in getattr(model, "side_inputs", ())}
-        )
-
+    def _create_trackers(self):
+        """One tracker per term (repeated names get a suffix) and one per
+        component of multi-part terms, beside the student and total loss."""
+        terms = self.distillation_losses
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
-        # One tracker per term (repeated names get a suffix), and one per
-        # component of multi-part terms.
         names = [term.name for term in terms]
         names = [
             name if names.count(name) == 1 else f"{name}_{names[:i].count(name)}"
@@ -192,7 +215,19 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         self._tracker_names = {"student_loss", "total_loss"} | {
             tracker.name for trackers in self.term_trackers for tracker in trackers
         }
-        self._build_taps_and_terms()
+
+    @property
+    def side_input_names(self):
+        """The batch entries besides the images that the terms and teachers
+        read (e.g. `["example_index"]` for CRD), sorted."""
+        return sorted(
+            {name for term in self.distillation_losses for name in term.side_inputs}
+            | {
+                name
+                for model in self._teachers
+                for name in getattr(model, "side_inputs", ())
+            }
+        )
 
     def _build_taps_and_terms(self):
         teacher_names = sorted(
@@ -219,7 +254,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         teacher_shapes = [shapes for _, shapes in teacher_taps]
         model_outputs.check_student_head(self.student, self.distillation_losses)
         model_outputs.check_label_spaces(
-            self.distillation_losses, self._teachers, teacher_shapes,
+            self.distillation_losses,
+            self._teachers,
+            teacher_shapes,
             student_shapes,
         )
         for term in self.distillation_losses:
@@ -236,9 +273,13 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 term.transform_inputs(keras.KerasTensor(student_shape))
         for model in self._teachers:
             teacher_shape = model_outputs.input_shape(model)
-            if student_shape and teacher_shape and any(
-                s is not None and t is not None and s != t
-                for s, t in zip(student_shape[1:], teacher_shape[1:])
+            if (
+                student_shape
+                and teacher_shape
+                and any(
+                    s is not None and t is not None and s != t
+                    for s, t in zip(student_shape[1:], teacher_shape[1:])
+                )
             ):
                 raise ValueError(
                     f"Teacher '{model.name}' takes inputs of shape "
@@ -262,7 +303,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             inputs = self.augmentation(inputs, training=True)
         student_outputs = self._student_tap(inputs, training=True)
         teacher_outputs = [
-            None if tap is None
+            None
+            if tap is None
             else keras.tree.map_structure(
                 ops.stop_gradient, tap(inputs, training=False)
             )
@@ -276,48 +318,21 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         if not _is_training_output(y_pred):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         student_outputs = y_pred["student"]
-        teacher_outputs = [
-            outputs if outputs is not None
-            else model({name: x[name] for name in model.side_inputs})
-            if isinstance(model, RecordedTeacher)
-            else model(self._view_labels(y))
-            for model, outputs in zip(self._teachers, y_pred["teachers"])
-        ]
-        # Under `tf.distribute` Keras' compiled loss comes divided by the
-        # number of replicas (the gradients are summed across them); every
-        # term here is this replica's mean, so the total is scaled once, on
-        # return, and the trackers see per-replica means.
-        student_loss = ops.zeros((), "float32")
-        if self.student_loss_weight > 0.0:
-            student_loss = unscale_loss_for_distribution(
-                ops.cast(
-                    compiled_loss(self)(
-                        y, self._labelled_logits(student_outputs), sample_weight
-                    ),
-                    "float32",
-                )
-            )
+        teacher_outputs = self._teacher_outputs(x, y, y_pred["teachers"])
+        student_loss = self._student_loss(y, student_outputs, sample_weight)
         # Trackers are weighted by batch size like Keras' own `loss`, so the
         # epoch means of `loss` and `total_loss` agree.
-        batch_size = ops.shape(
-            next(i for i in keras.tree.flatten(x) if i is not None)
-        )[0]
+        batch_size = ops.shape(next(i for i in keras.tree.flatten(x) if i is not None))[
+            0
+        ]
         distillation_loss = ops.zeros((), "float32")
         for term, weight, trackers in zip(
             self.distillation_losses,
             self.distillation_loss_weights,
             self.term_trackers,
         ):
-            side = {}
-            if term.side_inputs:
-                side["side_inputs"] = {name: x[name] for name in term.side_inputs}
-            value = term(
-                teacher_outputs,
-                student_outputs,
-                labels=y,
-                teacher_weights=self.teacher_weights,
-                training=training,
-                **side,
+            value = self._term_loss(
+                term, x, y, teacher_outputs, student_outputs, training
             )
             parts = [value[part] for part in term.component_names]
             if parts:
@@ -334,11 +349,52 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         total_loss = self.student_loss_weight * student_loss + distillation_loss
         for loss in self.losses:
             total_loss = total_loss + ops.cast(ops.sum(loss), "float32")
-        self.student_loss_tracker.update_state(
-            student_loss, sample_weight=batch_size
-        )
+        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
         self.total_loss_tracker.update_state(total_loss, sample_weight=batch_size)
         return scale_loss_for_distribution(total_loss)
+
+    def _teacher_outputs(self, x, y, tapped):
+        """Each teacher's outputs: its tap's, or those it reads off the batch
+        (a `RecordedTeacher`) or off the labels (a `SoftLabelTeacher`)."""
+        return [
+            outputs
+            if outputs is not None
+            else model({name: x[name] for name in model.side_inputs})
+            if isinstance(model, RecordedTeacher)
+            else model(self._view_labels(y))
+            for model, outputs in zip(self._teachers, tapped)
+        ]
+
+    def _student_loss(self, y, student_outputs, sample_weight):
+        """The compiled supervised loss on the original view, in float32."""
+        # Under `tf.distribute` Keras' compiled loss comes divided by the
+        # number of replicas (the gradients are summed across them); every
+        # term here is this replica's mean, so the total is scaled once, on
+        # return, and the trackers see per-replica means.
+        if self.student_loss_weight <= 0.0:
+            return ops.zeros((), "float32")
+        return unscale_loss_for_distribution(
+            ops.cast(
+                compiled_loss(self)(
+                    y, self._labelled_logits(student_outputs), sample_weight
+                ),
+                "float32",
+            )
+        )
+
+    def _term_loss(self, term, x, y, teacher_outputs, student_outputs, training):
+        """One term's value, given the batch entries it reads."""
+        side = {}
+        if term.side_inputs:
+            side["side_inputs"] = {name: x[name] for name in term.side_inputs}
+        return term(
+            teacher_outputs,
+            student_outputs,
+            labels=y,
+            teacher_weights=self.teacher_weights,
+            training=training,
+            **side,
+        )
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         training = _is_training_output(y_pred)
@@ -346,14 +402,12 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             y_pred = self._labelled_logits(y_pred["student"])
         results = super().compute_metrics(x, y, y_pred, sample_weight)
         if not training:
-            results = {
-                k: v for k, v in results.items() if k not in self._tracker_names
-            }
+            results = {k: v for k, v in results.items() if k not in self._tracker_names}
         return results
 
     def _model_inputs(self, x, training):
         """The images of a batch whose terms read side inputs."""
-        if not self._side_input_names:
+        if not self.side_input_names:
             return x
         if isinstance(x, dict) and "inputs" in x:
             self._check_side_inputs(list(x))
@@ -364,10 +418,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
 
     def _check_side_inputs(self, keys):
         readers = [t.name for t in self.distillation_losses if t.side_inputs]
-        readers += [
-            m.name for m in self._teachers if getattr(m, "side_inputs", ())
-        ]
-        side_inputs.check(self._side_input_names, readers, keys)
+        readers += [m.name for m in self._teachers if getattr(m, "side_inputs", ())]
+        side_inputs.check(self.side_input_names, readers, keys)
 
     def _labelled_logits(self, student_outputs):
         """The student's logits on the original (first) view of the batch."""
@@ -377,11 +429,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         return logits[: ops.shape(logits)[0] // self._num_views]
 
     def _view_labels(self, y):
-        labels = ops.convert_to_tensor(y)
-        if len(labels.shape) == 2 and labels.shape[-1] != 1:
-            labels = ops.argmax(labels, axis=-1)
-        labels = ops.reshape(labels, (-1,))
-        return ops.tile(labels, [self._num_views])
+        return ops.tile(class_indices(y), [self._num_views])
 
     def _reduce(self, value, sample_weight):
         value = ops.cast(value, "float32")
@@ -426,7 +474,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         Each term's `on_epoch_begin(epoch)` is called before every epoch
         (from `initial_epoch` on, so a resumed run continues its schedules).
         """
-        if self._side_input_names:
+        if self.side_input_names:
             x = args[0] if args else kwargs.get("x")
             self._check_side_inputs(side_inputs.batch_keys(x))
         callbacks = list(callbacks or []) + [
@@ -434,8 +482,12 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         ]
         if self.stop_on_nonfinite_loss:
             # First, so it raises before a checkpoint callback's epoch end.
-            callbacks.insert(0, callbacks_lib.StopOnNonFiniteLoss(
-                sorted(self._tracker_names) + ["loss"]))
+            callbacks.insert(
+                0,
+                callbacks_lib.StopOnNonFiniteLoss(
+                    sorted(self._tracker_names) + ["loss"]
+                ),
+            )
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def get_config(self):
@@ -479,6 +531,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             deserialize(term) for term in config["distillation_losses"]
         ]
         return cls(**config)
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _is_training_output(y_pred):

@@ -121,11 +121,11 @@ def scale_batch_and_learning_rate(
     return global_batch, learning_rate * global_batch / reference_batch_size
 
 
-def describe_scaling(batch_size, learning_rate, reference_batch_size,
-                     strategy=None):
+def describe_scaling(batch_size, learning_rate, reference_batch_size, strategy=None):
     """One line on `scale_batch_and_learning_rate`'s result, to print."""
     global_batch, scaled = scale_batch_and_learning_rate(
-        batch_size, learning_rate, reference_batch_size, strategy)
+        batch_size, learning_rate, reference_batch_size, strategy
+    )
     return (
         f"Global batch {global_batch} = {batch_size} per replica × "
         f"{num_replicas(strategy)} replica(s); learning rate "

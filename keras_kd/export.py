@@ -84,8 +84,7 @@ def export(
             (int8 weights and activations, calibrated on up to 200 of
             `sample_inputs`; float32 input and output).
         sample_labels: optional integer labels for `sample_inputs`; adds the
-            `accuracy` of each artefact and of the Keras model
-            (`keras_accuracy`).
+            `accuracy` of each artefact and of the Keras model (`keras_accuracy`).
         rtol: overrides the relative tolerance on the max abs difference
             (default 1e-4 for float32, 1e-2 for float16 weights).
         min_top1_agreement: lowest top-1 agreement with the Keras model
@@ -116,28 +115,61 @@ def export(
     ```
     """
     model = _student_of(model)
-    formats = _check_formats(formats)
-    if tflite_quantization not in TFLITE_QUANTIZATIONS:
-        raise ValueError(
-            f"Unknown tflite_quantization={tflite_quantization!r}. Valid "
-            f"values: {', '.join(repr(q) for q in TFLITE_QUANTIZATIONS)}."
+    formats = _check_formats(formats, tflite_quantization)
+    _check_exportable(model, formats)
+    output_dir = _check_output_dir(output_dir)
+    sample_inputs, sample_labels = _samples(
+        model, sample_inputs, sample_labels, tflite_quantization
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    reference = _keras_outputs(model, sample_inputs)
+    results = {}
+    if "saved_model" in formats:
+        results["saved_model"] = _export_saved_model(
+            model, output_dir, sample_inputs, sample_labels, reference, rtol
         )
+    if "tflite" in formats:
+        results["tflite"] = _export_checked_tflite(
+            model,
+            output_dir,
+            tflite_quantization,
+            sample_inputs,
+            sample_labels,
+            reference,
+            rtol,
+            min_top1_agreement,
+        )
+    return results
+
+
+def _check_exportable(model, formats):
+    """Checks that `model` is built and that the backend writes `formats`
+    (TensorFlow every format, JAX only the SavedModel)."""
     backend = keras.backend.backend()
     if backend != "tensorflow" and (backend != "jax" or "tflite" in formats):
         what = "TFLite export" if backend == "jax" else "keras_kd.export"
+        hint = " (formats=('saved_model',) works on JAX)" if backend == "jax" else ""
         raise RuntimeError(
             f"{what} needs the TensorFlow backend; the active backend is "
             f"{backend!r}. Save the model (`model.save('student.keras')`) and "
             f"export it in a process started with KERAS_BACKEND=tensorflow"
-            + (" (formats=('saved_model',) works on JAX)." if backend == "jax" else ".")
+            f"{hint}."
         )
     _check_built(model)
+
+
+def _check_output_dir(output_dir):
     output_dir = os.fspath(output_dir)
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(
             f"output_dir={output_dir!r} is an existing file; pass a directory "
             f"path (it is created if missing)."
         )
+    return output_dir
+
+
+def _samples(model, sample_inputs, sample_labels, tflite_quantization):
+    """float32 `sample_inputs` (random ones by default) and flat labels."""
     if tflite_quantization == "int8" and sample_inputs is None:
         raise ValueError(
             "tflite_quantization='int8' calibrates activation ranges on "
@@ -151,72 +183,92 @@ def export(
     )
     if sample_labels is not None:
         sample_labels = np.asarray(sample_labels).reshape(-1)
-    os.makedirs(output_dir, exist_ok=True)
+    return sample_inputs, sample_labels
 
-    reference = _keras_outputs(model, sample_inputs)
-    results = {}
-    if "saved_model" in formats:
-        path = os.path.join(output_dir, "saved_model")
-        model.export(path, format="tf_saved_model", verbose=False)
-        outputs = _run_saved_model(path, sample_inputs)
-        entry = {"path": path, "size_bytes": _size(path)}
-        entry.update(
-            _compare("SavedModel", path, reference, outputs,
-                     FLOAT32_RTOL if rtol is None else rtol)
+
+def _export_saved_model(model, output_dir, inputs, labels, reference, rtol):
+    """Writes, reloads and checks the SavedModel; returns its report entry."""
+    path = os.path.join(output_dir, "saved_model")
+    model.export(path, format="tf_saved_model", verbose=False)
+    outputs = _run_saved_model(path, inputs)
+    entry = {"path": path, "size_bytes": _size(path)}
+    entry.update(
+        _compare(
+            "SavedModel",
+            path,
+            reference,
+            outputs,
+            FLOAT32_RTOL if rtol is None else rtol,
         )
-        _add_classifier_metrics(entry, reference, outputs, sample_labels)
-        results["saved_model"] = entry
+    )
+    _add_classifier_metrics(entry, reference, outputs, labels)
+    return entry
 
-    if "tflite" in formats:
-        suffix = f"_{tflite_quantization}" if tflite_quantization else ""
-        path = os.path.join(output_dir, f"model{suffix}.tflite")
-        mixed = _mixed_precision_layers(model)
-        with _float32_compute(mixed):
-            _export_tflite(model, path, tflite_quantization, sample_inputs)
-            tflite_reference = (
-                _keras_outputs(model, sample_inputs) if mixed else reference
+
+def _export_checked_tflite(
+    model, output_dir, quantization, inputs, labels, reference, rtol, min_top1_agreement
+):
+    """Writes, reloads and checks the TFLite model; returns its report entry."""
+    suffix = f"_{quantization}" if quantization else ""
+    path = os.path.join(output_dir, f"model{suffix}.tflite")
+    mixed = _mixed_precision_layers(model)
+    with _float32_compute(mixed):
+        _export_tflite(model, path, quantization, inputs)
+        tflite_reference = _keras_outputs(model, inputs) if mixed else reference
+    outputs = _run_tflite(path, inputs)
+    entry = {
+        "path": path,
+        "size_bytes": os.path.getsize(path),
+        "quantization": quantization,
+    }
+    if quantization is not None:
+        entry["quantized_tensors"] = _quantized_tensor_count(path)
+        _warn_if_unquantized(entry["quantized_tensors"], quantization, path)
+    if quantization in (None, "float16"):
+        default = FLOAT32_RTOL if quantization is None else FLOAT16_RTOL
+        entry.update(
+            _compare(
+                "TFLite",
+                path,
+                tflite_reference,
+                outputs,
+                default if rtol is None else rtol,
             )
-        outputs = _run_tflite(path, sample_inputs)
-        entry = {
-            "path": path,
-            "size_bytes": os.path.getsize(path),
-            "quantization": tflite_quantization,
-        }
-        if tflite_quantization is not None:
-            entry["quantized_tensors"] = _quantized_tensor_count(path)
-            if entry["quantized_tensors"] == 0:
-                warnings.warn(
-                    f"tflite_quantization={tflite_quantization!r} left every "
-                    f"tensor of {path} in float32: the TFLite converter only "
-                    f"quantises weight tensors with at least 1024 elements "
-                    f"(and 'int8' needs int8 kernels). The model is exported "
-                    f"unquantised.",
-                    stacklevel=2,
-                )
-        if tflite_quantization in (None, "float16"):
-            default = FLOAT32_RTOL if tflite_quantization is None else FLOAT16_RTOL
-            entry.update(
-                _compare("TFLite", path, tflite_reference, outputs,
-                     default if rtol is None else rtol)
-            )
-        else:
-            entry["max_abs_diff"] = _max_abs_diff(tflite_reference, outputs)
-            entry["tolerance"] = None
-        # Agreement is measured against the model as trained (mixed compute).
-        _add_classifier_metrics(entry, reference, outputs, sample_labels)
-        if tflite_quantization in ("dynamic_range", "int8"):
-            agreement = entry.get("top1_agreement")
-            if agreement is not None and agreement < min_top1_agreement:
-                raise ExportParityError(
-                    f"The {tflite_quantization} TFLite model at {path} agrees "
-                    f"with the Keras model's top-1 prediction on only "
-                    f"{agreement:.3f} of sample_inputs (< min_top1_agreement="
-                    f"{min_top1_agreement}). Pass more representative "
-                    f"sample_inputs, or use tflite_quantization='float16' or "
-                    f"'dynamic_range'."
-                )
-        results["tflite"] = entry
-    return results
+        )
+    else:
+        entry["max_abs_diff"] = _max_abs_diff(tflite_reference, outputs)
+        entry["tolerance"] = None
+    # Agreement is measured against the model as trained (mixed compute).
+    _add_classifier_metrics(entry, reference, outputs, labels)
+    if quantization in ("dynamic_range", "int8"):
+        _check_top1_agreement(entry, quantization, path, min_top1_agreement)
+    return entry
+
+
+def _warn_if_unquantized(quantized_tensors, quantization, path):
+    if quantized_tensors == 0:
+        warnings.warn(
+            f"tflite_quantization={quantization!r} left every "
+            f"tensor of {path} in float32: the TFLite converter only "
+            f"quantises weight tensors with at least 1024 elements "
+            f"(and 'int8' needs int8 kernels). The model is exported "
+            f"unquantised.",
+            # Attributed to the caller of `export`.
+            stacklevel=4,
+        )
+
+
+def _check_top1_agreement(entry, quantization, path, min_top1_agreement):
+    agreement = entry.get("top1_agreement")
+    if agreement is not None and agreement < min_top1_agreement:
+        raise ExportParityError(
+            f"The {quantization} TFLite model at {path} agrees "
+            f"with the Keras model's top-1 prediction on only "
+            f"{agreement:.3f} of sample_inputs (< min_top1_agreement="
+            f"{min_top1_agreement}). Pass more representative "
+            f"sample_inputs, or use tflite_quantization='float16' or "
+            f"'dynamic_range'."
+        )
 
 
 def _student_of(model):
@@ -232,7 +284,8 @@ def _student_of(model):
     return model
 
 
-def _check_formats(formats):
+def _check_formats(formats, tflite_quantization):
+    """Returns `formats` as a tuple, after checking it and the quantisation."""
     if isinstance(formats, str):
         formats = (formats,)
     unknown = [f for f in formats if f not in FORMATS]
@@ -240,6 +293,11 @@ def _check_formats(formats):
         raise ValueError(
             f"Unknown export format(s) {unknown or list(formats)}. Valid "
             f"formats: {', '.join(repr(f) for f in FORMATS)}."
+        )
+    if tflite_quantization not in TFLITE_QUANTIZATIONS:
+        raise ValueError(
+            f"Unknown tflite_quantization={tflite_quantization!r}. Valid "
+            f"values: {', '.join(repr(q) for q in TFLITE_QUANTIZATIONS)}."
         )
     return tuple(formats)
 
@@ -280,7 +338,9 @@ def _num_samples(inputs):
 def _named_outputs(outputs):
     """Flattens an output structure to {name: np.ndarray} (TFLite's names)."""
     if isinstance(outputs, dict):
-        return {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in outputs.items()}
+        return {
+            k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in outputs.items()
+        }
     flat = tree.flatten(outputs)
     return {
         f"output_{i}": np.asarray(keras.ops.convert_to_numpy(v))
@@ -297,8 +357,7 @@ def _keras_outputs(model, inputs):
         batch = tree.map_structure(lambda x: x[start : start + _BATCH_SIZE], inputs)
         batches.append(_named_outputs(model(batch, training=False)))
     return {
-        k: np.concatenate([b[k] for b in batches]).astype("float32")
-        for k in batches[0]
+        k: np.concatenate([b[k] for b in batches]).astype("float32") for k in batches[0]
     }
 
 
@@ -314,8 +373,7 @@ def _run_saved_model(path, inputs):
         batch = tree.map_structure(lambda x: x[start : start + _BATCH_SIZE], inputs)
         batches.append(_named_outputs(reloaded.serve(batch)))
     return {
-        k: np.concatenate([b[k] for b in batches]).astype("float32")
-        for k in batches[0]
+        k: np.concatenate([b[k] for b in batches]).astype("float32") for k in batches[0]
     }
 
 
@@ -342,9 +400,7 @@ def _converter_kwargs(quantization, inputs):
                 yield sample if isinstance(sample, dict) else tree.flatten(sample)
 
         kwargs["representative_dataset"] = representative_dataset
-        kwargs["target_spec"] = {
-            "supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        }
+        kwargs["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}
     return kwargs
 
 
@@ -386,7 +442,9 @@ def _quantized_tensor_count(path):
 def _run_tflite(path, inputs):
     interpreter = _interpreter(path)
     signatures = interpreter.get_signature_list()
-    key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+    key = (
+        "serving_default" if "serving_default" in signatures else next(iter(signatures))
+    )
     names = signatures[key]["inputs"]
     runner = interpreter.get_signature_runner(key)
     if isinstance(inputs, dict):
@@ -414,9 +472,7 @@ def _max_abs_diff(reference, outputs):
             f"The artefact's outputs {sorted(outputs)} do not match the "
             f"Keras model's outputs {sorted(reference)}."
         )
-    return float(
-        max(np.max(np.abs(reference[k] - outputs[k])) for k in reference)
-    )
+    return float(max(np.max(np.abs(reference[k] - outputs[k])) for k in reference))
 
 
 def _compare(kind, path, reference, outputs, rtol):

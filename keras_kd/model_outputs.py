@@ -15,6 +15,8 @@ outputs = tap(images, training=False)  # {"logits": ..., "stage3": ...}
 ```
 """
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -59,14 +61,16 @@ def tap(model, layer_names, role):
                 f"The {role} model '{model.name}' has {len(outputs)} outputs; "
                 f"keras_kd expects one (the logits)."
             )
-        _check_names(features, [layer.name for layer in model.layers], role,
-                     model, "layer")
+        _check_names(
+            features, [layer.name for layer in model.layers], role, model, "layer"
+        )
         logits = outputs[0]
         head = softmax_layer(model)
         if role == "teacher" and head is not None:
-            print(
-                f"keras_kd: teacher '{model.name}' ends in a softmax (layer "
-                f"'{head.name}'); its log-probabilities are used as logits."
+            warnings.warn(
+                f"Teacher '{model.name}' ends in a softmax (layer "
+                f"'{head.name}'); its log-probabilities are used as logits.",
+                stacklevel=2,
             )
             logits = ops.log(
                 ops.maximum(ops.cast(logits, "float32"), PROBABILITY_FLOOR)
@@ -130,9 +134,7 @@ def check_student_head(student, terms, loss=None):
         return
     logit_terms = [term.name for term in terms if term.uses_logits]
     from_logits = [
-        type(item).__name__
-        for item in keras.tree.flatten(loss)
-        if _from_logits(item)
+        type(item).__name__ for item in keras.tree.flatten(loss) if _from_logits(item)
     ]
     if not logit_terms and not from_logits:
         return
@@ -157,9 +159,7 @@ def check_label_spaces(terms, teachers, teacher_shapes, student_shapes):
         if not term.uses_logits:
             continue
         for model, shapes in zip(teachers, teacher_shapes):
-            teacher_classes = (
-                shapes.get("logits") or shapes["probabilities"]
-            )[-1]
+            teacher_classes = (shapes.get("logits") or shapes["probabilities"])[-1]
             # A term with `class_indices` compares the teacher's scores
             # of those classes, in order, with the student's.
             if getattr(term, "class_indices", None) is not None:

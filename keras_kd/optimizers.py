@@ -26,14 +26,14 @@ class _CoupledL2:
 
     def _init_l2(self, l2):
         if l2 < 0:
-            raise ValueError(f"l2 (the coupled weight decay) must be >= 0, "
-                             f"got {l2}.")
+            raise ValueError(f"l2 (the coupled weight decay) must be >= 0, got {l2}.")
         self.l2 = float(l2)
 
     def update_step(self, gradient, variable, learning_rate):
         if self.l2:
-            gradient = ops.add(gradient, ops.multiply(
-                ops.cast(self.l2, variable.dtype), variable))
+            gradient = ops.add(
+                gradient, ops.multiply(ops.cast(self.l2, variable.dtype), variable)
+            )
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
@@ -51,8 +51,7 @@ class SGD(_CoupledL2, keras.optimizers.SGD):
     """
 
     def __init__(self, learning_rate=0.01, momentum=0.0, l2=0.0, **kwargs):
-        super().__init__(learning_rate=learning_rate, momentum=momentum,
-                         **kwargs)
+        super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
         self._init_l2(l2)
 
 

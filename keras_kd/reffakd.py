@@ -27,6 +27,7 @@ import numpy as np
 from keras import layers
 
 from keras_kd.data import RandomPaddedCrop
+from keras_kd.data import steps_per_epoch
 from keras_kd.models.common import l2
 
 
@@ -59,8 +60,7 @@ class Autoencoder(keras.Model):
     ```
     """
 
-    def __init__(self, input_shape, weight_decay=0.0, mean=None, std=None,
-                 **kwargs):
+    def __init__(self, input_shape, weight_decay=0.0, mean=None, std=None, **kwargs):
         super().__init__(**kwargs)
         if (mean is None) != (std is None):
             raise ValueError(
@@ -79,19 +79,28 @@ class Autoencoder(keras.Model):
         self.std = None if std is None else [float(v) for v in std]
         normalize = []
         if mean is not None:
-            normalize = [layers.Normalization(
-                mean=self.mean, variance=np.square(self.std).tolist(),
-                name="normalize")]
+            normalize = [
+                layers.Normalization(
+                    mean=self.mean,
+                    variance=np.square(self.std).tolist(),
+                    name="normalize",
+                )
+            ]
 
         def conv(layer, filters, activation):
             return layer(
-                filters, 4, strides=2, padding="same", activation=activation,
+                filters,
+                4,
+                strides=2,
+                padding="same",
+                activation=activation,
                 kernel_regularizer=l2(weight_decay),
                 bias_regularizer=l2(weight_decay),
             )
 
         self.encoder = keras.Sequential(
-            [keras.Input(self.image_shape)] + normalize
+            [keras.Input(self.image_shape)]
+            + normalize
             + [conv(layers.Conv2D, f, "relu") for f in (12, 24, 48)],
             name="encoder",
         )
@@ -104,8 +113,7 @@ class Autoencoder(keras.Model):
         self.build((None,) + self.image_shape)
 
     def call(self, inputs, training=None):
-        return self.decoder(self.encoder(inputs, training=training),
-                            training=training)
+        return self.decoder(self.encoder(inputs, training=training), training=training)
 
     def get_config(self):
         return {
@@ -117,10 +125,19 @@ class Autoencoder(keras.Model):
         }
 
 
-def train_autoencoder(x_train, x_val, epochs, batch_size=128,
-                      learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                      milestones=(60, 120, 160), decay=0.2, augment=True,
-                      verbose=0):
+def train_autoencoder(
+    x_train,
+    x_val,
+    epochs,
+    batch_size=128,
+    learning_rate=0.1,
+    momentum=0.9,
+    weight_decay=5e-4,
+    milestones=(60, 120, 160),
+    decay=0.2,
+    augment=True,
+    verbose=0,
+):
     """Trains an `Autoencoder` to reconstruct images (MSE), as ReffAKD's code.
 
     As the official notebook (`cifar100/autoencoder.ipynb`): inputs are
@@ -156,9 +173,13 @@ def train_autoencoder(x_train, x_val, epochs, batch_size=128,
     std = x_train.std(axis=(0, 1, 2))
     autoencoder = Autoencoder(x_train.shape[1:], weight_decay, mean, std)
     trainer = reconstruction_trainer(autoencoder, augment)
-    steps_per_epoch = -(-len(x_train) // batch_size)
-    schedule = multistep_schedule(learning_rate, milestones, decay, epochs,
-                                  steps_per_epoch)
+    schedule = multistep_schedule(
+        learning_rate,
+        milestones,
+        decay,
+        epochs,
+        steps_per_epoch(len(x_train), batch_size),
+    )
     trainer.compile(
         keras.optimizers.SGD(schedule, momentum=momentum),
         loss=reconstruction_mse,
@@ -167,8 +188,13 @@ def train_autoencoder(x_train, x_val, epochs, batch_size=128,
     best = best_checkpoint(epochs)
     start = time.perf_counter()
     trainer.fit(
-        x_train, x_train, batch_size=batch_size, epochs=epochs,
-        validation_data=(x_val, x_val), callbacks=[best], verbose=verbose,
+        x_train,
+        x_train,
+        batch_size=batch_size,
+        epochs=epochs,
+        validation_data=(x_val, x_val),
+        callbacks=[best],
+        verbose=verbose,
     )
     cost = {
         "params": autoencoder.count_params(),
@@ -194,8 +220,9 @@ def reconstruction_trainer(autoencoder, augment=True):
     if augment:
         x = RandomPaddedCrop(4)(x)
         x = layers.RandomFlip("horizontal")(x)
-        x = layers.RandomRotation(15 / 360, fill_mode="constant",
-                                  interpolation="nearest", fill_value=0.0)(x)
+        x = layers.RandomRotation(
+            15 / 360, fill_mode="constant", interpolation="nearest", fill_value=0.0
+        )(x)
     target = autoencoder.encoder.get_layer("normalize")(x)
     outputs = layers.Concatenate()([autoencoder(x), target])
     return keras.Model(inputs, outputs, name="reconstruction_trainer")
@@ -206,12 +233,10 @@ def reconstruction_mse(y_true, y_pred):
     outputs; `y_true` is unused."""
     del y_true
     reconstruction, target = keras.ops.split(y_pred, 2, axis=-1)
-    return keras.ops.mean(keras.ops.square(reconstruction - target),
-                          axis=(1, 2, 3))
+    return keras.ops.mean(keras.ops.square(reconstruction - target), axis=(1, 2, 3))
 
 
-def multistep_schedule(learning_rate, milestones, decay, epochs,
-                       steps_per_epoch):
+def multistep_schedule(learning_rate, milestones, decay, epochs, steps_per_epoch):
     """PyTorch's `MultiStepLR` per epoch, milestones given for 200 epochs.
 
     Milestone `m` moves to epoch `round(m · epochs / 200)`; from that epoch
@@ -231,13 +256,14 @@ def best_checkpoint(epochs):
     """Keeps and restores the weights of the epoch with the lowest held-out
     reconstruction MSE (the official notebook's best-loss checkpoint)."""
     return keras.callbacks.EarlyStopping(
-        "val_reconstruction_mse", mode="min", patience=epochs,
+        "val_reconstruction_mse",
+        mode="min",
+        patience=epochs,
         restore_best_weights=True,
     )
 
 
-def class_similarity(encoder, x, y, per_class=40, diagonal_boost=0.0225,
-                     seed=0):
+def class_similarity(encoder, x, y, per_class=40, diagonal_boost=0.0225, seed=0):
     """ReffAKD's class-similarity matrix from bottleneck codes.
 
     Samples `per_class` images of each class (seeded), encodes them, and

@@ -40,9 +40,15 @@ from keras_kd.losses.feature_alignment import FeatureAlignment
 from keras_kd.losses.subset_logits_distillation import SubsetLogitsDistillation
 
 
-def skd_distiller(teacher, student, teacher_layer_names,
-                  student_layer_names=None, beta=100.0, aligner="linear",
-                  **kwargs):
+def skd_distiller(
+    teacher,
+    student,
+    teacher_layer_names,
+    student_layer_names=None,
+    beta=100.0,
+    aligner="linear",
+    **kwargs,
+):
     """The SKD Distiller: `CE_S + β · Σ_l mean((a_l(F_s^l) − F_t^l)²)`.
 
     One `kd.losses.FeatureAlignment` per stage (named `skd_<student layer>`,
@@ -87,8 +93,7 @@ def skd_distiller(teacher, student, teacher_layer_names,
         )
     if not beta > 0:
         raise ValueError(f"beta must be positive, got {beta}.")
-    for key in ("distillation_loss_weights", "student_loss_weight",
-                "weighting"):
+    for key in ("distillation_loss_weights", "student_loss_weight", "weighting"):
         if key in kwargs:
             raise ValueError(
                 f"skd_distiller sets {key} itself (CE + beta · Σ stages); "
@@ -99,15 +104,19 @@ def skd_distiller(teacher, student, teacher_layer_names,
         for t, s in zip(teacher_layer_names, student_layer_names)
     ]
     return Distiller(
-        teacher, student, terms,
+        teacher,
+        student,
+        terms,
         distillation_loss_weights=[float(beta)] * len(terms),
-        student_loss_weight=1.0, weighting="additive", **kwargs,
+        student_loss_weight=1.0,
+        weighting="additive",
+        **kwargs,
     )
 
 
-def renormalised_logits_distiller(teacher, student, class_indices,
-                                  temperature=4.0, student_loss_weight=0.1,
-                                  **kwargs):
+def renormalised_logits_distiller(
+    teacher, student, class_indices, temperature=4.0, student_loss_weight=0.1, **kwargs
+):
     """The renormalised-logits baseline: `0.1·CE + 0.9·KD_S` by default.
 
     `KD_S` is `kd.losses.SubsetLogitsDistillation(class_indices,
@@ -123,9 +132,11 @@ def renormalised_logits_distiller(teacher, student, class_indices,
     ```
     """
     return Distiller(
-        teacher, student,
+        teacher,
+        student,
         SubsetLogitsDistillation(class_indices, temperature),
-        student_loss_weight=student_loss_weight, **kwargs,
+        student_loss_weight=student_loss_weight,
+        **kwargs,
     )
 
 
@@ -152,9 +163,7 @@ def finetune_model(teacher, num_classes, feature_layer=None, name=None):
             f"{type(teacher).__name__}."
         )
     if int(num_classes) != num_classes or num_classes < 1:
-        raise ValueError(
-            f"num_classes must be a positive integer, got {num_classes}."
-        )
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes}.")
     try:
         inputs = teacher.inputs
     except (AttributeError, ValueError):
@@ -180,14 +189,14 @@ def finetune_model(teacher, num_classes, feature_layer=None, name=None):
         features = backbone_copy.get_layer(feature_layer).output
     if isinstance(features, (list, tuple)):
         raise ValueError(
-            f"The teacher's last layer takes several inputs; name the "
-            f"backbone's output with feature_layer=."
+            "The teacher's last layer takes several inputs; name the "
+            "backbone's output with feature_layer=."
         )
     if len(features.shape) > 2:
         features = keras.layers.GlobalAveragePooling2D()(features)
-    outputs = keras.layers.Dense(
-        int(num_classes), dtype="float32", name="logits"
-    )(features)
+    outputs = keras.layers.Dense(int(num_classes), dtype="float32", name="logits")(
+        features
+    )
     return keras.Model(
         backbone_copy.inputs, outputs, name=name or f"{teacher.name}_finetuned"
     )

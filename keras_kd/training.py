@@ -24,7 +24,6 @@ print(result["last_epoch_test_accuracy"], result["images_per_second"])
 import csv
 import dataclasses
 import json
-import math
 import os
 import time
 import warnings
@@ -32,6 +31,7 @@ import warnings
 import numpy as np
 
 from keras_kd.callbacks import TrainTimer
+from keras_kd.data import common as data_common
 from keras_kd.data import pipeline
 from keras_kd.data import pydataset
 
@@ -47,7 +47,8 @@ def tensorboard_available():
 
 TENSORBOARD_MISSING = (
     "TensorBoard is not installed, so no TensorBoard logs are written (the "
-    "CSV log is); `pip install tensorboard` to get them.")
+    "CSV log is); `pip install tensorboard` to get them."
+)
 
 
 @dataclasses.dataclass
@@ -57,8 +58,8 @@ class TrainConfig:
     `lr_decay_epochs`: epochs at which the learning rate is multiplied by
     0.1. `weight_decay`: PyTorch's coupled L2 on every trainable variable
     the optimizer updates (`keras_kd.optimizers`); build the models without
-    kernel regularizers then. `replicas`: devices a batch is split over (each epoch's partial
-    batch is then dropped).
+    kernel regularizers then. `replicas`: devices a batch is split over
+    (each epoch's partial batch is then dropped).
     """
 
     epochs: int
@@ -90,8 +91,7 @@ class Data:
     std: np.ndarray
 
     @classmethod
-    def from_arrays(cls, x, y, x_test, y_test, info=None, mean=None,
-                    std=None):
+    def from_arrays(cls, x, y, x_test, y_test, info=None, mean=None, std=None):
         """Splits with `mean`/`std` per channel (default: pixels / 255)."""
         channels = x.shape[-1]
         mean = np.zeros(channels, "float32") if mean is None else mean
@@ -99,17 +99,19 @@ class Data:
         return cls(x, y, x_test, y_test, dict(info or {}), mean, std)
 
     def normalize(self, images):
-        return ((images.astype("float32") - self.mean) / self.std).astype(
-            "float32")
+        return ((images.astype("float32") - self.mean) / self.std).astype("float32")
 
 
 def steps_per_epoch(n, config):
     """Batches per epoch: the last one partial, unless on several replicas."""
-    if config.replicas > 1:
-        # Every batch must split evenly over the replicas (JAX's
-        # DataParallel refuses otherwise): drop each epoch's partial batch.
-        return max(1, n // config.batch_size)
-    return max(1, math.ceil(n / config.batch_size))
+    # Every batch must split evenly over the replicas (JAX's DataParallel
+    # refuses otherwise): drop each epoch's partial batch.
+    return max(
+        1,
+        data_common.steps_per_epoch(
+            n, config.batch_size, drop_remainder=config.replicas > 1
+        ),
+    )
 
 
 def make_optimizer(config, steps):
@@ -124,10 +126,12 @@ def make_optimizer(config, steps):
     schedule = lr
     if boundaries:
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries, [lr * 0.1**i for i in range(len(boundaries) + 1)])
+            boundaries, [lr * 0.1**i for i in range(len(boundaries) + 1)]
+        )
     if config.optimizer == "sgd":
-        return optimizers.SGD(schedule, momentum=config.momentum,
-                              l2=config.weight_decay)
+        return optimizers.SGD(
+            schedule, momentum=config.momentum, l2=config.weight_decay
+        )
     return optimizers.Adam(schedule, l2=config.weight_decay)
 
 
@@ -158,18 +162,15 @@ def _read_csv(path):
 
 
 def side_inputs(model):
-    """The batch entries besides the images that `model` reads: the
-    `side_inputs` of a Distiller's terms and teachers (none for a plain
-    model), e.g. `["example_index"]` for CRD."""
-    terms = getattr(model, "distillation_losses", None) or []
-    teachers = getattr(model, "teacher", None)
-    teachers = teachers if isinstance(teachers, (list, tuple)) else [teachers]
-    return sorted({n for term in terms for n in term.side_inputs}
-                  | {n for t in teachers for n in getattr(t, "side_inputs", ())})
+    """The batch entries besides the images that `model` reads: a
+    Distiller's `side_input_names` (none for a plain model), e.g.
+    `["example_index"]` for CRD."""
+    return list(getattr(model, "side_input_names", []))
 
 
-def _indexed_batches(x, y, batch_size, steps, epochs, first_epoch, seed,
-                     augment, normalize):
+def _indexed_batches(
+    x, y, batch_size, steps, epochs, first_epoch, seed, augment, normalize
+):
     """`epoch_batches` whose inputs are `{"inputs", "example_index"}`.
 
     The positions travel as a second label column, so the batches (order,
@@ -181,21 +182,48 @@ def _indexed_batches(x, y, batch_size, steps, epochs, first_epoch, seed,
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(
             f"Example indices are supplied for integer class labels of shape "
-            f"(n,); got labels of shape {y.shape} and dtype {y.dtype}.")
-    labels = np.stack([y.astype("int64"), np.arange(len(y), dtype="int64")],
-                      axis=1)
-    ds = pipeline.epoch_batches(x, labels, batch_size, steps, epochs,
-                                first_epoch, seed, augment=augment,
-                                normalize=normalize)
-    return ds.map(lambda images, both: (
-        {"inputs": images, "example_index": both[:, 1]}, both[:, 0]),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            f"(n,); got labels of shape {y.shape} and dtype {y.dtype}."
+        )
+    labels = np.stack([y.astype("int64"), np.arange(len(y), dtype="int64")], axis=1)
+    ds = pipeline.epoch_batches(
+        x,
+        labels,
+        batch_size,
+        steps,
+        epochs,
+        first_epoch,
+        seed,
+        augment=augment,
+        normalize=normalize,
+    )
+    return ds.map(
+        lambda images, both: (
+            {"inputs": images, "example_index": both[:, 1]},
+            both[:, 0],
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
 
 
-def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
-                  host_augment=False, jit_compile=False, verbose=0,
-                  tensorboard=True, log=print, batches=None,
-                  input_pipeline="auto", workers=4):
+def fit_resumable(
+    name,
+    model,
+    data,
+    x,
+    y,
+    config,
+    out_dir,
+    seed=0,
+    host_augment=False,
+    jit_compile=False,
+    verbose=0,
+    tensorboard=True,
+    log=print,
+    batches=None,
+    input_pipeline="auto",
+    workers=4,
+):
     """Fits `model` (a student or a Distiller) with checkpoint/resume.
 
     Args:
@@ -227,34 +255,13 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
     are loaded from `weights.weights.h5`.
     """
     log = log or (lambda message: None)
-    import keras
-
-    indexed = False
-    if batches is None:
-        needed = side_inputs(model)
-        unknown = [n for n in needed if n != "example_index"]
-        if unknown:
-            raise ValueError(
-                f"{name}: the model reads {unknown} from each batch, which "
-                f"the default pipeline cannot supply (it supplies "
-                f"'example_index'); pass `batches=` yielding them.")
-        indexed = "example_index" in needed
-
+    indexed = batches is None and _reads_example_index(name, model)
     phase_dir = os.path.join(out_dir, name)
     result_path = os.path.join(phase_dir, "result.json")
     weights_path = os.path.join(phase_dir, "weights.weights.h5")
     os.makedirs(phase_dir, exist_ok=True)
     steps = steps_per_epoch(len(x), config)
-    model.compile(
-        optimizer=make_optimizer(config, steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=jit_compile,
-        # Several steps per call cut the per-step overhead of small models
-        # (the torch backend allows only one).
-        steps_per_execution=(1 if keras.backend.backend() == "torch"
-                             else min(steps, 8)),
-    )
+    _compile(model, config, steps, jit_compile)
     if os.path.exists(result_path):
         model.load_weights(weights_path)
         with open(result_path) as f:
@@ -266,43 +273,29 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
     log_path = os.path.join(phase_dir, "log.csv")
     _truncate_csv(log_path, first_epoch)
     if first_epoch:
-        log(f"[{name}] resuming at epoch {first_epoch + 1}/{config.epochs}"
-              f" from {backup_dir}.")
+        log(
+            f"[{name}] resuming at epoch {first_epoch + 1}/{config.epochs}"
+            f" from {backup_dir}."
+        )
     else:
         log(f"[{name}] training {config.epochs} epochs on {len(x)} images.")
-    numpy_path = pydataset.resolve_input_pipeline(input_pipeline) == "numpy"
-    fit_steps = steps
-    if batches is not None:
-        train_ds = batches(first_epoch, steps)
-    elif numpy_path and not indexed:
-        train_ds = pydataset.EpochBatches(
-            x, y, config.batch_size, steps, first_epoch, seed,
-            augment=host_augment, normalize=(data.mean, data.std),
-            workers=workers)
-        fit_steps = None  # The PyDataset is one epoch long.
-    elif numpy_path:
-        raise ValueError(
-            "The terms read example indices, which only the tf.data "
-            "pipeline supplies; use input_pipeline='tfdata'.")
-    else:
-        make = _indexed_batches if indexed else pipeline.epoch_batches
-        train_ds = make(x, y, config.batch_size, steps, config.epochs,
-                        first_epoch, seed, augment=host_augment,
-                        normalize=(data.mean, data.std))
+    train_ds, fit_steps = _train_batches(
+        batches,
+        data,
+        x,
+        y,
+        config,
+        steps,
+        first_epoch,
+        seed,
+        host_augment,
+        input_pipeline,
+        workers,
+        indexed,
+    )
     test = (data.normalize(data.x_test), data.y_test)
     timer = TrainTimer()
-    callbacks = [
-        # Two checkpoints, so a kill while one is written falls back to the
-        # previous epoch's.
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
-        keras.callbacks.CSVLogger(log_path, append=True),
-        timer,
-    ]
-    if tensorboard and tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(
-            os.path.join(phase_dir, "tensorboard"), write_graph=False))
-    elif tensorboard:
-        warnings.warn(TENSORBOARD_MISSING, stacklevel=2)
+    callbacks = _callbacks(phase_dir, backup_dir, log_path, timer, tensorboard)
     start = time.perf_counter()
     model.fit(
         train_ds,
@@ -316,25 +309,141 @@ def fit_resumable(name, model, data, x, y, config, out_dir, seed=0,
     )
     wall = time.perf_counter() - start
     model.save_weights(weights_path)
-    rows = _read_csv(log_path)
-    accuracies = [float(r["val_accuracy"]) for r in rows]
-    best = int(np.argmax(accuracies))
-    trained_epochs = config.epochs - first_epoch
-    result = {
-        "last_epoch_test_accuracy": accuracies[-1],
-        "best_epoch_test_accuracy": accuracies[best],
-        "best_epoch": best + 1,
-        "epochs": len(rows),
-        "train_images": int(len(x)),
-        "wall_seconds": wall,
-        "train_seconds": timer.seconds,
-        "images_per_second": (len(x) * trained_epochs / timer.seconds
-                              if timer.seconds else None),
-        "resumed_at_epoch": first_epoch,
-        "final_losses": {k: float(v) for k, v in rows[-1].items()
-                         if k not in ("epoch",)},
-    }
+    result = _result(
+        _read_csv(log_path),
+        len(x),
+        config.epochs - first_epoch,
+        first_epoch,
+        wall,
+        timer.seconds,
+    )
     with open(result_path, "w") as f:
         json.dump(result, f, indent=2)
     return result
 
+
+def _reads_example_index(name, model):
+    """Whether the default pipeline must add example indices to the inputs;
+    raises when `model` reads side inputs that it cannot supply."""
+    needed = side_inputs(model)
+    unknown = [n for n in needed if n != "example_index"]
+    if unknown:
+        raise ValueError(
+            f"{name}: the model reads {unknown} from each batch, which "
+            f"the default pipeline cannot supply (it supplies "
+            f"'example_index'); pass `batches=` yielding them."
+        )
+    return "example_index" in needed
+
+
+def _compile(model, config, steps, jit_compile):
+    """Compiles with `config`'s optimizer, cross-entropy and accuracy."""
+    import keras
+
+    model.compile(
+        optimizer=make_optimizer(config, steps),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+        # Several steps per call cut the per-step overhead of small models
+        # (the torch backend allows only one).
+        steps_per_execution=(
+            1 if keras.backend.backend() == "torch" else min(steps, 8)
+        ),
+    )
+
+
+def _train_batches(
+    batches,
+    data,
+    x,
+    y,
+    config,
+    steps,
+    first_epoch,
+    seed,
+    host_augment,
+    input_pipeline,
+    workers,
+    indexed,
+):
+    """The training batches from `first_epoch` on, and the steps per epoch
+    to give `fit` (None for a PyDataset, which is one epoch long)."""
+    numpy_path = pydataset.resolve_input_pipeline(input_pipeline) == "numpy"
+    if batches is not None:
+        return batches(first_epoch, steps), steps
+    normalize = (data.mean, data.std)
+    if numpy_path and not indexed:
+        return pydataset.EpochBatches(
+            x,
+            y,
+            config.batch_size,
+            steps,
+            first_epoch,
+            seed,
+            augment=host_augment,
+            normalize=normalize,
+            workers=workers,
+        ), None
+    if numpy_path:
+        raise ValueError(
+            "The terms read example indices, which only the tf.data "
+            "pipeline supplies; use input_pipeline='tfdata'."
+        )
+    make = _indexed_batches if indexed else pipeline.epoch_batches
+    return make(
+        x,
+        y,
+        config.batch_size,
+        steps,
+        config.epochs,
+        first_epoch,
+        seed,
+        augment=host_augment,
+        normalize=normalize,
+    ), steps
+
+
+def _callbacks(phase_dir, backup_dir, log_path, timer, tensorboard):
+    """Checkpoint, CSV log, timer and (when installed) TensorBoard."""
+    import keras
+
+    callbacks = [
+        # Two checkpoints, so a kill while one is written falls back to the
+        # previous epoch's.
+        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
+        keras.callbacks.CSVLogger(log_path, append=True),
+        timer,
+    ]
+    if tensorboard and tensorboard_available():
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                os.path.join(phase_dir, "tensorboard"), write_graph=False
+            )
+        )
+    elif tensorboard:
+        # Attributed to the caller of `fit_resumable`.
+        warnings.warn(TENSORBOARD_MISSING, stacklevel=3)
+    return callbacks
+
+
+def _result(rows, num_images, trained_epochs, first_epoch, wall, seconds):
+    """The results dict of a finished phase from its CSV log `rows`."""
+    accuracies = [float(r["val_accuracy"]) for r in rows]
+    best = int(np.argmax(accuracies))
+    return {
+        "last_epoch_test_accuracy": accuracies[-1],
+        "best_epoch_test_accuracy": accuracies[best],
+        "best_epoch": best + 1,
+        "epochs": len(rows),
+        "train_images": int(num_images),
+        "wall_seconds": wall,
+        "train_seconds": seconds,
+        "images_per_second": (
+            num_images * trained_epochs / seconds if seconds else None
+        ),
+        "resumed_at_epoch": first_epoch,
+        "final_losses": {
+            k: float(v) for k, v in rows[-1].items() if k not in ("epoch",)
+        },
+    }

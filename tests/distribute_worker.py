@@ -57,8 +57,7 @@ class Projection(kd.losses.DistillationTerm):
             name="kernel",
         )
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         projected = ops.matmul(student_outputs["s_features"], self.kernel)
         return per_sample_mean(ops.square(projected - teacher_outputs[0]["t_features"]))
 
@@ -72,7 +71,8 @@ def tiny_net(prefix, width, batch_norm):
     h = keras.layers.ReLU()(h)
     h = keras.layers.GlobalAveragePooling2D(name=f"{prefix}_features")(h)
     outputs = keras.layers.Dense(
-        10, name=f"{prefix}_logits",
+        10,
+        name=f"{prefix}_logits",
         kernel_regularizer=keras.regularizers.L2(1e-2),
     )(h)
     return keras.Model(inputs, outputs, name=prefix)
@@ -87,7 +87,8 @@ def make_distiller(batch_norm):
     keras.utils.set_random_seed(0)
     feature_term = (
         kd.losses.FeatureAlignment("t_features", "s_features")
-        if batch_norm else Projection()
+        if batch_norm
+        else Projection()
     )
     distiller = kd.Distiller(
         tiny_net("t", 8, batch_norm),
@@ -119,8 +120,13 @@ def train(distiller, epochs=1):
     """Full-batch SGD steps; returns the last step's logs."""
     x, y, sample_weight = data()
     history = distiller.fit(
-        x, y, sample_weight=sample_weight, batch_size=BATCH, epochs=epochs,
-        shuffle=False, verbose=0,
+        x,
+        y,
+        sample_weight=sample_weight,
+        batch_size=BATCH,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
     )
     return {name: values[-1] for name, values in history.history.items()}
 
@@ -163,7 +169,8 @@ def mirrored():
     result["metric_names"] = sorted(logs_1)
     result["weights_diff"] = max_diff(weights(single), weights(replicated))
     result["weights_moved"] = max_diff(
-        weights(single), dict(zip(weights(single), initial)))
+        weights(single), dict(zip(weights(single), initial))
+    )
 
     # With BatchNorm, by default each replica normalises with its own half
     # batch, so the loss is the mean of the two half-batch losses (and the
@@ -174,9 +181,16 @@ def mirrored():
     for i in range(2):
         single.set_weights(initial)
         part = slice(i * half, (i + 1) * half)
-        half_losses.append(float(single.compute_loss(
-            x[part], y[part], single(x[part], training=True),
-            sample_weight[part])))
+        half_losses.append(
+            float(
+                single.compute_loss(
+                    x[part],
+                    y[part],
+                    single(x[part], training=True),
+                    sample_weight[part],
+                )
+            )
+        )
     with strategy.scope():
         replicated = make_distiller(batch_norm=True)
     replicated.set_weights(initial)
@@ -197,10 +211,12 @@ def mirrored():
     result["sync_bn_replica_diff"] = replica_diff(replicated)
     result["sync_bn_moved"] = max(
         float(np.max(np.abs(ops.convert_to_numpy(v) - w)))
-        for v, w in zip(replicated.weights, initial) if "moving" in v.path
+        for v, w in zip(replicated.weights, initial)
+        if "moving" in v.path
     )
     result["sync_bn_restored"] = not any(
-        layer.synchronized for layer in replicated._flatten_layers()
+        layer.synchronized
+        for layer in replicated._flatten_layers()
         if isinstance(layer, keras.layers.BatchNormalization)
     )
     return result
@@ -209,9 +225,9 @@ def mirrored():
 def replica_diff(distiller):
     """Largest difference between the 2 replicas' BN moving statistics."""
     return max(
-        float(np.max(np.abs(
-            v.value.values[0].numpy() - v.value.values[1].numpy())))
-        for v in distiller.weights if "moving" in v.path
+        float(np.max(np.abs(v.value.values[0].numpy() - v.value.values[1].numpy())))
+        for v in distiller.weights
+        if "moving" in v.path
     )
 
 
@@ -245,14 +261,15 @@ def jax_distributions():
         logs_2 = train(replicated)
         # Variables replicated on both devices; batches split over them.
         result["data_parallel_variable_devices"] = len(
-            replicated.student.weights[0].value.sharding.device_set)
+            replicated.student.weights[0].value.sharding.device_set
+        )
         result["data_parallel_batch_axes"] = list(
-            data_parallel.get_data_layout((BATCH, 8, 8, 1)).axes)
+            data_parallel.get_data_layout((BATCH, 8, 8, 1)).axes
+        )
     result["data_parallel_logs"] = [logs_1, logs_2]
     result["data_parallel_logs_diff"] = max_diff(logs_1, logs_2)
     result["data_parallel_weights_diff"] = max_diff(weights_1, weights(replicated))
-    result["weights_moved"] = max_diff(
-        weights_1, dict(zip(weights_1, initial)))
+    result["weights_moved"] = max_diff(weights_1, dict(zip(weights_1, initial)))
 
     # A teacher too large for one device: shard its kernels' output
     # channels over the "model" axis; everything else is replicated.
@@ -261,7 +278,8 @@ def jax_distributions():
     layout_map["t_.*conv.*/kernel"] = (None, None, None, "model")
     layout_map["t_.*logits.*/kernel"] = (None, "model")
     model_parallel = keras.distribution.ModelParallel(
-        layout_map=layout_map, batch_dim_name="batch")
+        layout_map=layout_map, batch_dim_name="batch"
+    )
     with model_parallel.scope():
         sharded = make_distiller(batch_norm=True)
         sharded.set_weights(initial)
@@ -270,11 +288,13 @@ def jax_distributions():
     result["model_parallel_weights_diff"] = max_diff(weights_1, weights(sharded))
     result["teacher_kernel_shards"] = {
         v.path: [list(s.data.shape) for s in v.value.addressable_shards]
-        for v in sharded.teacher.weights if v.path.endswith("kernel")
+        for v in sharded.teacher.weights
+        if v.path.endswith("kernel")
     }
     result["teacher_kernel_shapes"] = {
         v.path: list(v.shape)
-        for v in sharded.teacher.weights if v.path.endswith("kernel")
+        for v in sharded.teacher.weights
+        if v.path.endswith("kernel")
     }
     return result
 

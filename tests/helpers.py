@@ -99,7 +99,6 @@ def gradient(fn, variable):
         import jax
 
         return np.asarray(jax.grad(fn)(variable.value))
-    import torch
 
     x = variable.value.detach().clone().requires_grad_(True)
     fn(x).backward()
@@ -108,8 +107,10 @@ def gradient(fn, variable):
 
 def trainable_values(model_or_term):
     """Copies of the trainable variables' values (a model, layer or term)."""
-    return [np.array(keras.ops.convert_to_numpy(v))
-            for v in model_or_term.trainable_variables]
+    return [
+        np.array(keras.ops.convert_to_numpy(v))
+        for v in model_or_term.trainable_variables
+    ]
 
 
 def all_values(model):
@@ -125,8 +126,9 @@ def fit_steps(distiller, x, y, steps=2, batch_size=32):
     which depends on the machine's floating-point path.
     """
     n = steps * batch_size
-    history = distiller.fit(x[:n], y[:n], batch_size=batch_size, epochs=1,
-                            shuffle=False, verbose=0).history
+    history = distiller.fit(
+        x[:n], y[:n], batch_size=batch_size, epochs=1, shuffle=False, verbose=0
+    ).history
     for name, values in history.items():
         assert np.all(np.isfinite(values)), (name, values)
     return history

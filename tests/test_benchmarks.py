@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _load(name):
     spec = importlib.util.spec_from_file_location(
-        f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+        f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -32,11 +33,20 @@ def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
     configs = ["keras_logits_feature", "kd_logits_feature", "torch_kd"]
     try:
         result = throughput.run_benchmark(
-            teacher="digits_cnn_large", student="digits_cnn_large",
-            batch_size=8, steps=2, repeats=2, warmup_steps=1,
-            input_shape=(8, 8, 1), num_classes=10, configs=configs,
-            output_dir=str(tmp_path), command="pytest", clock="cpu",
-            log=lambda _: None)
+            teacher="digits_cnn_large",
+            student="digits_cnn_large",
+            batch_size=8,
+            steps=2,
+            repeats=2,
+            warmup_steps=1,
+            input_shape=(8, 8, 1),
+            num_classes=10,
+            configs=configs,
+            output_dir=str(tmp_path),
+            command="pytest",
+            clock="cpu",
+            log=lambda _: None,
+        )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     json_path, md_path = result["files"]
@@ -49,37 +59,43 @@ def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
         assert "cpu clock" in f.read().splitlines()[0]
     rows = {row["config"]: row for row in saved["rows"]}
     assert list(rows)[:3] == ["student", "teacher_forward", "fused_limit"]
-    assert set(rows) == {"student", "teacher_forward", "fused_limit",
-                         *configs}
+    assert set(rows) == {"student", "teacher_forward", "fused_limit", *configs}
     # Zoo CNNs for digits have no PyTorch twin: the row says why (see
     # test_torch_row_says_why_it_is_skipped for both cases).
     assert rows["torch_kd"]["skipped"] == (
         "PyTorch twins exist for the zoo's CIFAR ResNets only"
-        if throughput.torch_installed() else "PyTorch is not installed")
+        if throughput.torch_installed()
+        else "PyTorch is not installed"
+    )
     timed = [r for r in rows.values() if "skipped" not in r]
     for row in timed:
         rates = row["per_repeat_images_per_s"]
-        assert len(rates) == 2 and all(r > 0 and math.isfinite(r)
-                                       for r in rates)
-        assert row["images_per_s"]["median"] == pytest.approx(
-            np.median(rates))
+        assert len(rates) == 2 and all(r > 0 and math.isfinite(r) for r in rates)
+        assert row["images_per_s"]["median"] == pytest.approx(np.median(rates))
     # The fused limit is 1 / (1/r_student + 1/r_teacher) per repeat.
     student = np.array(rows["student"]["per_repeat_images_per_s"])
     teacher = np.array(rows["teacher_forward"]["per_repeat_images_per_s"])
-    np.testing.assert_allclose(rows["fused_limit"]["per_repeat_images_per_s"],
-                               1 / (1 / student + 1 / teacher), rtol=1e-6)
+    np.testing.assert_allclose(
+        rows["fused_limit"]["per_repeat_images_per_s"],
+        1 / (1 / student + 1 / teacher),
+        rtol=1e-6,
+    )
     kd_row = rows["kd_logits_feature"]
     assert kd_row["keras_reference"] == "keras_logits_feature"
     kd_rates = np.array(kd_row["per_repeat_images_per_s"])
-    assert kd_row["vs_fused_limit"] == pytest.approx(np.median(
-        kd_rates / rows["fused_limit"]["per_repeat_images_per_s"]))
-    assert kd_row["vs_keras"] == pytest.approx(np.median(
-        kd_rates / rows["keras_logits_feature"]["per_repeat_images_per_s"]))
+    assert kd_row["vs_fused_limit"] == pytest.approx(
+        np.median(kd_rates / rows["fused_limit"]["per_repeat_images_per_s"])
+    )
+    assert kd_row["vs_keras"] == pytest.approx(
+        np.median(kd_rates / rows["keras_logits_feature"]["per_repeat_images_per_s"])
+    )
     assert kd_row["peak_rss_mb"] > 0
     names = [t["name"] for t in saved["targets"]]
-    assert names == ["kd_logits vs keras_logits",
-                     "kd_logits_feature vs keras_logits_feature",
-                     "kd_logits_feature vs fused_limit"]
+    assert names == [
+        "kd_logits vs keras_logits",
+        "kd_logits_feature vs keras_logits_feature",
+        "kd_logits_feature vs fused_limit",
+    ]
     # Ratios whose rows did not run are reported as missing, not guessed.
     assert saved["targets"][0]["ratio"] is None
     assert saved["targets"][0]["met"] is None
@@ -106,8 +122,11 @@ def test_torch_row_says_why_it_is_skipped(throughput, monkeypatch, torch):
 
     cnn = kd.models.get("digits_cnn_large", num_classes=10)
     reason = throughput.build_torch_runner(cnn, cnn)
-    assert reason == ("PyTorch twins exist for the zoo's CIFAR ResNets only"
-                      if torch == "installed" else "PyTorch is not installed")
+    assert reason == (
+        "PyTorch twins exist for the zoo's CIFAR ResNets only"
+        if torch == "installed"
+        else "PyTorch is not installed"
+    )
 
 
 def test_torch_twins_match_the_keras_zoo(throughput):
@@ -124,14 +143,18 @@ def test_torch_twins_match_the_keras_zoo(throughput):
     twins = throughput.torch_twins
     runner = twins.TorchRunner(
         twins._torch_resnet("resnet20", 10),
-        twins._torch_resnet("resnet8x4", 10), mixed_precision=False)
+        twins._torch_resnet("resnet8x4", 10),
+        mixed_precision=False,
+    )
     before = [p.detach().clone() for p in runner.student.parameters()]
     rng = np.random.default_rng(0)
-    seconds = runner(rng.normal(size=(4, 8, 8, 3)).astype("float32"),
-                     np.arange(4), batch_size=4)
+    seconds = runner(
+        rng.normal(size=(4, 8, 8, 3)).astype("float32"), np.arange(4), batch_size=4
+    )
     assert seconds > 0
-    assert any(not torch.equal(a, b)
-               for a, b in zip(before, runner.student.parameters()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, runner.student.parameters())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -149,27 +172,43 @@ def _runs():
     runs = []
     for method in ("student", "kd"):
         for seed in range(3):
-            runs.append({"method": method, "seed": seed,
-                         "last": rng.uniform(0.5, 0.9),
-                         "best": rng.uniform(0.5, 0.9),
-                         "train_seconds": rng.uniform(10, 20),
-                         "images_per_second": rng.uniform(100, 200),
-                         "curve": list(rng.uniform(0, 1, 5))})
+            runs.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "last": rng.uniform(0.5, 0.9),
+                    "best": rng.uniform(0.5, 0.9),
+                    "train_seconds": rng.uniform(10, 20),
+                    "images_per_second": rng.uniform(100, 200),
+                    "curve": list(rng.uniform(0, 1, 5)),
+                }
+            )
     runs.append({"method": "kd", "seed": 3, "failed": "boom", "command": ""})
     return runs
 
 
 def _report(runs, summary):
     return {
-        "suite": "cpu", "date": "2026-01-01T00:00:00+00:00",
-        "machine": {"host": "h", "platform": "p", "cpu_count": 2,
-                    "device": "cpu"},
-        "backend": "tensorflow", "command": "cmd", "seeds": [0, 1, 2, 3],
+        "suite": "cpu",
+        "date": "2026-01-01T00:00:00+00:00",
+        "machine": {"host": "h", "platform": "p", "cpu_count": 2, "device": "cpu"},
+        "backend": "tensorflow",
+        "command": "cmd",
+        "seeds": [0, 1, 2, 3],
         "wall_seconds": 60.0,
-        "datasets": [{"key": "digits", "teacher": "t", "student": "s",
-                      "note": "n", "epochs": 5, "teacher_epochs": 5,
-                      "protocol_epochs": [80, 30],
-                      "runs": runs, "summary": summary}],
+        "datasets": [
+            {
+                "key": "digits",
+                "teacher": "t",
+                "student": "s",
+                "note": "n",
+                "epochs": 5,
+                "teacher_epochs": 5,
+                "protocol_epochs": [80, 30],
+                "runs": runs,
+                "summary": summary,
+            }
+        ],
     }
 
 
@@ -180,12 +219,9 @@ def test_accuracy_summary_table(accuracy, accuracy_report):
     assert summary["kd"]["seeds"] == 3 and summary["kd"]["failed"] == 1
     assert summary["kd"]["last"] == pytest.approx(np.mean(kd_last))
     assert summary["kd"]["last_std"] == pytest.approx(np.std(kd_last))
-    table = accuracy_report.format_markdown(
-        _report(runs, list(summary.values())))
-    kd_line = next(line for line in table.splitlines()
-                   if line.startswith("| kd |"))
-    assert (f"{100 * np.mean(kd_last):.2f} ± {100 * np.std(kd_last):.2f}"
-            in kd_line)
+    table = accuracy_report.format_markdown(_report(runs, list(summary.values())))
+    kd_line = next(line for line in table.splitlines() if line.startswith("| kd |"))
+    assert f"{100 * np.mean(kd_last):.2f} ± {100 * np.std(kd_last):.2f}" in kd_line
     assert "3 (1 failed)" in kd_line
     # 5 epochs are fewer than the protocol's 80: flagged.
     assert "**Shortened run**: 5 student / 5 teacher epochs" in table
@@ -193,7 +229,8 @@ def test_accuracy_summary_table(accuracy, accuracy_report):
 
 @pytest.mark.parametrize("matplotlib", ["installed", "absent"])
 def test_accuracy_report_plots_when_matplotlib_is_installed(
-        accuracy, tmp_path, monkeypatch, capsys, matplotlib):
+    accuracy, tmp_path, monkeypatch, capsys, matplotlib
+):
     if matplotlib == "installed":
         pytest.importorskip("matplotlib", reason="needs matplotlib installed")
     else:
@@ -215,7 +252,8 @@ def test_accuracy_report_plots_when_matplotlib_is_installed(
 
 
 def test_fashion_subset_and_its_validation_split_are_stratified_and_disjoint(
-        accuracy, tmp_path):
+    accuracy, tmp_path
+):
     rng = np.random.default_rng(0)
     source = tmp_path / "source"
     source.mkdir()
@@ -228,13 +266,13 @@ def test_fashion_subset_and_its_validation_split_are_stratified_and_disjoint(
         y = np.arange(n) % 4
         np.savez(source / f"{split}.npz", x=x, y=y)
         data[split] = (x, y)
-    out, out_val = accuracy.fashion_subset(
-        str(source), str(tmp_path / "work"), 40, 20)
+    out, out_val = accuracy.fashion_subset(str(source), str(tmp_path / "work"), 40, 20)
 
     def rows(images, split):
         x, _ = data[split]
-        return [int(np.flatnonzero((x == image).all(axis=(1, 2, 3)))[0])
-                for image in images]
+        return [
+            int(np.flatnonzero((x == image).all(axis=(1, 2, 3)))[0]) for image in images
+        ]
 
     train = np.load(os.path.join(out, "train.npz"))
     val = np.load(os.path.join(out_val, "test.npz"))
@@ -247,7 +285,8 @@ def test_fashion_subset_and_its_validation_split_are_stratified_and_disjoint(
     assert (data["train"][1][val_rows] == val["y"]).all()
     # Both folders train on the same subset; the test split is untouched.
     np.testing.assert_array_equal(
-        np.load(os.path.join(out_val, "train.npz"))["x"], train["x"])
+        np.load(os.path.join(out_val, "train.npz"))["x"], train["x"]
+    )
     np.testing.assert_array_equal(test["x"], data["test"][0])
 
 
@@ -255,19 +294,30 @@ def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
     calls = []
     scores = {"10": 0.70, "1": 0.80, "100": 0.75}
 
-    def fake_run(dataset, methods, seeds, log, weights=None,
-                 flags_key="flags", work_key=None, tag="", **_):
+    def fake_run(
+        dataset,
+        methods,
+        seeds,
+        log,
+        weights=None,
+        flags_key="flags",
+        work_key=None,
+        tag="",
+        **_,
+    ):
         calls.append((methods, flags_key, work_key, tag))
         if methods == ["kd"]:
             return []
         weight = weights[methods[0]][0].split("=")[1]
-        return [{"method": methods[0], "seed": s, "last": scores[weight]}
-                for s in seeds]
+        return [
+            {"method": methods[0], "seed": s, "last": scores[weight]} for s in seeds
+        ]
 
     monkeypatch.setattr(accuracy, "run_dataset", fake_run)
     dataset = {"key": "d", "flags": [], "val_flags": ["--dataset=npz:v"]}
-    chosen, record = accuracy.tune_dataset(dataset, ["kd", "fitnets"], [0],
-                                           lambda _: None)
+    chosen, record = accuracy.tune_dataset(
+        dataset, ["kd", "fitnets"], [0], lambda _: None
+    )
     assert accuracy.tune_grid("fitnets") == [1.0, 10.0, 100.0]
     assert chosen == {"fitnets": ["--fitnets_weight=1"]}
     assert record["fitnets"]["validation_accuracy"] == scores
@@ -281,14 +331,24 @@ def test_accuracy_cpu_suite_runs_the_recipes(tmp_path):
     import subprocess
     import sys
 
-    env = dict(os.environ, KERAS_BACKEND="tensorflow",
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "accuracy.py"),
-         "--suite=cpu", "--datasets=digits", "--methods=kd", "--seeds=0",
-         "--epochs=1", "--teacher_epochs=1", f"--output_dir={tmp_path}",
-         f"--work_dir={tmp_path / 'work'}"],
-        check=True, env=env, capture_output=True)
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "accuracy.py"),
+            "--suite=cpu",
+            "--datasets=digits",
+            "--methods=kd",
+            "--seeds=0",
+            "--epochs=1",
+            "--teacher_epochs=1",
+            f"--output_dir={tmp_path}",
+            f"--work_dir={tmp_path / 'work'}",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     stem = [f[:-5] for f in os.listdir(tmp_path) if f.endswith(".json")]
     assert len(stem) == 1
     with open(tmp_path / f"{stem[0]}.json") as f:
@@ -298,8 +358,9 @@ def test_accuracy_cpu_suite_runs_the_recipes(tmp_path):
     assert set(rows) == {"teacher", "student", "kd"}
     for row in rows.values():
         assert row["seeds"] == 1 and 0.0 <= row["last"] <= 1.0
-    assert all(len(r["curve"]) == 1 for r in dataset["runs"]
-               if r["method"] != "teacher")
+    assert all(
+        len(r["curve"]) == 1 for r in dataset["runs"] if r["method"] != "teacher"
+    )
     assert os.path.getsize(tmp_path / f"{stem[0]}.png") > 0
     with open(tmp_path / f"{stem[0]}.md") as f:
         assert "| kd |" in f.read()
@@ -310,8 +371,7 @@ def test_throughput_rejects_an_unknown_clock(throughput):
         throughput.run_benchmark(clock="gpu", log=lambda _: None)
 
 
-def test_merge_replaces_a_rerun_of_the_same_method_and_seed(
-        accuracy, tmp_path):
+def test_merge_replaces_a_rerun_of_the_same_method_and_seed(accuracy, tmp_path):
     runs = _runs()
     first = _report(runs, accuracy.summarize(runs))
     first["methods"] = ["kd", "fitnets"]
@@ -324,12 +384,18 @@ def test_merge_replaces_a_rerun_of_the_same_method_and_seed(
         with open(paths[-1], "w") as f:
             json.dump(part, f)
     accuracy.merge_reports(paths, str(tmp_path))
-    (merged,) = [p for p in os.listdir(tmp_path) if p.startswith("accuracy_")
-                 and p.endswith(".json")]
+    (merged,) = [
+        p
+        for p in os.listdir(tmp_path)
+        if p.startswith("accuracy_") and p.endswith(".json")
+    ]
     with open(tmp_path / merged) as f:
         report = json.load(f)
-    kept = [r for r in report["datasets"][0]["runs"]
-            if r["method"] == "kd" and r["seed"] == 0]
+    kept = [
+        r
+        for r in report["datasets"][0]["runs"]
+        if r["method"] == "kd" and r["seed"] == 0
+    ]
     assert kept == again  # The later part's run, once.
     assert report["methods"] == ["kd", "fitnets"]
     others = [r for r in runs if (r["method"], r["seed"]) != ("kd", 0)]
@@ -337,41 +403,49 @@ def test_merge_replaces_a_rerun_of_the_same_method_and_seed(
 
 
 def test_table_says_whether_a_method_beats_kd_beyond_the_seed_spread(
-        accuracy, accuracy_report):
-    runs = [{"method": m, "seed": s, "last": v + d, "best": v + d}
-            for m, v in (("kd", 0.80), ("fitnets", 0.85), ("at", 0.801),
-                         ("teacher", 0.95), ("subset: skd", 0.99))
-            for s, d in ((0, -0.01), (1, 0.01))]
-    table = accuracy_report.format_markdown(
-        _report(runs, accuracy.summarize(runs)))
-    line = {row.split(" | ")[0][2:]: row for row in table.splitlines()
-            if row.startswith("| ")}
+    accuracy, accuracy_report
+):
+    runs = [
+        {"method": m, "seed": s, "last": v + d, "best": v + d}
+        for m, v in (
+            ("kd", 0.80),
+            ("fitnets", 0.85),
+            ("at", 0.801),
+            ("teacher", 0.95),
+            ("subset: skd", 0.99),
+        )
+        for s, d in ((0, -0.01), (1, 0.01))
+    ]
+    table = accuracy_report.format_markdown(_report(runs, accuracy.summarize(runs)))
+    line = {
+        row.split(" | ")[0][2:]: row
+        for row in table.splitlines()
+        if row.startswith("| ")
+    }
     assert "+5.00 (above)" in line["fitnets"]  # 5 points > 1 + 1 std.
     assert "+0.10 (within noise)" in line["at"]
     assert "| – |" in line["teacher"] and "| – |" in line["subset: skd"]
 
 
-def test_skd_subset_runs_the_specialize_recipe_from_the_seeds_teacher(
-        accuracy):
-    dataset = {"student": "s", "teacher": "t", "epochs": 2,
-               "teacher_epochs": 3}
+def test_skd_subset_runs_the_specialize_recipe_from_the_seeds_teacher(accuracy):
+    dataset = {"student": "s", "teacher": "t", "epochs": 2, "teacher_epochs": 3}
     common = ["--dataset=npz:/d", "--reffakd_diagonal=0.008"]
     script, args, phases = accuracy.recipe_call(
-        "skd_subset", 1, dataset, common, "/out", ["/t1.keras"])
+        "skd_subset", 1, dataset, common, "/out", ["/t1.keras"]
+    )
     assert script == "specialize.py"
     assert "--teacher=/t1.keras" in args and "--seed=1" in args
     assert not [a for a in args if a.startswith("--reffakd_")]
-    assert [p for p, _ in phases] == ["skd", "scratch", "finetune",
-                                      "subset_kd"]
-    script, args, phases = accuracy.recipe_call(
-        "kd", 0, dataset, common, "/out", [])
+    assert [p for p, _ in phases] == ["skd", "scratch", "finetune", "subset_kd"]
+    script, args, phases = accuracy.recipe_call("kd", 0, dataset, common, "/out", [])
     assert script == "distill.py" and "--teacher=t" in args
     assert "--reffakd_diagonal=0.008" in args and "--baseline" in args
     assert [name for _, name in phases] == ["kd", "teacher", "student"]
 
 
 def test_plot_colours_are_distinct_and_refuse_more_methods_than_colours(
-        accuracy_report):
+    accuracy_report,
+):
     plt = pytest.importorskip("matplotlib.pyplot")
     names = [f"m{i}" for i in range(60)]
     colours = accuracy_report._colours(names, plt)

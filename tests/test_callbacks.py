@@ -24,8 +24,15 @@ def _fit(stop, epochs=2):
     model.compile("sgd", "mse")
     ends = _EpochEnds()
     with pytest.raises(FloatingPointError) as error:
-        model.fit(x, np.zeros(64), batch_size=16, epochs=epochs,
-                  callbacks=[stop, ends], shuffle=False, verbose=0)
+        model.fit(
+            x,
+            np.zeros(64),
+            batch_size=16,
+            epochs=epochs,
+            callbacks=[stop, ends],
+            shuffle=False,
+            verbose=0,
+        )
     return str(error.value), ends.ends
 
 

@@ -26,10 +26,10 @@ import types
 import keras
 import numpy as np
 import pytest
-
-import keras_kd as kd
 from helpers import small_cnn
 from helpers import sparse_ce
+
+import keras_kd as kd
 
 pytestmark = pytest.mark.multi_backend
 
@@ -45,20 +45,25 @@ jax_only = pytest.mark.skipif(
 
 
 def worker_env(**extra):
-    env = {
-        k: v for k, v in os.environ.items()
-        if k not in ("TF_CONFIG", "XLA_FLAGS")
-    }
-    env.update(KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu", **extra)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "XLA_FLAGS")}
+    env.update(
+        KERAS_BACKEND=BACKEND,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        JAX_PLATFORMS="cpu",
+        **extra,
+    )
     return env
 
 
 def run_worker(mode, tmp_path, **env):
     out = tmp_path / f"{mode}.json"
     proc = subprocess.run(
-        [sys.executable, WORKER, mode, str(out)], env=worker_env(**env),
-        capture_output=True, text=True, timeout=TIMEOUT,
+        [sys.executable, WORKER, mode, str(out)],
+        env=worker_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads(out.read_text())
@@ -78,8 +83,9 @@ def test_strategy_from_flag_checks_the_flag_and_backend():
         kd.distribute.strategy_from_flag("horovod")
     # tf.distribute needs TensorFlow, keras.distribution JAX; torch has
     # neither.
-    valid = {"tensorflow": {"mirrored", "multi_worker"},
-             "jax": {"data_parallel"}}.get(BACKEND, set())
+    valid = {"tensorflow": {"mirrored", "multi_worker"}, "jax": {"data_parallel"}}.get(
+        BACKEND, set()
+    )
     right = sorted(valid - {"multi_worker"})  # Needs TF_CONFIG to start.
     for wrong in {"mirrored", "multi_worker", "data_parallel"} - valid:
         with pytest.raises(ValueError, match="KERAS_BACKEND"):
@@ -93,14 +99,16 @@ def test_strategy_from_flag_checks_the_flag_and_backend():
 
 def test_scale_batch_and_learning_rate_linear_rule(capsys):
     assert kd.distribute.scale_batch_and_learning_rate(64, 0.1, 128) == (
-        64, pytest.approx(0.05))
+        64,
+        pytest.approx(0.05),
+    )
     four = types.SimpleNamespace(num_replicas_in_sync=4)
-    global_batch, lr = kd.distribute.scale_batch_and_learning_rate(
-        32, 0.1, 256, four)
+    global_batch, lr = kd.distribute.scale_batch_and_learning_rate(32, 0.1, 256, four)
     assert global_batch == 128 and lr == pytest.approx(0.1 * 128 / 256)
     assert capsys.readouterr().out == ""  # Library code prints nothing.
     assert "Global batch 64 = 64 per replica × 1 replica(s)" in (
-        kd.distribute.describe_scaling(64, 0.1, 128))
+        kd.distribute.describe_scaling(64, 0.1, 128)
+    )
     described = kd.distribute.describe_scaling(32, 0.1, 256, four)
     assert "Global batch 128 = 32 per replica × 4 replica(s)" in described
     assert "0.1 × 128 / 256 = 0.05" in described
@@ -110,12 +118,17 @@ def test_synchronized_batch_norm_is_scoped(digits):
     x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(0)
     distiller = kd.Distiller(
-        small_cnn(8, name="teacher"), small_cnn(4, name="student"),
-        [kd.losses.LogitsDistillation(),
-         kd.losses.FeatureAlignment("stage2", "stage2")])
+        small_cnn(8, name="teacher"),
+        small_cnn(4, name="student"),
+        [
+            kd.losses.LogitsDistillation(),
+            kd.losses.FeatureAlignment("stage2", "stage2"),
+        ],
+    )
     distiller.compile("sgd", sparse_ce())
     batch_norms = [
-        layer for layer in distiller._flatten_layers()
+        layer
+        for layer in distiller._flatten_layers()
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     assert len(batch_norms) == 5  # Teacher 2, student 2, aligner 1.
@@ -125,8 +138,7 @@ def test_synchronized_batch_norm_is_scoped(digits):
         expected = BACKEND == "tensorflow"
         assert [layer.synchronized for layer in batch_norms] == [expected] * 5
         if BACKEND == "tensorflow":  # Traces with synchronized statistics.
-            distiller.fit(x_train[:32], y_train[:32], batch_size=16,
-                          verbose=0)
+            distiller.fit(x_train[:32], y_train[:32], batch_size=16, verbose=0)
     assert not any(layer.synchronized for layer in batch_norms)
     # On TensorFlow the train function traced with synchronized BN is gone.
     assert (distiller.train_function is None) == (BACKEND == "tensorflow")
@@ -138,8 +150,12 @@ def test_mirrored_two_replicas_match_one_device(tmp_path):
     r = run_worker("mirrored", tmp_path)
     assert r["replicas"] == 2
     assert r["metric_names"] == [
-        "logits_distillation", "loss", "projection", "student_loss",
-        "total_loss"]
+        "logits_distillation",
+        "loss",
+        "projection",
+        "student_loss",
+        "total_loss",
+    ]
     # One SGD step through fit: the per-replica losses reduce to the
     # one-device loss of the global batch (and the term metrics agree);
     # the student, teacher and term (projection kernel) weights agree.
@@ -169,13 +185,16 @@ def test_multi_worker_matches_single_worker(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     workers = []
     for index in range(2):
-        tf_config = {"cluster": cluster,
-                     "task": {"type": "worker", "index": index}}
-        workers.append(subprocess.Popen(
-            [sys.executable, WORKER, "worker", str(tmp_path / f"{index}.json")],
-            env=worker_env(TF_CONFIG=json.dumps(tf_config)),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, WORKER, "worker", str(tmp_path / f"{index}.json")],
+                env=worker_env(TF_CONFIG=json.dumps(tf_config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     try:
         # The one-worker reference, in this process meanwhile.
         reference = distribute_worker.multi_worker()
@@ -196,14 +215,15 @@ def test_multi_worker_matches_single_worker(tmp_path):
         assert set(result["weights"]) == set(reference["weights"])
         for name, value in reference["weights"].items():
             np.testing.assert_allclose(
-                result["weights"][name], value, atol=1e-5, err_msg=name)
+                result["weights"][name], value, atol=1e-5, err_msg=name
+            )
 
 
 @jax_only
 def test_jax_data_parallel_and_model_parallel_match_one_device(tmp_path):
     r = run_worker(
-        "jax", tmp_path,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        "jax", tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2"
+    )
     assert r["devices"] == 2
     assert r["data_parallel_variable_devices"] == 2
     assert r["data_parallel_batch_axes"][0] == "batch"
@@ -214,9 +234,12 @@ def test_jax_data_parallel_and_model_parallel_match_one_device(tmp_path):
     # The teacher's kernels are split over the "model" axis (output
     # channels halved on each device) and the step is unchanged.
     assert r["teacher_kernel_shapes"] == {
-        "t_conv/kernel": [3, 3, 1, 8], "t_logits/kernel": [8, 10]}
+        "t_conv/kernel": [3, 3, 1, 8],
+        "t_logits/kernel": [8, 10],
+    }
     assert r["teacher_kernel_shards"] == {
         "t_conv/kernel": [[3, 3, 1, 4]] * 2,
-        "t_logits/kernel": [[8, 5]] * 2}
+        "t_logits/kernel": [[8, 5]] * 2,
+    }
     assert r["model_parallel_logs_diff"] < 1e-5
     assert r["model_parallel_weights_diff"] < 1e-5

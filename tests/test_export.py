@@ -68,7 +68,10 @@ def test_float32_saved_model_and_tflite_match_keras(student, digits, tmp_path):
     saved_diff = np.abs(reloaded.serve(x_test).numpy() - expected).max()
     tflite, _ = run_tflite(report["tflite"]["path"], x_test)
     tflite_diff = np.abs(tflite - expected).max()
-    for entry, diff in [(report["saved_model"], saved_diff), (report["tflite"], tflite_diff)]:
+    for entry, diff in [
+        (report["saved_model"], saved_diff),
+        (report["tflite"], tflite_diff),
+    ]:
         assert diff <= 1e-4 * scale
         np.testing.assert_allclose(entry["max_abs_diff"], diff, atol=1e-7)
         np.testing.assert_allclose(entry["tolerance"], 1e-4 * scale + 1e-6, rtol=1e-5)
@@ -82,8 +85,12 @@ def test_float32_saved_model_and_tflite_match_keras(student, digits, tmp_path):
 def test_float16_tflite_within_looser_tolerance(student, digits, tmp_path):
     _, x_test, _, y_test = digits
     report = kd.export.export(
-        student, tmp_path / "f16", formats=["tflite"], sample_inputs=x_test,
-        tflite_quantization="float16", sample_labels=y_test,
+        student,
+        tmp_path / "f16",
+        formats=["tflite"],
+        sample_inputs=x_test,
+        tflite_quantization="float16",
+        sample_labels=y_test,
     )["tflite"]
     expected = keras_logits(student, x_test)
     got, interpreter = run_tflite(report["path"], x_test)
@@ -102,14 +109,20 @@ def test_float16_tflite_within_looser_tolerance(student, digits, tmp_path):
 def check_quantised(model, digits, tmp_path, quantization):
     _, x_test, _, y_test = digits
     report = kd.export.export(
-        model, tmp_path, formats=("tflite",), sample_inputs=x_test,
-        tflite_quantization=quantization, sample_labels=y_test,
+        model,
+        tmp_path,
+        formats=("tflite",),
+        sample_inputs=x_test,
+        tflite_quantization=quantization,
+        sample_labels=y_test,
     )["tflite"]
     expected = keras_logits(model, x_test)
     got, interpreter = run_tflite(report["path"], x_test)
     agreement = np.mean(got.argmax(-1) == expected.argmax(-1))
     np.testing.assert_allclose(report["top1_agreement"], agreement)
-    np.testing.assert_allclose(report["max_abs_diff"], np.abs(got - expected).max(), atol=1e-7)
+    np.testing.assert_allclose(
+        report["max_abs_diff"], np.abs(got - expected).max(), atol=1e-7
+    )
     assert agreement >= 0.95
     accuracy = np.mean(got.argmax(-1) == y_test)
     np.testing.assert_allclose(report["accuracy"], accuracy)
@@ -125,7 +138,9 @@ def test_int8_tflite_top1_agreement(student, digits, tmp_path):
     # model's input and output).
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     conv_inputs = [
-        op["inputs"][0] for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"
+        op["inputs"][0]
+        for op in interpreter._get_ops_details()
+        if op["op_name"] == "CONV_2D"
     ]
     assert conv_inputs and all(details[i]["dtype"] == np.int8 for i in conv_inputs)
 
@@ -137,10 +152,18 @@ def test_dynamic_range_tflite(digits, tmp_path):
     keras.utils.set_random_seed(1)
     tiny = small_cnn(4)
     with pytest.warns(UserWarning, match="left every tensor .* in float32"):
-        report = kd.export.export(tiny, tmp_path / "small", formats="tflite",
-                                  sample_inputs=x_test, tflite_quantization="dynamic_range")
+        report = kd.export.export(
+            tiny,
+            tmp_path / "small",
+            formats="tflite",
+            sample_inputs=x_test,
+            tflite_quantization="dynamic_range",
+        )
     assert report["tflite"]["quantized_tensors"] == 0
-    assert report["tflite"]["max_abs_diff"] <= 1e-4 * np.abs(keras_logits(tiny, x_test)).max()
+    assert (
+        report["tflite"]["max_abs_diff"]
+        <= 1e-4 * np.abs(keras_logits(tiny, x_test)).max()
+    )
     # A wider net (conv2: 3x3x16x32 = 4608 weights) gets int8 weights.
     keras.utils.set_random_seed(1)
     wider = small_cnn(16)
@@ -158,7 +181,9 @@ def test_mixed_precision_student_exports(student, digits, tmp_path):
         keras.config.set_dtype_policy("float32")
     mixed.set_weights(student.get_weights())
     assert mixed.get_layer("stem_conv").compute_dtype == "float16"
-    report = kd.export.export(mixed, tmp_path, sample_inputs=x_test, sample_labels=y_test)
+    report = kd.export.export(
+        mixed, tmp_path, sample_inputs=x_test, sample_labels=y_test
+    )
     # The model keeps its policy after export.
     assert mixed.get_layer("stem_conv").dtype_policy.name == "mixed_float16"
 
@@ -181,23 +206,40 @@ def test_distiller_exports_its_student(student, digits, tmp_path):
     _, x_test, _, _ = digits
     teacher = kd.models.digits_cnn_small(num_classes=10)
     distiller = kd.Distiller(teacher, student, kd.losses.LogitsDistillation())
-    report = kd.export.export(distiller, tmp_path, formats="saved_model",
-                              sample_inputs=x_test[:32])
+    report = kd.export.export(
+        distiller, tmp_path, formats="saved_model", sample_inputs=x_test[:32]
+    )
     reloaded = tf.saved_model.load(report["saved_model"]["path"])
     np.testing.assert_allclose(
-        reloaded.serve(x_test[:32]).numpy(), keras_logits(student, x_test[:32]), atol=1e-5
+        reloaded.serve(x_test[:32]).numpy(),
+        keras_logits(student, x_test[:32]),
+        atol=1e-5,
     )
 
 
 def test_parity_failure_raises(student, digits, tmp_path):
     _, x_test, _, _ = digits
     # float16 weights move the logits by more than the 1e-6 floor left by rtol=0.
-    with pytest.raises(kd.export.ExportParityError, match="differs from the Keras model"):
-        kd.export.export(student, tmp_path, formats="tflite", sample_inputs=x_test[:64],
-                         tflite_quantization="float16", rtol=0.0)
+    with pytest.raises(
+        kd.export.ExportParityError, match="differs from the Keras model"
+    ):
+        kd.export.export(
+            student,
+            tmp_path,
+            formats="tflite",
+            sample_inputs=x_test[:64],
+            tflite_quantization="float16",
+            rtol=0.0,
+        )
     with pytest.raises(kd.export.ExportParityError, match="min_top1_agreement"):
-        kd.export.export(student, tmp_path, formats="tflite", sample_inputs=x_test[:64],
-                         tflite_quantization="int8", min_top1_agreement=1.01)
+        kd.export.export(
+            student,
+            tmp_path,
+            formats="tflite",
+            sample_inputs=x_test[:64],
+            tflite_quantization="int8",
+            min_top1_agreement=1.01,
+        )
 
 
 def test_bad_inputs(student, tmp_path):
@@ -238,8 +280,13 @@ def test_jax_backend_error_names_the_fix(tmp_path):
         "    print('ERROR:', e)\n"
     )
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "ERROR: TFLite export needs the TensorFlow backend" in out.stdout, out.stderr
     assert "KERAS_BACKEND=tensorflow" in out.stdout
     assert not os.listdir(tmp_path)

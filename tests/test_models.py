@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 from keras import layers
 
-from keras_kd import data, models
+from keras_kd import data
+from keras_kd import models
 
 # On JAX (CPU) every new kernel shape compiles its own truncated-normal
 # sampler (about a second each), so the models with the most distinct shapes
 # are built on TensorFlow only; the architecture code is the same.
 JAX_SKIP = {"mobilenetv2", "vgg13"}
-CIFAR_MODELS = [name for name in models.MODELS
-                if not name.startswith(("digits", "fashion"))]
+CIFAR_MODELS = [
+    name for name in models.MODELS if not name.startswith(("digits", "fashion"))
+]
 NUM_BLOCKS = {
     "resnet20": 9,
     "resnet32": 15,
@@ -82,7 +84,7 @@ def test_forward_and_layer_names(name):
     for block in blocks:
         model.get_layer(block)
     if blocks:
-        last_stage = int(stages[-1][len("stage"):])
+        last_stage = int(stages[-1][len("stage") :])
         assert blocks[0] == "block1_1"
         assert blocks[-1].startswith(f"block{last_stage}_")
 
@@ -110,8 +112,9 @@ def test_get_passes_classes_and_input_shape():
 
 
 def test_block_names_of_any_functional_model():
-    conv = functools.partial(layers.Conv2D, 4, padding="same", use_bias=False,
-                             kernel_initializer="zeros")
+    conv = functools.partial(
+        layers.Conv2D, 4, padding="same", use_bias=False, kernel_initializer="zeros"
+    )
     inputs = keras.Input((8, 8, 4))
     x = conv(3)(inputs)
     x = layers.Add(name="add1")([inputs, x])
@@ -166,8 +169,11 @@ def test_digits_teacher_trains():
 
 @pytest.mark.parametrize(
     "teacher, student, sizes",
-    [("resnet32x4", "resnet8x4", (16, 16)), ("wrn_40_2", "wrn_16_2", (16, 16)),
-     ("vgg13", "mobilenetv2", (8, 8))],
+    [
+        ("resnet32x4", "resnet8x4", (16, 16)),
+        ("wrn_40_2", "wrn_16_2", (16, 16)),
+        ("vgg13", "mobilenetv2", (8, 8)),
+    ],
 )
 def test_hint_layers_are_the_official_feature_two(teacher, student, sizes):
     """RepDistiller's feat[2]: the output of `layer2` / `block2` (16×16 maps)."""
@@ -182,16 +188,21 @@ def test_hint_layers_are_the_official_feature_two(teacher, student, sizes):
         assert isinstance(t.get_layer(last), layers.ReLU)
     if student.startswith("wrn"):
         # WRN: feat[2] is block2's raw residual sum (pre-activation).
-        assert isinstance(s.get_layer("stage2").input._keras_history.operation,
-                          layers.Add)
-    assert (t.get_layer("stage2").output.shape[1],
-            s.get_layer("stage2").output.shape[1]) == sizes
+        assert isinstance(
+            s.get_layer("stage2").input._keras_history.operation, layers.Add
+        )
+    assert (
+        t.get_layer("stage2").output.shape[1],
+        s.get_layer("stage2").output.shape[1],
+    ) == sizes
     assert models.hint_layer_names(t, s, -1) == ("features", "features")
     with pytest.raises(ValueError, match="out of range"):
         models.hint_layer_names(t, s, 7)
 
 
-@pytest.mark.parametrize("name, count", [("wrn_40_2", 18), ("wrn_16_2", 6), ("wrn_40_1", 18)])
+@pytest.mark.parametrize(
+    "name, count", [("wrn_40_2", 18), ("wrn_16_2", 6), ("wrn_40_1", 18)]
+)
 def test_wrn_blocks_are_bn_relu_of_each_residual_sum(name, count):
     """AFD's official WRN (models/wrn.py) returns, for every block, its sum
     after the next block's BN-ReLU (the final BN-ReLU for the last one)."""

@@ -27,16 +27,14 @@ def test_sgd_steps_match_torch_sgd_with_weight_decay():
     rng = np.random.default_rng(0)
     shapes = [(3, 3, 2, 4), (4,), (4,), (5, 3)]  # kernel, γ, β, dense.
     init = [rng.normal(size=s).astype("float32") for s in shapes]
-    grads = [[rng.normal(size=s).astype("float32") for s in shapes]
-             for _ in range(3)]
+    grads = [[rng.normal(size=s).astype("float32") for s in shapes] for _ in range(3)]
     variables = [keras.Variable(v) for v in init]
     optimizer = kd.optimizers.SGD(0.05, momentum=0.9, l2=5e-4)
     for step in grads:
         optimizer.apply_gradients(zip(step, variables))
     expected = torch_sgd(init, grads, 0.05, 0.9, 5e-4)
     for v, e in zip(variables, expected):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(v), e,
-                                   atol=1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(v), e, atol=1e-6)
     # The decay matters at this tolerance: without it the result differs.
     plain = torch_sgd(init, grads, 0.05, 0.9, 0.0)
     assert max(np.abs(p - e).max() for p, e in zip(plain, expected)) > 1e-5
@@ -54,8 +52,9 @@ def test_adam_adds_the_decay_to_the_gradient():
     tensor = keras.ops.convert_to_tensor
     kd.optimizers.Adam(1e-2, l2=0.1).apply_gradients([(tensor(g), a)])
     keras.optimizers.Adam(1e-2).apply_gradients([(tensor(g + 0.1 * w0), b)])
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(a),
-                               keras.ops.convert_to_numpy(b), atol=1e-7)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-7
+    )
     with pytest.raises(ValueError, match="l2"):
         kd.optimizers.SGD(0.1, l2=-1.0)
 
@@ -65,12 +64,15 @@ def _distiller(seed):
     teacher = small_cnn(8, name="teacher")
     student = small_cnn(4, name="student")
     teacher.trainable = False
-    term = kd.losses.FeatureAlignment("stage2", "stage2",
-                                      aligner="linear", name="fa")
-    return kd.Distiller(teacher, student,
-                        [kd.losses.LogitsDistillation(4.0), term],
-                        distillation_loss_weights=[1.0, 10.0],
-                        student_loss_weight=1.0, weighting="additive")
+    term = kd.losses.FeatureAlignment("stage2", "stage2", aligner="linear", name="fa")
+    return kd.Distiller(
+        teacher,
+        student,
+        [kd.losses.LogitsDistillation(4.0), term],
+        distillation_loss_weights=[1.0, 10.0],
+        student_loss_weight=1.0,
+        weighting="additive",
+    )
 
 
 def _one_step(l2):
@@ -79,8 +81,9 @@ def _one_step(l2):
     x = rng.normal(size=(8, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 10, size=(8,))
     distiller(x)
-    distiller.compile(optimizer=kd.optimizers.SGD(0.1, momentum=0.9, l2=l2),
-                      loss=sparse_ce())
+    distiller.compile(
+        optimizer=kd.optimizers.SGD(0.1, momentum=0.9, l2=l2), loss=sparse_ce()
+    )
     # Indices, not paths: a second build numbers the layers anew.
     variables = list(distiller.variables)
     ids = {id(v): i for i, v in enumerate(variables)}
@@ -99,8 +102,11 @@ def _one_step(l2):
 def test_decay_covers_exactly_the_student_and_term_variables():
     names, before, decayed, groups = _one_step(5e-4)
     _, _, plain, _ = _one_step(0.0)
-    trainable, student, teacher = (groups["trainable"], groups["student"],
-                                   groups["teacher"])
+    trainable, student, teacher = (
+        groups["trainable"],
+        groups["student"],
+        groups["teacher"],
+    )
     heads = trainable - student
     # The term's head (1x1 conv + BN: kernel, bias, γ, β) is trained too.
     assert heads and not heads & teacher
@@ -111,12 +117,12 @@ def test_decay_covers_exactly_the_student_and_term_variables():
         # variable by exactly −lr·l2·w0 more than plain SGD.
         diff = decayed[i] - plain[i]
         if i in trainable:
-            np.testing.assert_allclose(diff, -0.1 * 5e-4 * w0, atol=2e-7,
-                                       err_msg=names[i])
+            np.testing.assert_allclose(
+                diff, -0.1 * 5e-4 * w0, atol=2e-7, err_msg=names[i]
+            )
             if np.abs(w0).max() > 0.5:
                 assert np.abs(diff).max() > 1e-5, names[i]
         else:  # Teacher weights and BN moving statistics: not decayed.
-            np.testing.assert_allclose(diff, 0.0, atol=1e-7,
-                                       err_msg=names[i])
+            np.testing.assert_allclose(diff, 0.0, atol=1e-7, err_msg=names[i])
     for i in teacher:
         np.testing.assert_array_equal(decayed[i], before[i])

@@ -33,16 +33,22 @@ def namespace():
     teacher = kd.models.get("resnet20", num_classes=10, **shape)
     student = kd.models.get("resnet20", num_classes=10, **shape)
     return {
-        "teacher": teacher, "student": student,
+        "teacher": teacher,
+        "student": student,
         # What the earlier sections built, for the later ones.
-        "distiller": kd.Distiller(teacher, student,
-                                  **kd.presets.build("kd", teacher, student)),
+        "distiller": kd.Distiller(
+            teacher, student, **kd.presets.build("kd", teacher, student)
+        ),
         "student_3way": kd.models.get("resnet20", num_classes=3, **shape),
-        "x_train": x_uint8.astype("float32") / 255.0, "y_train": y,
+        "x_train": x_uint8.astype("float32") / 255.0,
+        "y_train": y,
         "x_val": x_uint8[:4].astype("float32") / 255.0,
-        "x_test": x_uint8[:8].astype("float32") / 255.0, "y_test": y[:8],
-        "x": x_uint8, "y": y,
-        "x_uint8": x_uint8, "x_test_uint8": x_uint8[:8],
+        "x_test": x_uint8[:8].astype("float32") / 255.0,
+        "y_test": y[:8],
+        "x": x_uint8,
+        "y": y,
+        "x_uint8": x_uint8,
+        "x_test_uint8": x_uint8[:8],
     }
 
 
@@ -60,8 +66,9 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch):
     if "recipes_lib" in code or "from absl" in code:
         pytest.skip("a command-line example")
     if "strategy_from_flag" in code or "keras.distribution" in code:
-        pytest.skip("a scale-out example: tests/test_distribute.py runs it "
-                    "on simulated devices")
+        pytest.skip(
+            "a scale-out example: tests/test_distribute.py runs it on simulated devices"
+        )
     code = re.sub(r"epochs=\d+", "epochs=1", code)
     monkeypatch.chdir(tmp_path)
     keras.utils.set_random_seed(0)

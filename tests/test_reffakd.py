@@ -8,8 +8,8 @@ import pytest
 from helpers import numpy_log_softmax
 from helpers import numpy_softmax
 from helpers import sparse_ce
-from keras import ops
 from helpers import tiny_resnet
+from keras import ops
 
 import keras_kd as kd
 from keras_kd import reffakd
@@ -57,8 +57,9 @@ def test_class_similarity_matches_pairwise_loop():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(15, 6)).astype("float32")
     y = np.repeat([2, 0, 1], 5)
-    got = reffakd.class_similarity(identity_encoder(6), x, y, per_class=5,
-                                   diagonal_boost=0.1)
+    got = reffakd.class_similarity(
+        identity_encoder(6), x, y, per_class=5, diagonal_boost=0.1
+    )
     sums, counts = np.zeros((3, 3)), np.zeros((3, 3))
     for i, j in itertools.combinations(range(15), 2):
         cos = x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j])
@@ -100,9 +101,11 @@ def test_distiller_total_is_reffakd_loss(alpha, temperature):
     y = rng.integers(0, 4, size=8)
     student = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)])
     distiller = kd.Distiller(
-        kd.SoftLabelTeacher(table), student,
+        kd.SoftLabelTeacher(table),
+        student,
         kd.losses.LogitsDistillation(temperature=temperature),
-        student_loss_weight=1.0 - alpha)
+        student_loss_weight=1.0 - alpha,
+    )
     distiller.compile("sgd", sparse_ce())
     y_pred = distiller(x, training=True)
     total = float(distiller.compute_loss(x, y, y_pred))
@@ -118,15 +121,19 @@ def test_distiller_total_is_reffakd_loss(alpha, temperature):
 def test_table_size_must_match_student_classes():
     table = reffakd.soft_label_table(np.zeros((5, 5)))
     with pytest.raises(ValueError, match="5 classes and the student 10"):
-        kd.Distiller(kd.SoftLabelTeacher(table), tiny_resnet(4, 1, "student"),
-                     kd.losses.LogitsDistillation())
+        kd.Distiller(
+            kd.SoftLabelTeacher(table),
+            tiny_resnet(4, 1, "student"),
+            kd.losses.LogitsDistillation(),
+        )
 
 
 def test_reffakd_end_to_end_on_digits(digits):
     x_train, x_test, y_train, _ = digits
     keras.utils.set_random_seed(0)
     autoencoder, cost = reffakd.train_autoencoder(
-        x_train, x_test, epochs=2, learning_rate=0.05)
+        x_train, x_test, epochs=2, learning_rate=0.05
+    )
     assert cost["params"] == 46585 and cost["train_seconds"] > 0
     # Inputs are normalised with the training set's per-channel statistics.
     mean, std = x_train.mean(axis=(0, 1, 2)), x_train.std(axis=(0, 1, 2))
@@ -136,19 +143,24 @@ def test_reffakd_end_to_end_on_digits(digits):
     # the normalised image.
     reconstruction = ops.convert_to_numpy(autoencoder(x_test))
     np.testing.assert_allclose(
-        np.mean((reconstruction - (x_test - mean) / std) ** 2), cost["val_mse"],
-        rtol=1e-4)
+        np.mean((reconstruction - (x_test - mean) / std) ** 2),
+        cost["val_mse"],
+        rtol=1e-4,
+    )
     # weight_decay=5e-4 is coupled L2 on every kernel and bias.
     weights = autoencoder.trainable_weights
     expected = 2.5e-4 * sum(np.sum(ops.convert_to_numpy(w) ** 2) for w in weights)
-    actual = sum(float(ops.convert_to_numpy(l)) for l in autoencoder.losses)
+    actual = sum(float(ops.convert_to_numpy(loss)) for loss in autoencoder.losses)
     np.testing.assert_allclose(actual, expected, rtol=1e-4)
     similarity = reffakd.class_similarity(autoencoder.encoder, x_train, y_train)
     assert similarity.shape == (10, 10)
     table = reffakd.soft_label_table(similarity)
-    distiller = kd.Distiller(kd.SoftLabelTeacher(table), tiny_resnet(4, 1, "student"),
-                             kd.losses.LogitsDistillation(temperature=4.0),
-                             student_loss_weight=0.1)
+    distiller = kd.Distiller(
+        kd.SoftLabelTeacher(table),
+        tiny_resnet(4, 1, "student"),
+        kd.losses.LogitsDistillation(temperature=4.0),
+        student_loss_weight=0.1,
+    )
     distiller.compile(keras.optimizers.Adam(3e-3), sparse_ce())
     history = distiller.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
     assert np.isfinite(history.history["logits_distillation"]).all()
@@ -198,11 +210,13 @@ def test_reconstruction_trainer_augments_then_normalises():
     assert np.all(np.isclose(target, black) | np.isclose(target, white))
     inference = ops.convert_to_numpy(trainer(x, training=False))
     np.testing.assert_allclose(inference[..., 1:], white, rtol=1e-6)
-    np.testing.assert_allclose(inference[..., :1], ops.convert_to_numpy(autoencoder(x)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        inference[..., :1], ops.convert_to_numpy(autoencoder(x)), rtol=1e-5
+    )
     loss = ops.convert_to_numpy(reffakd.reconstruction_mse(None, inference))
-    np.testing.assert_allclose(loss, ((inference[..., :1] - white) ** 2).mean((1, 2, 3)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        loss, ((inference[..., :1] - white) ** 2).mean((1, 2, 3)), rtol=1e-5
+    )
 
 
 def test_best_checkpoint_restores_the_lowest_held_out_epoch():

@@ -66,7 +66,8 @@ def task(digits):
     """Digits 3, 5, 8 relabelled 0..2, 15 training images per class."""
     x_train, x_test, y_train, y_test = digits
     (x, y), mapping = kd.data.class_subset(
-        (x_train, y_train), SUBSET, max_per_class=15, seed=0)
+        (x_train, y_train), SUBSET, max_per_class=15, seed=0
+    )
     (x_val, y_val), _ = kd.data.class_subset((x_test, y_test), SUBSET)
     return x, y, x_val, y_val, mapping
 
@@ -76,7 +77,9 @@ def test_class_subset_remaps_and_keeps_the_mapping(task, digits):
     assert np.bincount(y).tolist() == [15, 15, 15]
     assert mapping.original_ids.tolist() == SUBSET
     _, x_test, _, y_test = digits
-    np.testing.assert_array_equal(mapping.to_original(y_val), y_test[np.isin(y_test, SUBSET)])
+    np.testing.assert_array_equal(
+        mapping.to_original(y_val), y_test[np.isin(y_test, SUBSET)]
+    )
     with pytest.raises(ValueError, match="Unknown class 10"):
         kd.data.class_subset((x, y), [0, 10])
     with pytest.raises(ValueError, match="no examples"):
@@ -92,13 +95,17 @@ def test_skd_trains_adapters_and_student_not_teacher(task, trained_teacher):
     x, y, _, _, _ = task
     keras.utils.set_random_seed(0)
     student = small_cnn(8, num_classes=3, name="student")
-    distiller = compile_(kd.skd.skd_distiller(
-        trained_teacher, student, ["stage1", "stage2"], beta=10.0))
+    distiller = compile_(
+        kd.skd.skd_distiller(trained_teacher, student, ["stage1", "stage2"], beta=10.0)
+    )
     assert [type(t).__name__ for t in distiller.distillation_losses] == [
-        "FeatureAlignment", "FeatureAlignment"]
+        "FeatureAlignment",
+        "FeatureAlignment",
+    ]
     teacher_before = all_values(trained_teacher)
-    adapters_before = [trainable_values(t.aligners[0])
-                       for t in distiller.distillation_losses]
+    adapters_before = [
+        trainable_values(t.aligners[0]) for t in distiller.distillation_losses
+    ]
     history = fit_steps(compile_(distiller), x, y, batch_size=16)
     assert_unchanged(teacher_before, all_values(trained_teacher))
     for term, before in zip(distiller.distillation_losses, adapters_before):
@@ -108,15 +115,19 @@ def test_skd_trains_adapters_and_student_not_teacher(task, trained_teacher):
     np.testing.assert_allclose(
         logs["total_loss"],
         logs["student_loss"] + 10.0 * (logs["skd_stage1"] + logs["skd_stage2"]),
-        rtol=1e-4)
+        rtol=1e-4,
+    )
 
 
 def test_renormalised_logits_baseline_trains_the_student_only(task, trained_teacher):
     x, y, _, _, mapping = task
     keras.utils.set_random_seed(0)
     student = small_cnn(8, num_classes=3, name="student")
-    distiller = compile_(kd.skd.renormalised_logits_distiller(
-        trained_teacher, student, mapping.original_ids, student_loss_weight=0.0))
+    distiller = compile_(
+        kd.skd.renormalised_logits_distiller(
+            trained_teacher, student, mapping.original_ids, student_loss_weight=0.0
+        )
+    )
     teacher_before = all_values(trained_teacher)
     student_before = trainable_values(student)
     history = fit_steps(distiller, x, y, batch_size=16)
@@ -131,11 +142,15 @@ def test_finetune_model_copies_backbone_with_new_head(task, trained_teacher):
     model = kd.skd.finetune_model(trained_teacher, 3)
     assert model.output.shape[-1] == 3 and model.layers[-1].name == "logits"
     backbone = keras.Model(model.inputs, model.layers[-1].input)
-    teacher_features = keras.Model(trained_teacher.inputs,
-                                   trained_teacher.get_layer("features").output)
+    teacher_features = keras.Model(
+        trained_teacher.inputs, trained_teacher.get_layer("features").output
+    )
     np.testing.assert_allclose(
         ops.convert_to_numpy(backbone(x_val[:8])),
-        ops.convert_to_numpy(teacher_features(x_val[:8])), rtol=1e-5, atol=1e-6)
+        ops.convert_to_numpy(teacher_features(x_val[:8])),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     teacher_before = [w.copy() for w in trained_teacher.get_weights()]
     keras.utils.set_random_seed(0)
     compile_(model).fit(x, y, epochs=5, batch_size=16, verbose=0)
@@ -155,8 +170,10 @@ def teacher_and_student():
 
 @pytest.mark.parametrize(
     "indices, match",
-    [([3, 5], "2 class_indices but the student has 3"),
-     ([3, 5, 10], r"class_indices \[10\] are out of range.*10 classes")],
+    [
+        ([3, 5], "2 class_indices but the student has 3"),
+        ([3, 5, 10], r"class_indices \[10\] are out of range.*10 classes"),
+    ],
 )
 def test_subset_indices_checked_against_both_models(indices, match):
     teacher, student = teacher_and_student()
@@ -172,11 +189,18 @@ def test_plain_logit_kd_still_rejects_a_teacher_with_other_classes():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"teacher_layer_names": ["stage1", "stage2"],
-       "student_layer_names": ["stage2"]}, "one student layer per teacher"),
-     ({"teacher_layer_names": []}, "non-empty list"),
-     ({"teacher_layer_names": ["stage1"], "beta": 0}, "beta must be positive"),
-     ({"teacher_layer_names": ["nope"]}, "no layer named 'nope'")],
+    [
+        (
+            {
+                "teacher_layer_names": ["stage1", "stage2"],
+                "student_layer_names": ["stage2"],
+            },
+            "one student layer per teacher",
+        ),
+        ({"teacher_layer_names": []}, "non-empty list"),
+        ({"teacher_layer_names": ["stage1"], "beta": 0}, "beta must be positive"),
+        ({"teacher_layer_names": ["nope"]}, "no layer named 'nope'"),
+    ],
 )
 def test_skd_distiller_bad_input(kwargs, match):
     teacher, student = teacher_and_student()

@@ -17,16 +17,16 @@ def _setup(seed=0):
     y = (x.reshape(40, -1).mean(axis=1) > 127).astype("int64")
     data = training.Data.from_arrays(x, y, x[:16], y[:16])
     keras.utils.set_random_seed(seed)
-    model = kd.models.get("digits_cnn_small", num_classes=2,
-                          input_shape=(8, 8, 1))
+    model = kd.models.get("digits_cnn_small", num_classes=2, input_shape=(8, 8, 1))
     return data, model
 
 
 def test_results_and_csv_log(tmp_path):
     data, model = _setup()
     config = training.TrainConfig(epochs=2, batch_size=16, lr=1e-3)
-    result = training.fit_resumable("phase", model, data, data.x, data.y,
-                                    config, str(tmp_path), log=None)
+    result = training.fit_resumable(
+        "phase", model, data, data.x, data.y, config, str(tmp_path), log=None
+    )
     with open(tmp_path / "phase" / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     accuracies = [float(r["val_accuracy"]) for r in rows]
@@ -35,19 +35,20 @@ def test_results_and_csv_log(tmp_path):
     assert result["best_epoch_test_accuracy"] == max(accuracies)
     assert result["images_per_second"] > 0 and result["wall_seconds"] > 0
     # A finished phase is loaded, not retrained.
-    again = training.fit_resumable("phase", model, data, data.x, data.y,
-                                   config, str(tmp_path), log=None)
+    again = training.fit_resumable(
+        "phase", model, data, data.x, data.y, config, str(tmp_path), log=None
+    )
     assert again == result
 
 
-def test_missing_tensorboard_warns_and_keeps_the_csv_log(tmp_path,
-                                                         monkeypatch):
+def test_missing_tensorboard_warns_and_keeps_the_csv_log(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "tensorboard_available", lambda: False)
     data, model = _setup()
     config = training.TrainConfig(epochs=1, batch_size=16, lr=1e-3)
     with pytest.warns(UserWarning, match="pip install tensorboard"):
-        result = training.fit_resumable("phase", model, data, data.x, data.y,
-                                        config, str(tmp_path), log=None)
+        result = training.fit_resumable(
+            "phase", model, data, data.x, data.y, config, str(tmp_path), log=None
+        )
     assert os.path.exists(tmp_path / "phase" / "log.csv")
     assert not os.path.exists(tmp_path / "phase" / "tensorboard")
     assert np.isfinite(result["last_epoch_test_accuracy"])
@@ -70,15 +71,17 @@ def test_example_index_supplied_when_a_term_reads_it(tmp_path):
     index of every batch row can be read back from its pixels."""
     x = np.repeat(np.arange(40, dtype="uint8"), 64).reshape(40, 8, 8, 1)
     y = np.arange(40, dtype="int64") % 2
-    ds = training._indexed_batches(x, y, 16, 3, 2, 1, seed=0, augment=False,
-                                   normalize=None)
+    ds = training._indexed_batches(
+        x, y, 16, 3, 2, 1, seed=0, augment=False, normalize=None
+    )
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == 3  # Epoch 1 only (first_epoch=1).
     seen = []
     for inputs, labels in batches:
         index = inputs["example_index"]
-        np.testing.assert_allclose(inputs["inputs"][:, 0, 0, 0] * 255.0, index,
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            inputs["inputs"][:, 0, 0, 0] * 255.0, index, atol=1e-4
+        )
         np.testing.assert_array_equal(labels, index % 2)
         seen.extend(index.tolist())
     assert sorted(seen) == list(range(40))
@@ -86,20 +89,21 @@ def test_example_index_supplied_when_a_term_reads_it(tmp_path):
 
     data = training.Data.from_arrays(x, y, x[:16], y[:16])
     keras.utils.set_random_seed(0)
-    teacher = kd.models.get("digits_cnn_small", num_classes=2,
-                            input_shape=(8, 8, 1))
-    student = kd.models.get("digits_cnn_small", num_classes=2,
-                            input_shape=(8, 8, 1))
-    crd = kd.losses.ContrastiveRepresentation(num_data=40, feat_dim=8,
-                                              num_negatives=8, name="crd")
-    distiller = kd.Distiller(teacher, student, [crd], student_loss_weight=1.0,
-                             weighting="additive")
+    teacher = kd.models.get("digits_cnn_small", num_classes=2, input_shape=(8, 8, 1))
+    student = kd.models.get("digits_cnn_small", num_classes=2, input_shape=(8, 8, 1))
+    crd = kd.losses.ContrastiveRepresentation(
+        num_data=40, feat_dim=8, num_negatives=8, name="crd"
+    )
+    distiller = kd.Distiller(
+        teacher, student, [crd], student_loss_weight=1.0, weighting="additive"
+    )
     assert training.side_inputs(distiller) == ["example_index"]
     assert training.side_inputs(student) == []
     before = np.array(crd.memory_student)
     config = training.TrainConfig(epochs=1, batch_size=16, lr=1e-3)
-    result = training.fit_resumable("crd", distiller, data, x, y, config,
-                                    str(tmp_path), log=None, tensorboard=False)
+    result = training.fit_resumable(
+        "crd", distiller, data, x, y, config, str(tmp_path), log=None, tensorboard=False
+    )
     assert np.isfinite(result["final_losses"]["crd"])
     # Every image's memory row was updated with its own index.
     changed = np.any(np.array(crd.memory_student) != before, axis=1)
@@ -108,14 +112,15 @@ def test_example_index_supplied_when_a_term_reads_it(tmp_path):
 
 def test_unsupplied_side_input_is_refused(tmp_path):
     data, model = _setup()
-    teacher = kd.models.get("digits_cnn_small", num_classes=2,
-                            input_shape=(8, 8, 1))
-    crd = kd.losses.ContrastiveRepresentation(num_data=40, feat_dim=8,
-                                              num_negatives=8,
-                                              negatives="given")
-    distiller = kd.Distiller(teacher, model, [crd], student_loss_weight=1.0,
-                             weighting="additive")
+    teacher = kd.models.get("digits_cnn_small", num_classes=2, input_shape=(8, 8, 1))
+    crd = kd.losses.ContrastiveRepresentation(
+        num_data=40, feat_dim=8, num_negatives=8, negatives="given"
+    )
+    distiller = kd.Distiller(
+        teacher, model, [crd], student_loss_weight=1.0, weighting="additive"
+    )
     config = training.TrainConfig(epochs=1, batch_size=16, lr=1e-3)
     with pytest.raises(ValueError, match=r"\['contrast_index'\]"):
-        training.fit_resumable("crd", distiller, data, data.x, data.y, config,
-                               str(tmp_path), log=None)
+        training.fit_resumable(
+            "crd", distiller, data, data.x, data.y, config, str(tmp_path), log=None
+        )

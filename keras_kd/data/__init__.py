@@ -8,6 +8,8 @@
   crop + flip, `crop_flip_numpy`), for machines without TensorFlow.
 - `RandomCropFlip` (`augment_batch`): the same augmentation inside a model,
   with `keras.ops`.
+- `epoch_order`, `steps_per_epoch`: which examples each batch of an epoch
+  holds, for every host pipeline (`kd.offline` included).
 - `class_subset`: a subset of classes relabelled `0..k-1`.
 
 Example:
@@ -21,15 +23,16 @@ Example:
 from keras_kd.data.augment import RandomCropFlip
 from keras_kd.data.augment import RandomPaddedCrop
 from keras_kd.data.augment import augment_batch
+from keras_kd.data.augment import crop_flip_batch
+from keras_kd.data.augment import crop_flip_numpy
+from keras_kd.data.common import epoch_order
+from keras_kd.data.common import steps_per_epoch
 from keras_kd.data.loaders import load
 from keras_kd.data.pipeline import channel_stats
-from keras_kd.data.pipeline import crop_flip_batch
 from keras_kd.data.pipeline import epoch_batches
-from keras_kd.data.pipeline import epoch_order
 from keras_kd.data.pipeline import make_dataset
 from keras_kd.data.pipeline import with_example_index
 from keras_kd.data.pydataset import EpochBatches
-from keras_kd.data.pydataset import crop_flip_numpy
 from keras_kd.data.pydataset import resolve_input_pipeline
 from keras_kd.data.pydataset import tensorflow_available
 from keras_kd.data.subsets import ClassMapping

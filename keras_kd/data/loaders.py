@@ -7,6 +7,9 @@ Every loader returns `((x_train, y_train), (x_test, y_test), info)` with
 
 import numpy as np
 
+from keras_kd.data.common import dataset_info
+from keras_kd.data.npz import load_npz
+
 
 def load(name, data_dir=None, split_seed=0):
     """Loads a dataset as `((x_train, y_train), (x_test, y_test), info)`.
@@ -37,20 +40,8 @@ def load(name, data_dir=None, split_seed=0):
     if name == "digits":
         return _load_digits(split_seed)
     if name.startswith("npz:"):
-        from keras_kd.data.npz import load_npz
-
-        return load_npz(name[len("npz:"):])
+        return load_npz(name[len("npz:") :])
     return _load_tfds(name, data_dir)
-
-
-def dataset_info(num_classes, class_names, input_shape, source):
-    """The `info` dict every loader returns."""
-    return {
-        "num_classes": int(num_classes),
-        "class_names": list(class_names),
-        "input_shape": tuple(int(d) for d in input_shape),
-        "source": source,
-    }
 
 
 def _load_digits(split_seed):
@@ -63,10 +54,10 @@ def _load_digits(split_seed):
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=0.25, stratify=y, random_state=split_seed
     )
-    info = dataset_info(10, [str(i) for i in range(10)], x.shape[1:],
-                 "sklearn.datasets.load_digits")
+    info = dataset_info(
+        10, [str(i) for i in range(10)], x.shape[1:], "sklearn.datasets.load_digits"
+    )
     return (x_train, y_train), (x_test, y_test), info
-
 
 
 def _load_tfds(name, data_dir):
@@ -76,13 +67,18 @@ def _load_tfds(name, data_dir):
 
     try:
         (train, test), builder_info = tfds.load(
-            name, split=["train", "test"], data_dir=data_dir,
-            as_supervised=True, with_info=True)
+            name,
+            split=["train", "test"],
+            data_dir=data_dir,
+            as_supervised=True,
+            with_info=True,
+        )
     except tfds.core.DatasetNotFoundError as e:
         raise ValueError(
             f"Unknown dataset '{name}': use 'digits', 'npz:PATH' (a folder "
             f"of train/test .npz files) or a tensorflow-datasets name, and "
-            f"'{name}' is not a known tensorflow-datasets name.") from e
+            f"'{name}' is not a known tensorflow-datasets name."
+        ) from e
 
     def arrays(ds):
         xs, ys = [], []
@@ -94,9 +90,9 @@ def _load_tfds(name, data_dir):
 
     (x, y), (x_test, y_test) = arrays(train), arrays(test)
     if x.dtype != np.uint8:
-        raise ValueError(f"'{name}' images are {x.dtype}; keras_kd takes "
-                         f"uint8 images.")
+        raise ValueError(f"'{name}' images are {x.dtype}; keras_kd takes uint8 images.")
     label = builder_info.features[builder_info.supervised_keys[1]]
-    info = dataset_info(label.num_classes, label.names, x.shape[1:],
-                 f"tensorflow_datasets:{name}")
+    info = dataset_info(
+        label.num_classes, label.names, x.shape[1:], f"tensorflow_datasets:{name}"
+    )
     return (x, y), (x_test, y_test), info

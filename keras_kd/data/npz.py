@@ -7,7 +7,7 @@ import re
 import numpy as np
 
 from keras_kd._compat import tensorflow as tf
-from keras_kd.data.loaders import dataset_info
+from keras_kd.data.common import dataset_info
 from keras_kd.data.pydataset import tensorflow_available
 
 
@@ -60,8 +60,7 @@ def _read_npz_split(path, split, num_classes):
         files = [parts[i] for i in sorted(parts)]
     else:
         raise FileNotFoundError(
-            f"'{path}' has neither {split}.npz nor {split}_0.npz, "
-            f"{split}_1.npz, ..."
+            f"'{path}' has neither {split}.npz nor {split}_0.npz, {split}_1.npz, ..."
         )
     arrays = [_read_npz_file(file, num_classes) for file in files]
     shapes = {x.shape[1:] for x, _ in arrays}
@@ -84,8 +83,10 @@ def _read_npz_file(file, num_classes):
                 f"(or 'jpeg', 'offsets' and 'y')."
             )
         y = data["y"]
-        x = data["x"] if "x" in keys else _decode_jpegs(
-            file, data["jpeg"], data["offsets"]
+        x = (
+            data["x"]
+            if "x" in keys
+            else _decode_jpegs(file, data["jpeg"], data["offsets"])
         )
     if x.dtype != np.uint8:
         raise ValueError(f"{file}: 'x' must be uint8 images, got {x.dtype}.")
@@ -114,9 +115,7 @@ def _read_npz_file(file, num_classes):
 
 
 def _decode_jpegs(file, jpeg, offsets):
-    if offsets.ndim != 1 or np.any(np.diff(offsets) <= 0) or (
-        offsets[-1] > len(jpeg)
-    ):
+    if offsets.ndim != 1 or np.any(np.diff(offsets) <= 0) or (offsets[-1] > len(jpeg)):
         raise ValueError(
             f"{file}: 'offsets' must increase and stay within 'jpeg' "
             f"({len(jpeg)} bytes)."
@@ -136,7 +135,6 @@ def _decode_jpegs(file, jpeg, offsets):
     return np.concatenate([batch.numpy() for batch in images.batch(4096)])
 
 
-
 def _decode_with_pillow(strings):
     """JPEG bytes to one uint8 array with Pillow, in threads (Pillow's
     decoder releases the GIL); used where TensorFlow is not installed."""
@@ -149,7 +147,5 @@ def _decode_with_pillow(strings):
         with Image.open(io.BytesIO(string)) as image:
             return np.asarray(image)
 
-    with concurrent.futures.ThreadPoolExecutor(
-        min(16, os.cpu_count() or 1)
-    ) as pool:
+    with concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         return np.stack(list(pool.map(decode, strings, chunksize=256)))

@@ -9,6 +9,10 @@ same stateless `crop_flip_batch` and normalise with `(pixels - mean) / std`.
 import numpy as np
 
 from keras_kd._compat import tensorflow as tf
+from keras_kd.data import pydataset
+from keras_kd.data.augment import crop_flip_batch
+from keras_kd.data.common import epoch_order
+from keras_kd.data.common import mean_std
 
 
 def channel_stats(x):
@@ -25,43 +29,13 @@ def channel_stats(x):
     total = np.zeros(channels)
     squares = np.zeros(channels)
     for start in range(0, len(x), 4096):
-        chunk = x[start:start + 4096].reshape(-1, channels).astype("float64")
+        chunk = x[start : start + 4096].reshape(-1, channels).astype("float64")
         total += chunk.sum(axis=0)
         squares += (chunk**2).sum(axis=0)
     count = x.size // channels
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     return mean.astype("float32"), std.astype("float32")
-
-
-def crop_flip_batch(images, seed, padding=4):
-    """Random crop (zero padding `padding`) + flip of a float NHWC batch.
-
-    Stateless: the offsets and flips depend only on `seed`, an int64
-    tensor of shape `(2,)`.
-    """
-    shape = tf.shape(images)
-    padded = tf.pad(images, [[0, 0], [padding, padding],
-                             [padding, padding], [0, 0]])
-    offsets = tf.random.stateless_uniform(
-        tf.stack([shape[0], 2]), seed, 0, 2 * padding + 1, dtype="int32")
-    flips = tf.random.stateless_uniform(
-        tf.stack([shape[0]]), seed + [0, 1 << 40]) < 0.5
-
-    def one(args):
-        image, offset, flip = args
-        crop = tf.slice(image, [offset[0], offset[1], 0],
-                        [shape[1], shape[2], shape[3]])
-        return tf.cond(flip, lambda: tf.reverse(crop, [1]), lambda: crop)
-
-    return tf.map_fn(one, (padded, offsets, flips),
-                     fn_output_signature=tf.float32)
-
-
-def _mean_std(normalize):
-    if normalize is None:
-        return np.zeros(1, "float32"), np.full(1, 255.0, "float32")
-    return tuple(np.asarray(v, "float32") for v in normalize)
 
 
 def with_example_index(x):
@@ -78,15 +52,23 @@ def with_example_index(x):
     ```
     """
     if isinstance(x, dict):
-        raise ValueError(
-            "with_example_index takes the image array itself, not a dict."
-        )
+        raise ValueError("with_example_index takes the image array itself, not a dict.")
     return {"inputs": x, "example_index": np.arange(len(x), dtype="int32")}
 
 
-def make_dataset(x, y, batch_size, training, seed=0, augment=None,
-                 normalize=None, cache=True, example_index=False,
-                 input_pipeline="auto", **pydataset_kwargs):
+def make_dataset(
+    x,
+    y,
+    batch_size,
+    training,
+    seed=0,
+    augment=None,
+    normalize=None,
+    cache=True,
+    example_index=False,
+    input_pipeline="auto",
+    **pydataset_kwargs,
+):
     """A `tf.data` pipeline of `(float32 images, labels)` batches.
 
     Caches the uint8 data, and for training shuffles it (with `seed`, in a
@@ -111,13 +93,19 @@ def make_dataset(x, y, batch_size, training, seed=0, augment=None,
     same semantics instead (a new order per epoch from `seed`, NumPy crop +
     flip); `pydataset_kwargs` (`workers`, ...) go to it.
     """
-    from keras_kd.data import pydataset
-
     if pydataset.resolve_input_pipeline(input_pipeline) == "numpy":
         return pydataset.EpochBatches(
-            x, y, batch_size, seed=seed, augment=bool(training and augment),
-            normalize=normalize, shuffle=training, drop_remainder=training,
-            example_index=example_index, **pydataset_kwargs)
+            x,
+            y,
+            batch_size,
+            seed=seed,
+            augment=bool(training and augment),
+            normalize=normalize,
+            shuffle=training,
+            drop_remainder=training,
+            example_index=example_index,
+            **pydataset_kwargs,
+        )
     if example_index:  # Carried with the labels through the maps below.
         y = (y, np.arange(len(x), dtype="int32"))
     ds = tf.data.Dataset.from_tensor_slices((x, y))
@@ -126,34 +114,41 @@ def make_dataset(x, y, batch_size, training, seed=0, augment=None,
     if training:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=training)
-    mean, std = _mean_std(normalize)
+    mean, std = mean_std(normalize)
     ds = ds.map(lambda images, labels: (tf.cast(images, "float32"), labels))
     if training and augment:
         seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True).batch(2)
+            seed=seed, rerandomize_each_iteration=True
+        ).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
             lambda batch, s: (crop_flip_batch(batch[0], s), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda images, labels: ((images - mean) / std, labels),
-                num_parallel_calls=tf.data.AUTOTUNE)
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    ds = ds.map(
+        lambda images, labels: ((images - mean) / std, labels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     if example_index:
-        ds = ds.map(lambda images, labels: (
-            {"inputs": images, "example_index": labels[1]}, labels[0]
-        ))
+        ds = ds.map(
+            lambda images, labels: (
+                {"inputs": images, "example_index": labels[1]},
+                labels[0],
+            )
+        )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def epoch_order(n, epochs, first_epoch, seed):
-    """Per-epoch permutations of `range(n)` for epochs
-    `first_epoch..epochs-1`; each depends only on `(seed, epoch)`."""
-    return [
-        np.random.default_rng([seed, epoch]).permutation(n)
-        for epoch in range(first_epoch, epochs)
-    ]
-
-
-def epoch_batches(x, y, batch_size, steps, epochs, first_epoch=0, seed=0,
-                  augment=False, normalize=None):
+def epoch_batches(
+    x,
+    y,
+    batch_size,
+    steps,
+    epochs,
+    first_epoch=0,
+    seed=0,
+    augment=False,
+    normalize=None,
+):
     """Normalised `(images, labels)` batches of epochs `first_epoch..`.
 
     `steps` batches per epoch in the order of `epoch_order`; the last batch
@@ -161,13 +156,13 @@ def epoch_batches(x, y, batch_size, steps, epochs, first_epoch=0, seed=0,
     drops it. With `augment`, batch `i` (counted from epoch 0) is cropped
     and flipped with the seed `(seed, i)`, so resuming changes nothing.
     """
-    perms = epoch_order(len(x), epochs, first_epoch, seed)
+    perms = [epoch_order(len(x), epoch, seed) for epoch in range(first_epoch, epochs)]
     x_const, y_const = tf.constant(x), tf.constant(y)
-    mean, std = (tf.constant(v) for v in _mean_std(normalize))
+    mean, std = (tf.constant(v) for v in mean_std(normalize))
     batches = []
     for perm in perms:
         for step in range(steps):
-            batches.append(perm[step * batch_size:(step + 1) * batch_size])
+            batches.append(perm[step * batch_size : (step + 1) * batch_size])
     lengths = [len(b) for b in batches]
     flat = np.concatenate(batches) if batches else np.zeros(0, "int64")
     # A ragged list of batches: (start, length) into `flat`.
@@ -176,16 +171,18 @@ def epoch_batches(x, y, batch_size, steps, epochs, first_epoch=0, seed=0,
     global_step0 = first_epoch * steps
 
     def gather(i, start, length):
-        index = flat_const[start:start + length]
+        index = flat_const[start : start + length]
         images = tf.cast(tf.gather(x_const, index), "float32")
         labels = tf.gather(y_const, index)
         if augment:
             images = crop_flip_batch(
-                images, tf.stack([tf.cast(seed, "int64"), global_step0 + i]))
+                images, tf.stack([tf.cast(seed, "int64"), global_step0 + i])
+            )
         return (images - mean) / std, labels
 
     ds = tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(batches), dtype="int64"), starts,
-         np.asarray(lengths, "int64")))
-    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True).prefetch(tf.data.AUTOTUNE)
+        (tf.range(len(batches), dtype="int64"), starts, np.asarray(lengths, "int64"))
+    )
+    return ds.map(
+        gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).prefetch(tf.data.AUTOTUNE)

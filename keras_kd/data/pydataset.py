@@ -20,13 +20,13 @@ model.fit(train, epochs=10)
 """
 
 import importlib.util
-import math
 
 import keras
-import numpy as np
 
-from keras_kd.data import pipeline
-
+from keras_kd.data.augment import crop_flip_numpy
+from keras_kd.data.common import epoch_order
+from keras_kd.data.common import mean_std
+from keras_kd.data.common import steps_per_epoch
 
 INPUT_PIPELINES = ("auto", "tfdata", "numpy")
 
@@ -45,47 +45,23 @@ def resolve_input_pipeline(name="auto"):
     """
     if name not in INPUT_PIPELINES:
         raise ValueError(
-            f"input_pipeline must be one of {INPUT_PIPELINES}, got {name!r}.")
+            f"input_pipeline must be one of {INPUT_PIPELINES}, got {name!r}."
+        )
     if name == "auto":
         return "tfdata" if tensorflow_available() else "numpy"
     if name == "tfdata" and not tensorflow_available():
         raise ValueError(
             "input_pipeline='tfdata' needs TensorFlow, which is not "
-            "installed: pass input_pipeline='numpy' (or 'auto').")
+            "installed: pass input_pipeline='numpy' (or 'auto')."
+        )
     return name
-
-
-def crop_flip_numpy(images, rng, padding=4):
-    """Random crop (zero padding `padding`) + flip of an NHWC NumPy batch.
-
-    `rng`: a `np.random.Generator` (or a seed for one). Works on any dtype
-    (uint8 before normalisation pads with black, as `crop_flip_batch` on
-    pixel values does).
-
-    Example:
-
-    ```python
-    out = crop_flip_numpy(images, np.random.default_rng([0, step]))
-    ```
-    """
-    rng = np.random.default_rng(rng)
-    n, height, width = images.shape[:3]
-    offsets = rng.integers(0, 2 * padding + 1, size=(n, 2))
-    flips = rng.random(n) < 0.5
-    padded = np.pad(images, [(0, 0), (padding, padding), (padding, padding),
-                             (0, 0)])
-    rows = offsets[:, :1] + np.arange(height)
-    cols = np.where(flips[:, None], np.arange(width)[::-1], np.arange(width))
-    cols = cols + offsets[:, 1:]
-    return padded[np.arange(n)[:, None, None], rows[:, :, None],
-                  cols[:, None, :]]
 
 
 class EpochBatches(keras.utils.PyDataset):
     """Normalised `(images, labels)` batches, one epoch per pass.
 
     Epoch `e` (counted from `first_epoch`, advanced by `on_epoch_end`) reads
-    the images in the order `epoch_order(len(x), ..., seed)` gives it, in
+    the images in the order `epoch_order(len(x), e, seed)` gives it, in
     `steps` batches (default: every image, the last batch partial; with
     `drop_remainder`, full batches only). `shuffle=False` keeps `x`'s order
     (evaluation). With `augment`, batch `i` of epoch `e` is cropped and
@@ -100,56 +76,63 @@ class EpochBatches(keras.utils.PyDataset):
     Use it with `fit(dataset, epochs=...)` and no `steps_per_epoch`.
     """
 
-    def __init__(self, x, y, batch_size, steps=None, first_epoch=0, seed=0,
-                 augment=False, normalize=None, shuffle=True,
-                 drop_remainder=False, example_index=False, **kwargs):
+    def __init__(
+        self,
+        x,
+        y,
+        batch_size,
+        steps=None,
+        first_epoch=0,
+        seed=0,
+        augment=False,
+        normalize=None,
+        shuffle=True,
+        drop_remainder=False,
+        example_index=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} images but y {len(y)} labels.")
-        full = len(x) // batch_size if drop_remainder else math.ceil(
-            len(x) / batch_size)
+        most = steps_per_epoch(len(x), batch_size)
         if steps is None:
-            steps = full
-        if not 0 < steps <= math.ceil(len(x) / batch_size):
+            steps = steps_per_epoch(len(x), batch_size, drop_remainder)
+        if not 0 < steps <= most:
             raise ValueError(
                 f"steps={steps} batches of {batch_size} do not fit {len(x)} "
-                f"images; pass at most {math.ceil(len(x) / batch_size)} (or "
-                f"a smaller batch_size).")
+                f"images; pass at most {most} (or a smaller batch_size)."
+            )
         self.x, self.y = x, y
         self.batch_size, self.steps = batch_size, steps
         self.epoch, self.seed = first_epoch, seed
         self.augment, self.shuffle = augment, shuffle
         self.example_index = example_index
-        self.mean, self.std = pipeline._mean_std(normalize)
+        self.mean, self.std = mean_std(normalize)
         self._order = None
 
     def __len__(self):
         return self.steps
 
     def _epoch_indices(self):
-        if not self.shuffle:
-            return np.arange(len(self.x))
         if self._order is None or self._order[0] != self.epoch:
-            perm = pipeline.epoch_order(len(self.x), self.epoch + 1,
-                                        self.epoch, self.seed)[0]
-            self._order = (self.epoch, perm)
+            order = epoch_order(len(self.x), self.epoch, self.seed, self.shuffle)
+            self._order = (self.epoch, order)
         return self._order[1]
 
     def __getitem__(self, index):
         if not 0 <= index < self.steps:
             raise IndexError(f"Batch {index} of {self.steps}.")
         start = index * self.batch_size
-        batch = self._epoch_indices()[start:start + self.batch_size]
+        batch = self._epoch_indices()[start : start + self.batch_size]
         images = self.x[batch]
         if self.augment:
             images = crop_flip_numpy(
-                images, [self.seed, self.epoch * self.steps + index])
-        images = ((images.astype("float32") - self.mean) / self.std).astype(
-            "float32")
+                images, [self.seed, self.epoch * self.steps + index]
+            )
+        images = ((images.astype("float32") - self.mean) / self.std).astype("float32")
         labels = self.y[batch]
         if self.example_index:
-            return {"inputs": images,
-                    "example_index": batch.astype("int32")}, labels
+            return {"inputs": images, "example_index": batch.astype("int32")}, labels
         return images, labels
 
     def on_epoch_end(self):

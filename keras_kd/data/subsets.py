@@ -55,16 +55,14 @@ def class_subset(data, classes, max_per_class=None, seed=0, class_names=None):
         int(max_per_class) != max_per_class or max_per_class < 1
     ):
         raise ValueError(
-            f"max_per_class must be a positive integer or None, got "
-            f"{max_per_class!r}."
+            f"max_per_class must be a positive integer or None, got {max_per_class!r}."
         )
     is_dataset = not isinstance(data, (tuple, list)) and isinstance(
         data, tf.data.Dataset
     )
     if is_dataset:
         spec = data.element_spec
-        if not (isinstance(spec, tuple) and len(spec) == 2
-                and spec[1].shape.rank == 0):
+        if not (isinstance(spec, tuple) and len(spec) == 2 and spec[1].shape.rank == 0):
             raise ValueError(
                 f"class_subset expects an unbatched dataset of (x, y) with "
                 f"scalar labels; got element_spec {spec}."
@@ -102,15 +100,23 @@ def _class_ids(classes, class_names, num_classes):
     for c in classes:
         if isinstance(c, str):
             if not class_names or c not in class_names:
-                valid = (f"valid names: {list(class_names)}" if class_names
-                         else "pass class_names= to select classes by name")
+                valid = (
+                    f"valid names: {list(class_names)}"
+                    if class_names
+                    else "pass class_names= to select classes by name"
+                )
                 raise ValueError(f"Unknown class {c!r}; {valid}.")
             c = list(class_names).index(c)
-        elif not isinstance(c, (int, np.integer)) or c < 0 or (
-            num_classes is not None and c >= num_classes
+        elif (
+            not isinstance(c, (int, np.integer))
+            or c < 0
+            or (num_classes is not None and c >= num_classes)
         ):
-            valid = (f"0..{num_classes - 1}" if num_classes is not None
-                     else "non-negative integers")
+            valid = (
+                f"0..{num_classes - 1}"
+                if num_classes is not None
+                else "non-negative integers"
+            )
             raise ValueError(f"Unknown class {c!r}; valid class ids: {valid}.")
         ids.append(int(c))
     if len(set(ids)) != len(ids) or not ids:
@@ -138,4 +144,3 @@ def _dataset_subset(ds, ids, max_per_class):
     ds = ds.scan(tf.zeros(len(ids), "int64"), count)
     ds = ds.filter(lambda example, seen: seen <= max_per_class)
     return ds.map(lambda example, seen: example)
-

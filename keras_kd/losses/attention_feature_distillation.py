@@ -33,16 +33,17 @@ class _MetaNetwork(keras.layers.Layer):
         d, n_queries = self.qk_dim, len(query_channels)
         self.query_layers = []
         for channels in query_channels:
-            stack = keras.Sequential(
-                [layers.Dense(d, dtype="float32"), _batch_norm()]
-            )
+            stack = keras.Sequential([layers.Dense(d, dtype="float32"), _batch_norm()])
             stack.build((None, channels))
             self.query_layers.append(stack)
         self.key_layers = []
         for channels in key_channels:
             stack = keras.Sequential(
-                [layers.Dense(d, dtype="float32"), _batch_norm(),
-                 layers.ReLU(dtype="float32")]
+                [
+                    layers.Dense(d, dtype="float32"),
+                    _batch_norm(),
+                    layers.ReLU(dtype="float32"),
+                ]
             )
             stack.build((None, channels))
             self.key_layers.append(stack)
@@ -51,30 +52,28 @@ class _MetaNetwork(keras.layers.Layer):
         )
         self.bilinear.build((None, d))
         self.query_position = self.add_weight(
-            shape=(n_queries, d), initializer="glorot_normal",
+            shape=(n_queries, d),
+            initializer="glorot_normal",
             name="query_position",
         )
         self.key_position = self.add_weight(
-            shape=(len(key_channels), d), initializer="glorot_normal",
+            shape=(len(key_channels), d),
+            initializer="glorot_normal",
             name="key_position",
         )
 
     def call(self, query_vectors, key_vectors, training=None):
         queries = ops.stack(
-            [f(v, training=training)
-             for f, v in zip(self.query_layers, query_vectors)], axis=1
+            [f(v, training=training) for f, v in zip(self.query_layers, query_vectors)],
+            axis=1,
         )
         keys = ops.stack(
-            [f(v, training=training)
-             for f, v in zip(self.key_layers, key_vectors)], axis=1
+            [f(v, training=training) for f, v in zip(self.key_layers, key_vectors)],
+            axis=1,
         )
         batch, n_keys = ops.shape(keys)[0], len(self.key_layers)
-        keys = self.bilinear(
-            ops.reshape(keys, (-1, self.qk_dim)), training=training
-        )
-        keys = ops.reshape(
-            keys, (batch, n_keys, len(self.query_layers), self.qk_dim)
-        )
+        keys = self.bilinear(ops.reshape(keys, (-1, self.qk_dim)), training=training)
+        keys = ops.reshape(keys, (batch, n_keys, len(self.query_layers), self.qk_dim))
         logits = ops.einsum("bkqd,bqd->bqk", keys, queries)
         logits = logits + ops.matmul(
             self.query_position, ops.transpose(self.key_position)
@@ -117,8 +116,7 @@ class AttentionFeatureDistillation(DistillationTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_names, student_layer_names, qk_dim=128,
-                 **kwargs):
+    def __init__(self, teacher_layer_names, student_layer_names, qk_dim=128, **kwargs):
         teacher_layer_names = layer_names(teacher_layer_names)
         student_layer_names = layer_names(student_layer_names)
         if not teacher_layer_names or not student_layer_names:
@@ -162,12 +160,20 @@ class AttentionFeatureDistillation(DistillationTerm):
                 [[self.pair_size(q[1:3], k[1:3]) for k in keys] for q in queries]
             )
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None, training=None):
+    def call(
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        teacher_weights=None,
+        training=None,
+    ):
         student_maps = [student_outputs[n] for n in self.student_layer_names]
         total = 0.0
         for w, out, network, sizes in zip(
-            teacher_weights, teacher_outputs, self.meta_networks,
+            teacher_weights,
+            teacher_outputs,
+            self.meta_networks,
             self.pair_sizes,
         ):
             teacher_maps = [out[n] for n in self.teacher_layer_names]
@@ -178,9 +184,7 @@ class AttentionFeatureDistillation(DistillationTerm):
                 training=training,
             )
             distances = _distances(queries, keys, sizes)
-            total = total + w * ops.sum(
-                self.attention(logits) * distances, axis=(1, 2)
-            )
+            total = total + w * ops.sum(self.attention(logits) * distances, axis=(1, 2))
         return total
 
     def _sides(self, teacher_items, student_items):
@@ -208,8 +212,9 @@ def _distances(queries, keys, sizes):
 
     def value(maps, index, size):
         if (id(maps), index, size) not in cache:
-            cache[id(maps), index, size] = spatial_attention(maps[index], size,
-                                                         pool="energy")
+            cache[id(maps), index, size] = spatial_attention(
+                maps[index], size, pool="energy"
+            )
         return cache[id(maps), index, size]
 
     rows = [

@@ -85,10 +85,10 @@ class AttentionTransfer(LayerPairTerm):
     def build(self, teacher_outputs_shape, student_outputs_shape):
         # Per teacher, per pair: the common H×W both maps are pooled to.
         self.pair_sizes = self.common_map_sizes(
-            teacher_outputs_shape, student_outputs_shape)
+            teacher_outputs_shape, student_outputs_shape
+        )
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         def pair_loss(m, i, f_t, f_s):
             size = self.pair_sizes[m][i]
             a_t = spatial_attention(f_t, size)
@@ -96,4 +96,5 @@ class AttentionTransfer(LayerPairTerm):
             return ops.mean(ops.square(a_s - a_t), axis=-1)
 
         return self.sum_over_pairs(
-            teacher_outputs, student_outputs, teacher_weights, pair_loss)
+            teacher_outputs, student_outputs, teacher_weights, pair_loss
+        )

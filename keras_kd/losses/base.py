@@ -98,21 +98,30 @@ def teacher_probabilities(teacher_output, temperature):
     return ops.softmax(logits / temperature, axis=-1)
 
 
-def tempered_kl(target, student_output, temperature):
-    """`T² · KL(target ‖ softmax(z_s / T))` per sample, in float32.
+def kl_divergence(target, log_pred):
+    """`KL(target ‖ pred) = Σ_c target · (log target − log_pred)` per sample.
 
     Classes where `target` is 0 contribute 0 (the limit of `p log p`).
     """
-    t = temperature
-    z_s = ops.cast(student_output["logits"], "float32")
-    log_student = ops.log_softmax(z_s / t, axis=-1)
     positive = target > 0
     log_target = ops.log(ops.where(positive, target, 1.0))
-    kl = ops.sum(
-        ops.where(positive, target * (log_target - log_student), 0.0),
-        axis=-1,
-    )
-    return (t * t) * kl
+    return ops.sum(ops.where(positive, target * (log_target - log_pred), 0.0), axis=-1)
+
+
+def tempered_kl(target, student_output, temperature):
+    """`T² · KL(target ‖ softmax(z_s / T))` per sample, in float32."""
+    t = temperature
+    z_s = ops.cast(student_output["logits"], "float32")
+    return (t * t) * kl_divergence(target, ops.log_softmax(z_s / t, axis=-1))
+
+
+def class_indices(labels):
+    """int32 class indices `(batch,)` of sparse, `(batch, 1)` or one-hot
+    labels."""
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == 2 and labels.shape[-1] != 1:
+        labels = ops.argmax(labels, axis=-1)
+    return ops.cast(ops.reshape(labels, (-1,)), "int32")
 
 
 def standardize_logits(logits):
@@ -168,10 +177,12 @@ def check_batch_sizes(term, teacher_outputs_shape, student_outputs_shape):
         for name in term.student_layer_names
     }
     for i, shapes in enumerate(teacher_outputs_shape):
-        sizes.update({
-            f"teacher {i} '{name}'": shapes[name][0]
-            for name in term.teacher_layer_names
-        })
+        sizes.update(
+            {
+                f"teacher {i} '{name}'": shapes[name][0]
+                for name in term.teacher_layer_names
+            }
+        )
     if len({size for size in sizes.values() if size is not None}) > 1:
         raise ValueError(
             f"{type(term).__name__} compares the samples of one batch, but "

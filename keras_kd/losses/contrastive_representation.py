@@ -75,10 +75,19 @@ class ContrastiveRepresentation(DistillationTerm):
     ```
     """
 
-    def __init__(self, num_data, teacher_layer_name="features",
-                 student_layer_name="features", feat_dim=128,
-                 num_negatives=16384, temperature=0.07, momentum=0.5,
-                 negatives="sample", seed=None, **kwargs):
+    def __init__(
+        self,
+        num_data,
+        teacher_layer_name="features",
+        student_layer_name="features",
+        feat_dim=128,
+        num_negatives=16384,
+        temperature=0.07,
+        momentum=0.5,
+        negatives="sample",
+        seed=None,
+        **kwargs,
+    ):
         super().__init__([teacher_layer_name], [student_layer_name], **kwargs)
         if not isinstance(num_data, int) or num_data < 2:
             raise ValueError(
@@ -116,8 +125,12 @@ class ContrastiveRepresentation(DistillationTerm):
             "teacher": teacher_outputs_shape[0][self.teacher_layer_name],
         }
         self.embed_student, self.embed_teacher = (
-            _torch_linear(self.feat_dim, math.prod(shapes[role][1:]),
-                          _offset(self.seed, k), f"embed_{role}")
+            _torch_linear(
+                self.feat_dim,
+                math.prod(shapes[role][1:]),
+                _offset(self.seed, k),
+                f"embed_{role}",
+            )
             for k, role in enumerate(("student", "teacher"))
         )
         # Official init: uniform in ±1/sqrt(feat_dim / 3), not normalised.
@@ -125,21 +138,29 @@ class ContrastiveRepresentation(DistillationTerm):
         self.memory_student, self.memory_teacher = (
             self.add_weight(
                 (self.num_data, self.feat_dim),
-                keras.initializers.RandomUniform(
-                    -stdv, stdv, _offset(self.seed, k)
-                ),
-                trainable=False, name=f"memory_{role}",
+                keras.initializers.RandomUniform(-stdv, stdv, _offset(self.seed, k)),
+                trainable=False,
+                name=f"memory_{role}",
             )
             for k, role in ((2, "student"), (3, "teacher"))
         )
         # Z of the student's and the teacher's scores; -1 until set.
         self.normalizers = self.add_weight(
-            (2,), keras.initializers.Constant(-1.0), trainable=False,
+            (2,),
+            keras.initializers.Constant(-1.0),
+            trainable=False,
             name="normalizers",
         )
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None, training=None, side_inputs=None):
+    def call(
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        teacher_weights=None,
+        training=None,
+        side_inputs=None,
+    ):
         if side_inputs is None or "example_index" not in side_inputs:
             raise ValueError(
                 "ContrastiveRepresentation needs each batch's example "
@@ -161,7 +182,7 @@ class ContrastiveRepresentation(DistillationTerm):
             normalizers,
         )
         z = ops.stop_gradient(z)
-        loss = (self._nce(scores_s / z[0]) + self._nce(scores_t / z[1]))
+        loss = self._nce(scores_s / z[0]) + self._nce(scores_t / z[1])
         if training:
             self.normalizers.assign(z)
             self._update(self.memory_student, memory_s, index, v_s)
@@ -179,8 +200,11 @@ class ContrastiveRepresentation(DistillationTerm):
         if self.negatives == "given":
             return ops.cast(side_inputs["contrast_index"], "int32")
         draws = keras.random.randint(
-            (ops.shape(index)[0], self.num_negatives), 0, self.num_data - 1,
-            seed=self.seed_generator, dtype="int32",
+            (ops.shape(index)[0], self.num_negatives),
+            0,
+            self.num_data - 1,
+            seed=self.seed_generator,
+            dtype="int32",
         )
         # Skipping the positive's own row: uniform over the other rows.
         draws = draws + ops.cast(draws >= index[:, None], "int32")

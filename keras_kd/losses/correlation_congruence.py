@@ -83,14 +83,20 @@ class CorrelationCongruence(DistillationTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_name="features",
-                 student_layer_name="features", formulation="gaussian",
-                 embedding_dim=None, gamma=0.4, order=2, **kwargs):
+    def __init__(
+        self,
+        teacher_layer_name="features",
+        student_layer_name="features",
+        formulation="gaussian",
+        embedding_dim=None,
+        gamma=0.4,
+        order=2,
+        **kwargs,
+    ):
         super().__init__([teacher_layer_name], [student_layer_name], **kwargs)
         if formulation not in _FORMULATIONS:
             raise ValueError(
-                f"formulation must be one of {_FORMULATIONS}, got "
-                f"{formulation!r}."
+                f"formulation must be one of {_FORMULATIONS}, got {formulation!r}."
             )
         if embedding_dim is not None and int(embedding_dim) < 1:
             raise ValueError(
@@ -113,8 +119,9 @@ class CorrelationCongruence(DistillationTerm):
         check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
         size = lambda shape: int(np.prod(shape[1:]))
         s_dim = size(student_outputs_shape[self.student_layer_name])
-        t_dims = [size(shapes[self.teacher_layer_name])
-                  for shapes in teacher_outputs_shape]
+        t_dims = [
+            size(shapes[self.teacher_layer_name]) for shapes in teacher_outputs_shape
+        ]
         if self.embedding_dim is None:
             if self.formulation == "repdistiller" and set(t_dims) != {s_dim}:
                 raise ValueError(
@@ -136,8 +143,7 @@ class CorrelationCongruence(DistillationTerm):
             for i, t_dim in enumerate(t_dims)
         ]
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         f_s = flat_features(student_outputs, self.student_layer_name)
         total = 0.0
         for i, (w, out) in enumerate(zip(teacher_weights, teacher_outputs)):

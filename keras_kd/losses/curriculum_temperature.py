@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import check_standardizable
+from keras_kd.losses.base import kl_divergence
 from keras_kd.losses.base import standardize_logits
 
 
@@ -61,10 +62,20 @@ class CurriculumTemperatureDistillation(DistillationTerm):
 
     uses_logits = True
 
-    def __init__(self, mode="global", t_min=1.0, t_scale=20.0,
-                 initial_value=1.0, lambda_start=0.0, lambda_end=1.0,
-                 lambda_epochs=10, schedule="cosine", hidden_units=256,
-                 standardize=False, **kwargs):
+    def __init__(
+        self,
+        mode="global",
+        t_min=1.0,
+        t_scale=20.0,
+        initial_value=1.0,
+        lambda_start=0.0,
+        lambda_end=1.0,
+        lambda_epochs=10,
+        schedule="cosine",
+        hidden_units=256,
+        standardize=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if mode not in ("global", "instance"):
             raise ValueError(f"mode must be 'global' or 'instance', got {mode!r}.")
@@ -78,9 +89,7 @@ class CurriculumTemperatureDistillation(DistillationTerm):
                 f"t_scale={t_scale}."
             )
         if lambda_epochs < 1:
-            raise ValueError(
-                f"lambda_epochs must be at least 1, got {lambda_epochs}."
-            )
+            raise ValueError(f"lambda_epochs must be at least 1, got {lambda_epochs}.")
         self.mode = mode
         self.t_min = float(t_min)
         self.t_scale = float(t_scale)
@@ -142,8 +151,7 @@ class CurriculumTemperatureDistillation(DistillationTerm):
         raw = gradient_reversal(raw, self.reversal_strength())
         return self.t_min + self.t_scale * ops.sigmoid(raw)
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         z_s = self._prepare(student_outputs["logits"])
         z_ts = [self._prepare(out["logits"]) for out in teacher_outputs]
         z_mean = sum(w * z for w, z in zip(teacher_weights, z_ts))
@@ -151,13 +159,7 @@ class CurriculumTemperatureDistillation(DistillationTerm):
         target = sum(
             w * ops.softmax(z / t, axis=-1) for w, z in zip(teacher_weights, z_ts)
         )
-        log_student = ops.log_softmax(z_s / t, axis=-1)
-        positive = target > 0
-        log_target = ops.log(ops.where(positive, target, 1.0))
-        kl = ops.sum(
-            ops.where(positive, target * (log_target - log_student), 0.0),
-            axis=-1,
-        )
+        kl = kl_divergence(target, ops.log_softmax(z_s / t, axis=-1))
         return ops.reshape(t * t, (-1,)) * kl
 
     def current_temperature(self, teacher_logits=None, student_logits=None):

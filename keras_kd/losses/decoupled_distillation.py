@@ -3,6 +3,8 @@ from keras import ops
 
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import check_standardizable
+from keras_kd.losses.base import class_indices
+from keras_kd.losses.base import kl_divergence
 from keras_kd.losses.base import standardize_logits
 
 
@@ -46,20 +48,25 @@ class DecoupledDistillation(DistillationTerm):
     uses_logits = True
     component_names = ("tckd", "nckd")
 
-    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20,
-                 standardize=False, **kwargs):
+    def __init__(
+        self,
+        alpha=1.0,
+        beta=8.0,
+        temperature=4.0,
+        warmup_epochs=20,
+        standardize=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if alpha < 0 or beta < 0:
             raise ValueError(
-                f"alpha and beta must be non-negative, got alpha={alpha}, "
-                f"beta={beta}."
+                f"alpha and beta must be non-negative, got alpha={alpha}, beta={beta}."
             )
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}.")
         if warmup_epochs < 0 or int(warmup_epochs) != warmup_epochs:
             raise ValueError(
-                f"warmup_epochs must be a non-negative integer, got "
-                f"{warmup_epochs!r}."
+                f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}."
             )
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -84,15 +91,15 @@ class DecoupledDistillation(DistillationTerm):
             (ops.cast(self.epoch, "float32") + 1.0) / self.warmup_epochs, 1.0
         )
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         if labels is None:
             raise ValueError(
                 "DecoupledDistillation needs the labels; give `y` to fit()."
             )
         t = self.temperature
         z_s = self._prepare(student_outputs["logits"])
-        gt = _gt_mask(labels, ops.shape(z_s)[-1])
+        # Boolean `(batch, classes)` mask of each sample's label.
+        gt = ops.one_hot(class_indices(labels), ops.shape(z_s)[-1]) > 0.5
         # Student: log p_g and log(1 − p_g) from log-sum-exps (stable where
         # p_g saturates), and the non-target log-softmax.
         log_all = ops.logsumexp(z_s / t, axis=-1)
@@ -107,8 +114,8 @@ class DecoupledDistillation(DistillationTerm):
             binary_t, hat_t = binary_t + w * b, hat_t + w * h
         scale = (t * t) * self.warmup_factor()
         return {
-            "tckd": self.alpha * scale * _kl(binary_t, log_binary_s),
-            "nckd": self.beta * scale * _kl(hat_t, log_hat_s),
+            "tckd": self.alpha * scale * kl_divergence(binary_t, log_binary_s),
+            "nckd": self.beta * scale * kl_divergence(hat_t, log_hat_s),
         }
 
     def _prepare(self, logits):
@@ -140,21 +147,3 @@ class DecoupledDistillation(DistillationTerm):
             "warmup_epochs": self.warmup_epochs,
             "standardize": self.standardize,
         }
-
-
-def _gt_mask(labels, num_classes):
-    """Boolean `(batch, classes)` mask of each sample's label."""
-    labels = ops.convert_to_tensor(labels)
-    if len(labels.shape) == 2 and labels.shape[-1] != 1:
-        labels = ops.argmax(labels, axis=-1)
-    labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
-    return ops.one_hot(labels, num_classes) > 0.5
-
-
-def _kl(target, log_pred):
-    """`Σ_c target · (log target − log_pred)`, 0 where target is 0."""
-    positive = target > 0
-    log_target = ops.log(ops.where(positive, target, 1.0))
-    return ops.sum(
-        ops.where(positive, target * (log_target - log_pred), 0.0), axis=-1
-    )

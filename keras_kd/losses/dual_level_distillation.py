@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_kd.data import RandomPaddedCrop
 from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import class_indices
 
 _NUM_ROTATIONS = 4
 
@@ -17,8 +18,12 @@ def _batch_norm():
 def _mlp(hidden, output, name):
     """`Dense → BN → ReLU → Dense`, the official code's MLP head."""
     return keras.Sequential(
-        [layers.Dense(hidden, dtype="float32"), _batch_norm(),
-         layers.ReLU(dtype="float32"), layers.Dense(output, dtype="float32")],
+        [
+            layers.Dense(hidden, dtype="float32"),
+            _batch_norm(),
+            layers.ReLU(dtype="float32"),
+            layers.Dense(output, dtype="float32"),
+        ],
         name=name,
     )
 
@@ -66,12 +71,8 @@ def correlation_divergence(student_vectors, teacher_vectors, temperature):
         vectors = l2_normalize(vectors)
         return ops.matmul(vectors[batch:], ops.transpose(vectors[:batch]))
 
-    log_student = ops.log_softmax(
-        similarities(student_vectors) / temperature, axis=-1
-    )
-    log_teacher = ops.log_softmax(
-        similarities(teacher_vectors) / temperature, axis=-1
-    )
+    log_student = ops.log_softmax(similarities(student_vectors) / temperature, axis=-1)
+    log_teacher = ops.log_softmax(similarities(teacher_vectors) / temperature, axis=-1)
     kl = ops.sum(ops.exp(log_teacher) * (log_teacher - log_student), axis=-1)
     return ops.mean(kl)
 
@@ -89,9 +90,7 @@ def supervised_contrastive(embeddings, labels, temperature):
         ops.where(others, logits, -1e9), axis=-1, keepdims=True
     )
     positives = ops.cast(
-        ops.logical_and(
-            ops.equal(labels[:, None], labels[None, :]), others
-        ),
+        ops.logical_and(ops.equal(labels[:, None], labels[None, :]), others),
         "float32",
     )
     mean_log_prob = ops.sum(positives * log_prob, axis=-1) / ops.maximum(
@@ -170,11 +169,21 @@ class DualLevelDistillation(DistillationTerm):
     num_views = _NUM_ROTATIONS
     component_names = ("correlation", "contrastive", "alignment")
 
-    def __init__(self, teacher_layer_name, student_layer_name,
-                 correlation_weight=50.0, contrastive_weight=1.0,
-                 alignment_weight=20.0, embedding_dim=128,
-                 correlation_temperature=0.5, contrastive_temperature=0.07,
-                 crop_padding=0, pad_value=0.0, seed=None, **kwargs):
+    def __init__(
+        self,
+        teacher_layer_name,
+        student_layer_name,
+        correlation_weight=50.0,
+        contrastive_weight=1.0,
+        alignment_weight=20.0,
+        embedding_dim=128,
+        correlation_temperature=0.5,
+        contrastive_temperature=0.07,
+        crop_padding=0,
+        pad_value=0.0,
+        seed=None,
+        **kwargs,
+    ):
         for name, value in [
             ("teacher_layer_name", teacher_layer_name),
             ("student_layer_name", student_layer_name),
@@ -216,13 +225,15 @@ class DualLevelDistillation(DistillationTerm):
                 f"{crop_padding}."
             )
         self.crop_padding = int(crop_padding)
-        self.pad_value = (float(pad_value) if np.ndim(pad_value) == 0
-                          else [float(v) for v in pad_value])
+        self.pad_value = (
+            float(pad_value)
+            if np.ndim(pad_value) == 0
+            else [float(v) for v in pad_value]
+        )
         self.seed = seed
         if self.crop_padding:
             self.flip = layers.RandomFlip("horizontal", seed=seed)
-            self.crop = RandomPaddedCrop(self.crop_padding, self.pad_value,
-                                         seed=seed)
+            self.crop = RandomPaddedCrop(self.crop_padding, self.pad_value, seed=seed)
 
     def transform_inputs(self, x, training=True):
         if not (self.crop_padding and training):
@@ -259,14 +270,22 @@ class DualLevelDistillation(DistillationTerm):
             self.embedding_dim, dtype="float32", name="teacher_embedding"
         )
         for head, dim in [
-            (self.correlation_head, d_s), (self.alignment_head, d_s),
-            (self.student_embedding, d_s), (self.teacher_embedding, d_t),
+            (self.correlation_head, d_s),
+            (self.alignment_head, d_s),
+            (self.student_embedding, d_s),
+            (self.teacher_embedding, d_t),
         ]:
             head.build((None, dim))
         self.built = True
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None, training=None):
+    def call(
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        teacher_weights=None,
+        training=None,
+    ):
         if labels is None:
             raise ValueError(
                 "DualLevelDistillation's contrastive part needs the labels."
@@ -275,22 +294,22 @@ class DualLevelDistillation(DistillationTerm):
         f_t = _pooled(teacher_outputs[0][self.teacher_layer_name])
 
         correlation = correlation_divergence(
-            self.correlation_head(f_s, training=training), f_t,
+            self.correlation_head(f_s, training=training),
+            f_t,
             self.correlation_temperature,
         )
 
-        labels = ops.convert_to_tensor(labels)
-        if len(labels.shape) == 2 and labels.shape[-1] != 1:
-            labels = ops.argmax(labels, axis=-1)  # One-hot labels.
-        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-        view_labels = ops.tile(labels, [self.num_views])
+        view_labels = ops.tile(class_indices(labels), [self.num_views])
         embeddings = ops.concatenate(
-            [l2_normalize(self.student_embedding(f_s)),
-             l2_normalize(self.teacher_embedding(f_t))],
+            [
+                l2_normalize(self.student_embedding(f_s)),
+                l2_normalize(self.teacher_embedding(f_t)),
+            ],
             axis=0,
         )
         contrastive = supervised_contrastive(
-            embeddings, ops.tile(view_labels, [2]),
+            embeddings,
+            ops.tile(view_labels, [2]),
             self.contrastive_temperature,
         )
 

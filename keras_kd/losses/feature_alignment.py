@@ -5,7 +5,6 @@ from keras import ops
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import per_sample_mean
 
-
 ALIGNERS = ("nonlinear", "linear", "hint")
 
 
@@ -35,14 +34,18 @@ def hint_regressor(student_shape, teacher_shape, name=None):
     (sh, sw, _), (th, tw, channels) = student_shape[1:], teacher_shape[1:]
     stack = []
     if sh == 2 * th:
-        stack += [layers.ZeroPadding2D(1, dtype="float32"),
-                  layers.Conv2D(channels, 3, 2, dtype="float32")]
+        stack += [
+            layers.ZeroPadding2D(1, dtype="float32"),
+            layers.Conv2D(channels, 3, 2, dtype="float32"),
+        ]
     elif 2 * sh == th:
-        stack.append(layers.Conv2DTranspose(channels, 4, 2, padding="same",
-                                            dtype="float32"))
+        stack.append(
+            layers.Conv2DTranspose(channels, 4, 2, padding="same", dtype="float32")
+        )
     elif sh >= th and sw >= tw:
-        stack.append(layers.Conv2D(channels, (1 + sh - th, 1 + sw - tw),
-                                   dtype="float32"))
+        stack.append(
+            layers.Conv2D(channels, (1 + sh - th, 1 + sw - tw), dtype="float32")
+        )
     else:
         raise ValueError(
             f"The FitNets hint regressor cannot map a student map of "
@@ -50,9 +53,10 @@ def hint_regressor(student_shape, teacher_shape, name=None):
             f"be half, twice, or at least the teacher's size. Pick another "
             f"hint layer pair."
         )
-    stack += [layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
-                                        dtype="float32"),
-              layers.ReLU(dtype="float32")]
+    stack += [
+        layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype="float32"),
+        layers.ReLU(dtype="float32"),
+    ]
     return keras.Sequential(stack, name=name)
 
 
@@ -66,9 +70,7 @@ def make_aligner(student_shape, teacher_shape, kind="nonlinear", name=None):
     layers. `"hint"` is FitNets' regressor (`hint_regressor`).
     """
     if kind not in ALIGNERS:
-        raise ValueError(
-            f"aligner must be one of {ALIGNERS}, got '{kind}'."
-        )
+        raise ValueError(f"aligner must be one of {ALIGNERS}, got '{kind}'.")
     if kind == "hint":
         return hint_regressor(student_shape, teacher_shape, name=name)
     if len(student_shape) != len(teacher_shape) or len(student_shape) not in (
@@ -87,7 +89,9 @@ def make_aligner(student_shape, teacher_shape, kind="nonlinear", name=None):
         (sh, sw), (th, tw) = student_shape[1:3], teacher_shape[1:3]
         if (sh, sw) != (th, tw):
             if sh % th == 0 and sw % tw == 0:
-                stack.append(layers.AveragePooling2D((sh // th, sw // tw), dtype="float32"))
+                stack.append(
+                    layers.AveragePooling2D((sh // th, sw // tw), dtype="float32")
+                )
             else:
                 stack.append(layers.Resizing(th, tw, "bilinear", dtype="float32"))
 
@@ -126,13 +130,12 @@ class FeatureAlignment(DistillationTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_name, student_layer_name,
-                 aligner="nonlinear", **kwargs):
+    def __init__(
+        self, teacher_layer_name, student_layer_name, aligner="nonlinear", **kwargs
+    ):
         super().__init__([teacher_layer_name], [student_layer_name], **kwargs)
         if aligner not in ALIGNERS:
-            raise ValueError(
-                f"aligner must be one of {ALIGNERS}, got '{aligner}'."
-            )
+            raise ValueError(f"aligner must be one of {ALIGNERS}, got '{aligner}'.")
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
         self.aligner = aligner
@@ -143,19 +146,25 @@ class FeatureAlignment(DistillationTerm):
         for i, shapes in enumerate(teacher_outputs_shape):
             teacher_shape = tuple(shapes[self.teacher_layer_name])
             aligner = make_aligner(
-                student_shape, teacher_shape, self.aligner,
+                student_shape,
+                teacher_shape,
+                self.aligner,
                 name=f"aligner_{i}",
             )
             aligner.build(student_shape)
             self.aligners.append(aligner)
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None, training=None):
+    def call(
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        teacher_weights=None,
+        training=None,
+    ):
         f_s = ops.cast(student_outputs[self.student_layer_name], "float32")
         total = 0.0
-        for w, aligner, out in zip(
-            teacher_weights, self.aligners, teacher_outputs
-        ):
+        for w, aligner, out in zip(teacher_weights, self.aligners, teacher_outputs):
             f_t = ops.cast(out[self.teacher_layer_name], "float32")
             aligned = aligner(f_s, training=training)
             total = total + w * per_sample_mean(ops.square(aligned - f_t))

@@ -28,12 +28,12 @@ class FeatureDistillation(KerasLossAPI, DistillationTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_name=None, student_layer_name=None,
-                 loss="mse", **kwargs):
+    def __init__(
+        self, teacher_layer_name=None, student_layer_name=None, loss="mse", **kwargs
+    ):
         if loss not in _LOSSES:
             raise ValueError(
-                f"Unknown loss '{loss}' for FeatureDistillation; "
-                f"use one of {_LOSSES}."
+                f"Unknown loss '{loss}' for FeatureDistillation; use one of {_LOSSES}."
             )
         super().__init__(
             [teacher_layer_name or "logits"],
@@ -47,9 +47,7 @@ class FeatureDistillation(KerasLossAPI, DistillationTerm):
     def build(self, teacher_outputs_shape, student_outputs_shape):
         student_shape = tuple(student_outputs_shape[self.student_layer_names[0]])
         for shapes in teacher_outputs_shape:
-            self._check_pair(
-                tuple(shapes[self.teacher_layer_names[0]]), student_shape
-            )
+            self._check_pair(tuple(shapes[self.teacher_layer_names[0]]), student_shape)
 
     def _check_pair(self, teacher_shape, student_shape):
         if teacher_shape[1:] != student_shape[1:]:
@@ -62,8 +60,7 @@ class FeatureDistillation(KerasLossAPI, DistillationTerm):
                 f"learns a mapping between different shapes."
             )
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         f_s = ops.cast(student_outputs[self.student_layer_names[0]], "float32")
         total = 0.0
         for w, out in zip(teacher_weights, teacher_outputs):

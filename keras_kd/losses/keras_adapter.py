@@ -33,8 +33,7 @@ class KerasDistillationLoss(DistillationTerm):
         self.uses_logits = teacher_name == "logits"
         self.wrapped = loss
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         student = student_outputs[self.student_layer_names[0]]
         total = 0.0
         for w, out in zip(teacher_weights, teacher_outputs):

@@ -35,14 +35,13 @@ class KerasLossAPI:
 
         def pair_loss(teacher, student):
             value = self.call(
-                [{teacher_key: teacher}], {student_key: student},
+                [{teacher_key: teacher}],
+                {student_key: student},
                 teacher_weights=[1.0],
             )
             return ops.mean(ops.cast(value, "float32"))
 
-        values = keras.tree.map_structure(
-            pair_loss, teacher_outputs, student_outputs
-        )
+        values = keras.tree.map_structure(pair_loss, teacher_outputs, student_outputs)
         return ops.sum(ops.stack(keras.tree.flatten(values)))
 
     def validate_outputs(self, teacher_outputs, student_outputs):

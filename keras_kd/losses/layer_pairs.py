@@ -53,13 +53,11 @@ class LayerPairTerm(DistillationTerm):
             )
         super().__init__(teacher_layer_names, student_layer_names, **kwargs)
 
-    def pair_shapes(self, teacher_outputs_shape, student_outputs_shape,
-                    hint=_HINT):
+    def pair_shapes(self, teacher_outputs_shape, student_outputs_shape, hint=_HINT):
         """Per teacher, per pair: `(teacher_shape, student_shape)` of the
         two feature maps (`feature_map_shape` checks each)."""
         student_shapes = [
-            feature_map_shape(self, student_outputs_shape, name, "student",
-                              hint)
+            feature_map_shape(self, student_outputs_shape, name, "student", hint)
             for name in self.student_layer_names
         ]
         return [
@@ -75,12 +73,12 @@ class LayerPairTerm(DistillationTerm):
         smaller of each axis)."""
         return [
             [tuple(map(min, t[1:3], s[1:3])) for t, s in pairs]
-            for pairs in self.pair_shapes(
-                teacher_outputs_shape, student_outputs_shape)
+            for pairs in self.pair_shapes(teacher_outputs_shape, student_outputs_shape)
         ]
 
-    def sum_over_pairs(self, teacher_outputs, student_outputs,
-                       teacher_weights, pair_loss):
+    def sum_over_pairs(
+        self, teacher_outputs, student_outputs, teacher_weights, pair_loss
+    ):
         """`Σ_m w_m Σ_i pair_loss(m, i, F_t, F_s)` over the teachers `m`
         and the layer pairs `i`."""
         total = 0.0

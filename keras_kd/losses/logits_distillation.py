@@ -44,26 +44,20 @@ class LogitsDistillation(KerasLossAPI, DistillationTerm):
     def __init__(self, temperature=4.0, standardize=False, **kwargs):
         super().__init__(**kwargs)
         if temperature <= 0:
-            raise ValueError(
-                f"temperature must be positive, got {temperature}."
-            )
+            raise ValueError(f"temperature must be positive, got {temperature}.")
         self.temperature = float(temperature)
         self.standardize = bool(standardize)
 
     def build(self, teacher_outputs_shape, student_outputs_shape):
         check_standardizable(self, teacher_outputs_shape)
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         t = self.temperature
         if self.standardize:
             teacher_outputs = [
-                {"logits": standardize_logits(out["logits"])}
-                for out in teacher_outputs
+                {"logits": standardize_logits(out["logits"])} for out in teacher_outputs
             ]
-            student_outputs = {
-                "logits": standardize_logits(student_outputs["logits"])
-            }
+            student_outputs = {"logits": standardize_logits(student_outputs["logits"])}
         target = sum(
             w * teacher_probabilities(out, t)
             for w, out in zip(teacher_weights, teacher_outputs)

@@ -62,10 +62,10 @@ class NeuronSelectivityTransfer(LayerPairTerm):
         check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
         # Per teacher, per pair: the common H×W both maps are pooled to.
         self.pair_sizes = self.common_map_sizes(
-            teacher_outputs_shape, student_outputs_shape)
+            teacher_outputs_shape, student_outputs_shape
+        )
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         def pair_loss(m, i, f_t, f_s):
             size = self.pair_sizes[m][i]
             t = selectivity_maps(f_t, size)
@@ -77,4 +77,5 @@ class NeuronSelectivityTransfer(LayerPairTerm):
             )
 
         return self.sum_over_pairs(
-            teacher_outputs, student_outputs, teacher_weights, pair_loss)
+            teacher_outputs, student_outputs, teacher_weights, pair_loss
+        )

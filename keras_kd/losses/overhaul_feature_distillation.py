@@ -5,16 +5,13 @@ import numpy as np
 from keras import layers
 from keras import ops
 
-from keras_kd.models import batch_norm_before
 from keras_kd.losses.layer_pairs import LayerPairTerm
 from keras_kd.losses.layer_pairs import layer_names
-from keras_kd.losses.variational_information_distillation import (
-    adaptive_average_pool,
-)
+from keras_kd.losses.variational_information_distillation import adaptive_average_pool
+from keras_kd.models import batch_norm_before
 
 _PRE_RELU = (
-    "Pick the pre-ReLU convolutional layers "
-    "(kd.models.preactivation_layer_names)."
+    "Pick the pre-ReLU convolutional layers (kd.models.preactivation_layer_names)."
 )
 
 
@@ -34,10 +31,16 @@ def margin_from_batch_norm(layer):
     ```
     """
     channels = layer.moving_mean.shape[0]
-    gamma = np.ones(channels) if layer.gamma is None else np.asarray(
-        ops.convert_to_numpy(layer.gamma), "float64")
-    beta = np.zeros(channels) if layer.beta is None else np.asarray(
-        ops.convert_to_numpy(layer.beta), "float64")
+    gamma = (
+        np.ones(channels)
+        if layer.gamma is None
+        else np.asarray(ops.convert_to_numpy(layer.gamma), "float64")
+    )
+    beta = (
+        np.zeros(channels)
+        if layer.beta is None
+        else np.asarray(ops.convert_to_numpy(layer.beta), "float64")
+    )
     margins = []
     for g, b in zip(np.abs(gamma), beta):
         if g == 0.0:
@@ -62,12 +65,15 @@ def _connector(channels, name):
     return keras.Sequential(
         [
             layers.Conv2D(
-                channels, 1, use_bias=False, dtype="float32",
+                channels,
+                1,
+                use_bias=False,
+                dtype="float32",
                 kernel_initializer=keras.initializers.RandomNormal(
-                    stddev=math.sqrt(2.0 / channels)),
+                    stddev=math.sqrt(2.0 / channels)
+                ),
             ),
-            layers.BatchNormalization(
-                momentum=0.9, epsilon=1e-5, dtype="float32"),
+            layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype="float32"),
         ],
         name=name,
     )
@@ -114,8 +120,7 @@ class OverhaulFeatureDistillation(LayerPairTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_names, student_layer_names, margins,
-                 **kwargs):
+    def __init__(self, teacher_layer_names, student_layer_names, margins, **kwargs):
         super().__init__(teacher_layer_names, student_layer_names, **kwargs)
         self.margins = [
             [[float(v) for v in np.ravel(margin)] for margin in per_teacher]
@@ -132,16 +137,21 @@ class OverhaulFeatureDistillation(LayerPairTerm):
                 )
 
     @classmethod
-    def from_teacher(cls, teacher, teacher_layer_names, student_layer_names,
-                     teacher_bn_layer_names=None, **kwargs):
+    def from_teacher(
+        cls,
+        teacher,
+        teacher_layer_names,
+        student_layer_names,
+        teacher_bn_layer_names=None,
+        **kwargs,
+    ):
         """The term with margins from the teacher(s)' batch norms.
 
         `teacher_bn_layer_names` names the batch norm before each tapped
         layer's ReLU; by default `kd.models.batch_norm_before` finds it
         (the tap itself, or the batch norm feeding a residual sum).
         """
-        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [
-            teacher]
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         teacher_layer_names = layer_names(teacher_layer_names)
         if teacher_bn_layer_names is None:
             norms = [
@@ -160,8 +170,9 @@ class OverhaulFeatureDistillation(LayerPairTerm):
                 [model.get_layer(name) for name in teacher_bn_layer_names]
                 for model in teachers
             ]
-        margins = [[margin_from_batch_norm(bn) for bn in per_teacher]
-                   for per_teacher in norms]
+        margins = [
+            [margin_from_batch_norm(bn) for bn in per_teacher] for per_teacher in norms
+        ]
         return cls(teacher_layer_names, student_layer_names, margins, **kwargs)
 
     def build(self, teacher_outputs_shape, student_outputs_shape):
@@ -173,7 +184,8 @@ class OverhaulFeatureDistillation(LayerPairTerm):
                 f"OverhaulFeatureDistillation.from_teacher(teachers, ...)."
             )
         pair_shapes = self.pair_shapes(
-            teacher_outputs_shape, student_outputs_shape, hint=_PRE_RELU)
+            teacher_outputs_shape, student_outputs_shape, hint=_PRE_RELU
+        )
         self.connectors, self._margin_arrays = [], []
         for m, (pairs, margins) in enumerate(zip(pair_shapes, self.margins)):
             for i, (name, (t_shape, s_shape), margin) in enumerate(
@@ -192,14 +204,19 @@ class OverhaulFeatureDistillation(LayerPairTerm):
                 self.connectors.append(connector)
                 self._margin_arrays.append(np.asarray(margin, "float32"))
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None, training=None):
+    def call(
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        teacher_weights=None,
+        training=None,
+    ):
         n = len(self.teacher_layer_names)
 
         def pair_loss(m, i, f_t, f_s):
             k = m * n + i
-            source = self.connectors[k](
-                ops.cast(f_s, "float32"), training=training)
+            source = self.connectors[k](ops.cast(f_s, "float32"), training=training)
             target = adaptive_average_pool(f_t, tuple(source.shape[1:3]))
             target = ops.maximum(target, self._margin_arrays[k])
             keep = ops.logical_or(source > target, target > 0.0)
@@ -208,8 +225,8 @@ class OverhaulFeatureDistillation(LayerPairTerm):
             return d / 2.0 ** (n - 1 - i)
 
         return self.sum_over_pairs(
-            teacher_outputs, student_outputs, teacher_weights, pair_loss)
+            teacher_outputs, student_outputs, teacher_weights, pair_loss
+        )
 
     def get_config(self):
         return {**super().get_config(), "margins": self.margins}
-

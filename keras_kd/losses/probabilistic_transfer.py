@@ -48,8 +48,13 @@ class ProbabilisticKnowledgeTransfer(DistillationTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_name="features",
-                 student_layer_name="features", eps=1e-7, **kwargs):
+    def __init__(
+        self,
+        teacher_layer_name="features",
+        student_layer_name="features",
+        eps=1e-7,
+        **kwargs,
+    ):
         super().__init__([teacher_layer_name], [student_layer_name], **kwargs)
         if eps <= 0:
             raise ValueError(f"eps must be positive, got {eps}.")
@@ -60,8 +65,7 @@ class ProbabilisticKnowledgeTransfer(DistillationTerm):
     def build(self, teacher_outputs_shape, student_outputs_shape):
         check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         eps = self.eps
         p_s = cosine_conditional_probabilities(
             flat_features(student_outputs, self.student_layer_name), eps

@@ -78,9 +78,16 @@ class RelationalKnowledgeDistillation(DistillationTerm):
 
     component_names = ("distance", "angle")
 
-    def __init__(self, teacher_layer_name="features",
-                 student_layer_name="features", distance_weight=25.0,
-                 angle_weight=50.0, squared=False, eps=1e-12, **kwargs):
+    def __init__(
+        self,
+        teacher_layer_name="features",
+        student_layer_name="features",
+        distance_weight=25.0,
+        angle_weight=50.0,
+        squared=False,
+        eps=1e-12,
+        **kwargs,
+    ):
         super().__init__([teacher_layer_name], [student_layer_name], **kwargs)
         if distance_weight < 0 or angle_weight < 0:
             raise ValueError(
@@ -99,8 +106,7 @@ class RelationalKnowledgeDistillation(DistillationTerm):
     def build(self, teacher_outputs_shape, student_outputs_shape):
         check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         e_s = flat_features(student_outputs, self.student_layer_name)
         d_s = _normalised_distances(e_s, self.squared, self.eps)
         a_s = _angles(e_s)

@@ -1,9 +1,7 @@
 import keras
 from keras import ops
 
-from keras_kd.losses.attention_feature_distillation import (
-    AttentionFeatureDistillation,
-)
+from keras_kd.losses.attention_feature_distillation import AttentionFeatureDistillation
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -46,10 +44,16 @@ class RepresentativeTeacherKeys(AttentionFeatureDistillation):
     ```
     """
 
-    def __init__(self, teacher_layer_names, student_layer_names, qk_dim=128,
-                 num_keys=2, query_side="student", **kwargs):
-        super().__init__(teacher_layer_names, student_layer_names, qk_dim,
-                         **kwargs)
+    def __init__(
+        self,
+        teacher_layer_names,
+        student_layer_names,
+        qk_dim=128,
+        num_keys=2,
+        query_side="student",
+        **kwargs,
+    ):
+        super().__init__(teacher_layer_names, student_layer_names, qk_dim, **kwargs)
         if query_side not in ("student", "teacher"):
             raise ValueError(
                 f"query_side must be 'student' or 'teacher', got {query_side!r}."

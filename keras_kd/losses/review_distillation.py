@@ -41,6 +41,7 @@ def hierarchical_context_loss(f_s, f_t):
     height, the MSE of both maps average-pooled to `l × l` with weights
     1/2, 1/4, 1/8 of the levels used; divided by the sum of the weights.
     """
+
     def mse(a, b):
         return ops.mean(ops.reshape(ops.square(a - b), (ops.shape(a)[0], -1)), -1)
 
@@ -86,8 +87,11 @@ class AttentionBasedFusion(layers.Layer):
         self.out_size = tuple(out_size)
         self.fuse = fuse
         self.reduce = layers.Conv2D(
-            mid_channels, 1, use_bias=False,
-            kernel_initializer=_conv_initializer(), dtype="float32",
+            mid_channels,
+            1,
+            use_bias=False,
+            kernel_initializer=_conv_initializer(),
+            dtype="float32",
         )
         self.reduce_bn = layers.BatchNormalization(
             momentum=0.9, epsilon=1e-5, dtype="float32"
@@ -95,14 +99,21 @@ class AttentionBasedFusion(layers.Layer):
         self.attention = None
         if fuse:
             self.attention = layers.Conv2D(
-                2, 1, activation="sigmoid", dtype="float32",
+                2,
+                1,
+                activation="sigmoid",
+                dtype="float32",
                 kernel_initializer=keras.initializers.VarianceScaling(
                     1.0 / 3.0, "fan_in", "uniform"
                 ),
             )
         self.output_conv = layers.Conv2D(
-            out_channels, 3, padding="same", use_bias=False,
-            kernel_initializer=_conv_initializer(), dtype="float32",
+            out_channels,
+            3,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=_conv_initializer(),
+            dtype="float32",
         )
         self.output_bn = layers.BatchNormalization(
             momentum=0.9, epsilon=1e-5, dtype="float32"
@@ -172,8 +183,14 @@ class ReviewDistillation(DistillationTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_names, student_layer_names,
-                 mid_channels=None, warmup_epochs=0, **kwargs):
+    def __init__(
+        self,
+        teacher_layer_names,
+        student_layer_names,
+        mid_channels=None,
+        warmup_epochs=0,
+        **kwargs,
+    ):
         teacher_layer_names = list(teacher_layer_names)
         student_layer_names = list(student_layer_names)
         if not student_layer_names or len(teacher_layer_names) != len(
@@ -214,7 +231,9 @@ class ReviewDistillation(DistillationTerm):
             fusion.build(s_shape)
             self.fusions.append(fusion)
         self.factor = self.add_weight(
-            (), keras.initializers.Constant(1.0), trainable=False,
+            (),
+            keras.initializers.Constant(1.0),
+            trainable=False,
             name="factor",
         )
 
@@ -233,8 +252,14 @@ class ReviewDistillation(DistillationTerm):
             )
         return outputs
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None, training=None):
+    def call(
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        teacher_weights=None,
+        training=None,
+    ):
         fused = self.fuse(
             [student_outputs[n] for n in self.student_layer_names], training
         )

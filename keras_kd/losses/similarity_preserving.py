@@ -43,8 +43,7 @@ class SimilarityPreserving(LayerPairTerm):
     def build(self, teacher_outputs_shape, student_outputs_shape):
         check_batch_sizes(self, teacher_outputs_shape, student_outputs_shape)
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         g_s = [
             similarity_matrix(flat_features(student_outputs, name))
             for name in self.student_layer_names

@@ -42,8 +42,7 @@ class SubsetLogitsDistillation(DistillationTerm):
 
     uses_logits = True
 
-    def __init__(self, class_indices, temperature=4.0, standardize=False,
-                 **kwargs):
+    def __init__(self, class_indices, temperature=4.0, standardize=False, **kwargs):
         super().__init__(**kwargs)
         indices = [int(i) for i in class_indices]
         if not indices or any(i != j for i, j in zip(indices, class_indices)):
@@ -62,23 +61,22 @@ class SubsetLogitsDistillation(DistillationTerm):
         self.temperature = float(temperature)
         self.standardize = bool(standardize)
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         t = self.temperature
-        prepare = standardize_logits if self.standardize else (
-            lambda z: ops.cast(z, "float32")
+        prepare = (
+            standardize_logits
+            if self.standardize
+            else (lambda z: ops.cast(z, "float32"))
         )
         target = sum(
-            w * ops.softmax(
-                prepare(ops.take(out["logits"], self.class_indices, axis=-1))
-                / t,
+            w
+            * ops.softmax(
+                prepare(ops.take(out["logits"], self.class_indices, axis=-1)) / t,
                 axis=-1,
             )
             for w, out in zip(teacher_weights, teacher_outputs)
         )
-        return tempered_kl(
-            target, {"logits": prepare(student_outputs["logits"])}, t
-        )
+        return tempered_kl(target, {"logits": prepare(student_outputs["logits"])}, t)
 
     def get_config(self):
         return {

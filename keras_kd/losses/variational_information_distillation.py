@@ -29,15 +29,23 @@ def _regressor(mid_channels, out_channels, name):
 
     def conv(units):
         return layers.Conv2D(
-            units, 1, use_bias=False, dtype="float32",
+            units,
+            1,
+            use_bias=False,
+            dtype="float32",
             kernel_initializer=keras.initializers.VarianceScaling(
-                1.0 / 3.0, "fan_in", "uniform"),
+                1.0 / 3.0, "fan_in", "uniform"
+            ),
         )
 
     return keras.Sequential(
-        [conv(mid_channels), layers.ReLU(dtype="float32"),
-         conv(mid_channels), layers.ReLU(dtype="float32"),
-         conv(out_channels)],
+        [
+            conv(mid_channels),
+            layers.ReLU(dtype="float32"),
+            conv(mid_channels),
+            layers.ReLU(dtype="float32"),
+            conv(out_channels),
+        ],
         name=name,
     )
 
@@ -77,8 +85,14 @@ class VariationalInformationDistillation(LayerPairTerm):
     ```
     """
 
-    def __init__(self, teacher_layer_names, student_layer_names,
-                 init_pred_var=5.0, eps=1e-5, **kwargs):
+    def __init__(
+        self,
+        teacher_layer_names,
+        student_layer_names,
+        init_pred_var=5.0,
+        eps=1e-5,
+        **kwargs,
+    ):
         super().__init__(teacher_layer_names, student_layer_names, **kwargs)
         if not init_pred_var > eps > 0:
             raise ValueError(
@@ -90,8 +104,7 @@ class VariationalInformationDistillation(LayerPairTerm):
         self.eps = float(eps)
 
     def build(self, teacher_outputs_shape, student_outputs_shape):
-        pair_shapes = self.pair_shapes(
-            teacher_outputs_shape, student_outputs_shape)
+        pair_shapes = self.pair_shapes(teacher_outputs_shape, student_outputs_shape)
         alpha = math.log(math.expm1(self.init_pred_var - self.eps))
         self.regressors, self.log_scales, self.pool_sizes = [], [], []
         for m, pairs in enumerate(pair_shapes):
@@ -103,14 +116,16 @@ class VariationalInformationDistillation(LayerPairTerm):
                 regressor = _regressor(channels, channels, f"regressor_{m}_{i}")
                 regressor.build((None,) + tuple(size) + (s_shape[-1],))
                 self.regressors.append(regressor)
-                self.log_scales.append(self.add_weight(
-                    shape=(channels,), name=f"log_scale_{m}_{i}",
-                    initializer=keras.initializers.Constant(alpha),
-                ))
+                self.log_scales.append(
+                    self.add_weight(
+                        shape=(channels,),
+                        name=f"log_scale_{m}_{i}",
+                        initializer=keras.initializers.Constant(alpha),
+                    )
+                )
                 self.pool_sizes.append(tuple(size))
 
-    def call(self, teacher_outputs, student_outputs, labels=None,
-             teacher_weights=None):
+    def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         n = len(self.teacher_layer_names)
 
         def pair_loss(m, i, f_t, f_s):
@@ -123,7 +138,8 @@ class VariationalInformationDistillation(LayerPairTerm):
             return per_sample_mean(nll)
 
         return self.sum_over_pairs(
-            teacher_outputs, student_outputs, teacher_weights, pair_loss)
+            teacher_outputs, student_outputs, teacher_weights, pair_loss
+        )
 
     def get_config(self):
         return {

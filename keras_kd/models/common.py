@@ -16,8 +16,9 @@ def l2(weight_decay):
     return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
 
 
-def conv(x, filters, kernel_size, strides=1, weight_decay=0.0, use_bias=False,
-         name=None):
+def conv(
+    x, filters, kernel_size, strides=1, weight_decay=0.0, use_bias=False, name=None
+):
     """`kernel_size` x `kernel_size` convolution with PyTorch-style padding."""
     padding = "same"
     if strides > 1 and kernel_size > 1:

@@ -16,8 +16,15 @@ def digits_cnn_large(num_classes=10, input_shape=(8, 8, 1), weight_decay=0.0):
     teacher = keras_kd.models.digits_cnn_large()
     ```
     """
-    return residual_net(1, [32, 32, 64], (1, 2), num_classes, input_shape,
-                        weight_decay, name="digits_cnn_large")
+    return residual_net(
+        1,
+        [32, 32, 64],
+        (1, 2),
+        num_classes,
+        input_shape,
+        weight_decay,
+        name="digits_cnn_large",
+    )
 
 
 def digits_cnn_small(num_classes=10, input_shape=(8, 8, 1), weight_decay=0.0):
@@ -26,12 +33,18 @@ def digits_cnn_small(num_classes=10, input_shape=(8, 8, 1), weight_decay=0.0):
     5,266 parameters, 15x fewer than `digits_cnn_large`. At 4, 4 and 8
     channels (1,454 parameters) KD gained less and not on every seed.
     """
-    return residual_net(1, [8, 8, 16], (1, 2), num_classes, input_shape,
-                        weight_decay, name="digits_cnn_small")
+    return residual_net(
+        1,
+        [8, 8, 16],
+        (1, 2),
+        num_classes,
+        input_shape,
+        weight_decay,
+        name="digits_cnn_small",
+    )
 
 
-def fashion_cnn_large(num_classes=10, input_shape=(28, 28, 1),
-                      weight_decay=0.0):
+def fashion_cnn_large(num_classes=10, input_shape=(28, 28, 1), weight_decay=0.0):
     """Teacher for 28x28 images on 2 CPU cores: stem 16, stages 32 and 64
     wide at strides 2 and 2 (14x14 and 7x7), one residual block each.
 
@@ -41,13 +54,26 @@ def fashion_cnn_large(num_classes=10, input_shape=(28, 28, 1),
     teacher = keras_kd.models.fashion_cnn_large()
     ```
     """
-    return residual_net(1, [16, 32, 64], (2, 2), num_classes, input_shape,
-                        weight_decay, name="fashion_cnn_large")
+    return residual_net(
+        1,
+        [16, 32, 64],
+        (2, 2),
+        num_classes,
+        input_shape,
+        weight_decay,
+        name="fashion_cnn_large",
+    )
 
 
-def fashion_cnn_small(num_classes=10, input_shape=(28, 28, 1),
-                      weight_decay=0.0):
+def fashion_cnn_small(num_classes=10, input_shape=(28, 28, 1), weight_decay=0.0):
     """Student for `fashion_cnn_large`: the same layout at 8, 8 and 16
     channels."""
-    return residual_net(1, [8, 8, 16], (2, 2), num_classes, input_shape,
-                        weight_decay, name="fashion_cnn_small")
+    return residual_net(
+        1,
+        [8, 8, 16],
+        (2, 2),
+        num_classes,
+        input_shape,
+        weight_decay,
+        name="fashion_cnn_small",
+    )

@@ -5,7 +5,10 @@ import math
 import keras
 from keras import layers
 
-from keras_kd.models.common import batch_norm, classifier, conv_bn, depthwise_conv
+from keras_kd.models.common import batch_norm
+from keras_kd.models.common import classifier
+from keras_kd.models.common import conv_bn
+from keras_kd.models.common import depthwise_conv
 
 # Groups of (expansion, channels, blocks, first stride), gathered into the
 # stages at RepDistiller's feature taps f1..f4.
@@ -17,16 +20,14 @@ _STAGES = [
 ]
 
 
-def inverted_residual(x, filters, strides, expansion, weight_decay=0.0,
-                      name=None):
+def inverted_residual(x, filters, strides, expansion, weight_decay=0.0, name=None):
     """1x1 expand-BN-ReLU, 3x3 depthwise-BN-ReLU, 1x1 project-BN (+ input).
 
     The block's output is the layer `name`: the sum when the block keeps
     resolution and width, an identity layer after the projection otherwise.
     """
     residual = strides == 1 and x.shape[-1] == filters
-    y = conv_bn(x, x.shape[-1] * expansion, 1, 1, weight_decay,
-                name=f"{name}_expand")
+    y = conv_bn(x, x.shape[-1] * expansion, 1, 1, weight_decay, name=f"{name}_expand")
     y = layers.ReLU(name=f"{name}_expand_relu")(y)
     y = depthwise_conv(y, strides, weight_decay, name=f"{name}_depthwise")
     y = batch_norm(y, name=f"{name}_depthwise_bn")
@@ -37,8 +38,9 @@ def inverted_residual(x, filters, strides, expansion, weight_decay=0.0,
     return layers.Identity(name=name)(y)
 
 
-def mobilenetv2(num_classes=100, input_shape=(32, 32, 3), width_multiplier=0.5,
-                weight_decay=0.0):
+def mobilenetv2(
+    num_classes=100, input_shape=(32, 32, 3), width_multiplier=0.5, weight_decay=0.0
+):
     """MobileNetV2 with a stride-2 stem for 32x32 inputs (0.81M at 100 classes).
 
     The default width multiplier 0.5 is RepDistiller's `mobile_half`. The
@@ -52,8 +54,7 @@ def mobilenetv2(num_classes=100, input_shape=(32, 32, 3), width_multiplier=0.5,
     ```
     """
     inputs = keras.Input(input_shape)
-    x = conv_bn(inputs, int(32 * width_multiplier), 3, 2, weight_decay,
-                name="stem")
+    x = conv_bn(inputs, int(32 * width_multiplier), 3, 2, weight_decay, name="stem")
     x = layers.ReLU(name="stem")(x)
     for stage, groups in enumerate(_STAGES, 1):
         index = 0

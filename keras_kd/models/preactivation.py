@@ -11,7 +11,7 @@ bn = kd.models.batch_norm_before(teacher, teacher_taps[0])
 import keras
 from keras import layers
 
-from keras_kd import models
+from keras_kd.models.layer_names import stage_layer_names
 
 
 def preactivation_layer_names(model):
@@ -33,7 +33,7 @@ def preactivation_layer_names(model):
     """
     producers, consumers = _graph(model)
     names = []
-    for name in models.stage_layer_names(model):
+    for name in stage_layer_names(model):
         if name == "stem":
             continue
         stage = model.get_layer(name)
@@ -42,7 +42,8 @@ def preactivation_layer_names(model):
             names.append(_producers_of(layer, producers)[0].name)
             continue
         norms = [
-            c for c in consumers.get(id(stage.output), [])
+            c
+            for c in consumers.get(id(stage.output), [])
             if isinstance(c, layers.BatchNormalization)
         ]
         names.append(norms[0].name if len(norms) == 1 else name)
@@ -95,8 +96,7 @@ def _graph(model):
 
 def _producers_of(layer, producers):
     return [
-        producers[id(t)] for t in keras.tree.flatten(layer.input)
-        if id(t) in producers
+        producers[id(t)] for t in keras.tree.flatten(layer.input) if id(t) in producers
     ]
 
 
@@ -109,6 +109,7 @@ def _skip_identities(layer, producers):
 def _is_relu(layer):
     if isinstance(layer, layers.ReLU):
         return True
-    return isinstance(layer, layers.Activation) and getattr(
-        layer.activation, "__name__", ""
-    ) == "relu"
+    return (
+        isinstance(layer, layers.Activation)
+        and getattr(layer.activation, "__name__", "") == "relu"
+    )

@@ -3,7 +3,10 @@
 import keras
 from keras import layers
 
-from keras_kd.models.common import batch_norm, classifier, conv, conv_bn
+from keras_kd.models.common import batch_norm
+from keras_kd.models.common import classifier
+from keras_kd.models.common import conv
+from keras_kd.models.common import conv_bn
 
 
 def basic_block(x, filters, strides=1, weight_decay=0.0, name=None):
@@ -18,14 +21,22 @@ def basic_block(x, filters, strides=1, weight_decay=0.0, name=None):
     y = layers.ReLU(name=f"{name}_1_relu")(y)
     y = conv_bn(y, filters, 3, 1, weight_decay, name=f"{name}_2")
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = conv_bn(x, filters, 1, strides, weight_decay,
-                           name=f"{name}_shortcut")
+        shortcut = conv_bn(
+            x, filters, 1, strides, weight_decay, name=f"{name}_shortcut"
+        )
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=name)(y)
 
 
-def residual_net(blocks_per_stage, widths, stage_strides, num_classes,
-                 input_shape, weight_decay=0.0, name="resnet"):
+def residual_net(
+    blocks_per_stage,
+    widths,
+    stage_strides,
+    num_classes,
+    input_shape,
+    weight_decay=0.0,
+    name="resnet",
+):
     """Stem conv3x3-BN-ReLU, stages of `basic_block`s, pooling, classifier.
 
     `widths` is `[stem, stage1, stage2, ...]`; `stage_strides` has one stride
@@ -38,15 +49,21 @@ def residual_net(blocks_per_stage, widths, stage_strides, num_classes,
     x = layers.ReLU(name="stem")(x)
     for stage, (filters, strides) in enumerate(zip(widths[1:], stage_strides), 1):
         for index in range(1, blocks_per_stage + 1):
-            x = basic_block(x, filters, strides if index == 1 else 1,
-                            weight_decay, name=f"block{stage}_{index}")
+            x = basic_block(
+                x,
+                filters,
+                strides if index == 1 else 1,
+                weight_decay,
+                name=f"block{stage}_{index}",
+            )
         x = layers.Identity(name=f"stage{stage}")(x)
     outputs = classifier(x, num_classes, weight_decay)
     return keras.Model(inputs, outputs, name=name)
 
 
-def cifar_resnet(depth, width=1, num_classes=100, input_shape=(32, 32, 3),
-                 weight_decay=0.0):
+def cifar_resnet(
+    depth, width=1, num_classes=100, input_shape=(32, 32, 3), weight_decay=0.0
+):
     """CIFAR ResNet-`depth` with widths `16w, 16w, 32w, 64w` (depth = 6n+2).
 
     Example:
@@ -56,17 +73,32 @@ def cifar_resnet(depth, width=1, num_classes=100, input_shape=(32, 32, 3),
     ```
     """
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, ...); "
-                         f"got {depth}.")
+        raise ValueError(
+            f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, ...); got {depth}."
+        )
     n = (depth - 2) // 6
     widths = [16 * width, 16 * width, 32 * width, 64 * width]
-    return residual_net(n, widths, (1, 2, 2), num_classes, input_shape,
-                        weight_decay, name=f"resnet{depth}")
+    return residual_net(
+        n,
+        widths,
+        (1, 2, 2),
+        num_classes,
+        input_shape,
+        weight_decay,
+        name=f"resnet{depth}",
+    )
 
 
 def _x4(n, depth, num_classes, input_shape, weight_decay):
-    return residual_net(n, [32, 64, 128, 256], (1, 2, 2), num_classes,
-                        input_shape, weight_decay, name=f"resnet{depth}x4")
+    return residual_net(
+        n,
+        [32, 64, 128, 256],
+        (1, 2, 2),
+        num_classes,
+        input_shape,
+        weight_decay,
+        name=f"resnet{depth}x4",
+    )
 
 
 def resnet20(num_classes=100, input_shape=(32, 32, 3), weight_decay=0.0):

@@ -3,14 +3,15 @@
 import keras
 from keras import layers
 
-from keras_kd.models.common import batch_norm, classifier, conv
+from keras_kd.models.common import batch_norm
+from keras_kd.models.common import classifier
+from keras_kd.models.common import conv
 
 VGG8 = [[64], [128], [256], [512], [512]]
 VGG13 = [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]]
 
 
-def vgg(cfg, num_classes=100, input_shape=(32, 32, 3), weight_decay=0.0,
-        name="vgg"):
+def vgg(cfg, num_classes=100, input_shape=(32, 32, 3), weight_decay=0.0, name="vgg"):
     """Five groups of conv3x3-BN-ReLU, max-pooled in between.
 
     `cfg` lists the filters of each group's convolutions. The groups' outputs
@@ -26,8 +27,14 @@ def vgg(cfg, num_classes=100, input_shape=(32, 32, 3), weight_decay=0.0,
             x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
         for j, filters in enumerate(filters_list, 1):
             prefix = f"{stage_name}_{j}"
-            x = conv(x, filters, 3, weight_decay=weight_decay, use_bias=True,
-                     name=f"{prefix}_conv")
+            x = conv(
+                x,
+                filters,
+                3,
+                weight_decay=weight_decay,
+                use_bias=True,
+                name=f"{prefix}_conv",
+            )
             x = batch_norm(x, name=f"{prefix}_bn")
             last = j == len(filters_list)
             x = layers.ReLU(name=stage_name if last else f"{prefix}_relu")(x)

@@ -3,11 +3,12 @@
 import keras
 from keras import layers
 
-from keras_kd.models.common import batch_norm, classifier, conv
+from keras_kd.models.common import batch_norm
+from keras_kd.models.common import classifier
+from keras_kd.models.common import conv
 
 
-def wide_block(x, filters, strides=1, weight_decay=0.0, name=None,
-               input_name=None):
+def wide_block(x, filters, strides=1, weight_decay=0.0, name=None, input_name=None):
     """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus shortcut.
 
     The sum is the layer `{name}_add`. The block's first ReLU activates its
@@ -20,8 +21,7 @@ def wide_block(x, filters, strides=1, weight_decay=0.0, name=None,
     y = layers.ReLU(name=input_name or f"{name}_relu1")(y)
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = conv(y, filters, 1, strides, weight_decay,
-                        name=f"{name}_shortcut")
+        shortcut = conv(y, filters, 1, strides, weight_decay, name=f"{name}_shortcut")
     y = conv(y, filters, 3, strides, weight_decay, name=f"{name}_conv1")
     y = batch_norm(y, name=f"{name}_bn2")
     y = layers.ReLU(name=f"{name}_relu2")(y)
@@ -29,8 +29,7 @@ def wide_block(x, filters, strides=1, weight_decay=0.0, name=None,
     return layers.Add(name=f"{name}_add")([shortcut, y])
 
 
-def wrn(depth, width, num_classes=100, input_shape=(32, 32, 3),
-        weight_decay=0.0):
+def wrn(depth, width, num_classes=100, input_shape=(32, 32, 3), weight_decay=0.0):
     """WRN-`depth`-`width`: widths 16, 16k, 32k, 64k, (depth - 4) / 6 blocks.
 
     `stem` is the first convolution; `stage{s}` the raw (pre-activation)
@@ -56,8 +55,9 @@ def wrn(depth, width, num_classes=100, input_shape=(32, 32, 3),
         for index in range(1, n + 1):
             strides = 2 if stage > 1 and index == 1 else 1
             name = f"block{stage}_{index}"
-            x = wide_block(x, filters, strides, weight_decay, name=name,
-                           input_name=previous)
+            x = wide_block(
+                x, filters, strides, weight_decay, name=name, input_name=previous
+            )
             previous = name
         x = layers.Identity(name=f"stage{stage}")(x)
     x = batch_norm(x, name="final_bn")

@@ -3,10 +3,10 @@
 See docs/methods.md §10.
 """
 
+from keras_kd.data.common import steps_per_epoch
 from keras_kd.offline.augment import CropFlip
 from keras_kd.offline.pipeline import ReplayPyDataset
 from keras_kd.offline.pipeline import dataset
-from keras_kd.offline.pipeline import steps_per_epoch
 from keras_kd.offline.record import ensure_record
 from keras_kd.offline.record import record
 from keras_kd.offline.recorded_teacher import RecordedTeacher

@@ -1,11 +1,15 @@
-"""Parameterised crop + flip: one sampler, one applier (NumPy).
+"""Parameterised crop + flip: the spec a record stores and replays.
 
-The sampler draws each example's augmentation from `(seed, epoch)` alone,
-so a recording and a replay (or a live run on the same stream) agree on
-every image; the applier takes those parameters and returns the images.
+`CropFlip.sample` draws each example's augmentation from `(seed, epoch)`
+alone, so a recording and a replay (or a live run on the same stream) agree
+on every image; `CropFlip.apply` takes those parameters and returns the
+images. Both use `kd.data`'s NumPy crop + flip.
 """
 
 import numpy as np
+
+from keras_kd.data.augment import apply_crop_flip
+from keras_kd.data.augment import crop_flip_params
 
 
 class CropFlip:
@@ -32,34 +36,31 @@ class CropFlip:
             )
         self.padding = int(padding)
         self.flip = bool(flip)
-        self.normalize = None if normalize is None else tuple(
-            [float(v) for v in np.ravel(np.asarray(part, "float32"))]
-            for part in normalize
+        self.normalize = (
+            None
+            if normalize is None
+            else tuple(
+                [float(v) for v in np.ravel(np.asarray(part, "float32"))]
+                for part in normalize
+            )
         )
 
     def sample(self, seed, epoch, num_examples):
         """`{"offsets": int8 (n, 2), "flip": bool (n,)}` for one epoch."""
-        rng = np.random.default_rng([int(seed), int(epoch), 0])
-        offsets = rng.integers(0, 2 * self.padding + 1, (num_examples, 2))
-        flip = rng.random(num_examples) < 0.5
+        # Not `(seed, epoch, 0)`: NumPy seeds it as `(seed, epoch)`, the
+        # stream of the epoch's order (`kd.data.epoch_order`).
+        offsets, flip = crop_flip_params(
+            [int(seed), int(epoch), 1], num_examples, self.padding
+        )
         if not self.flip:
             flip[:] = False
         return {"offsets": offsets.astype("int8"), "flip": flip}
 
     def apply(self, images, params):
         """The float32 model inputs of uint8 (or float) NHWC `images`."""
-        images = np.asarray(images)
-        n, height, width, _ = images.shape
-        p = self.padding
-        padded = np.pad(images, [(0, 0), (p, p), (p, p), (0, 0)])
-        offsets = np.asarray(params["offsets"], "int64")
-        rows = np.arange(height)[None, :] + offsets[:, :1]
-        cols = np.arange(width)[None, :]
-        cols = np.where(params["flip"][:, None], width - 1 - cols, cols)
-        cols = cols + offsets[:, 1:]
-        batch = np.arange(n)[:, None, None]
-        out = padded[batch, rows[:, :, None], cols[:, None, :]]
-        out = out.astype("float32")
+        out = apply_crop_flip(
+            images, params["offsets"], params["flip"], self.padding
+        ).astype("float32")
         if self.normalize is None:
             return out / 255.0
         mean, std = (np.asarray(v, "float32") for v in self.normalize)
@@ -70,7 +71,8 @@ class CropFlip:
             "type": "crop_flip",
             "padding": self.padding,
             "flip": self.flip,
-            "normalize": None if self.normalize is None
+            "normalize": None
+            if self.normalize is None
             else [list(v) for v in self.normalize],
         }
 
@@ -80,12 +82,3 @@ class CropFlip:
         if config.pop("type", "crop_flip") != "crop_flip":
             raise ValueError(f"Not a CropFlip spec: {config}.")
         return cls(**config)
-
-
-def epoch_order(seed, epoch, num_examples, shuffle=True):
-    """The order in which one epoch visits the examples."""
-    if not shuffle:
-        return np.arange(num_examples)
-    return np.random.default_rng([int(seed), int(epoch), 1]).permutation(
-        num_examples
-    )

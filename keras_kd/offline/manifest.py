@@ -40,8 +40,11 @@ def data_fingerprint(x, y):
         array = np.ascontiguousarray(np.asarray(array))
         digest.update(f"{array.shape}:{array.dtype}".encode())
         digest.update(array.tobytes())
-    return {"sha256": digest.hexdigest(), "size": int(len(x)),
-            "shape": [int(d) for d in np.shape(x)[1:]]}
+    return {
+        "sha256": digest.hexdigest(),
+        "size": int(len(x)),
+        "shape": [int(d) for d in np.shape(x)[1:]],
+    }
 
 
 def file_sha256(path):
@@ -72,7 +75,8 @@ def write(path, manifest):
 def mismatches(stored, wanted):
     """The names (see `IDENTITY`) of the fields where two manifests differ."""
     return [
-        label for key, label in IDENTITY.items()
+        label
+        for key, label in IDENTITY.items()
         if _canonical(stored.get(key)) != _canonical(wanted.get(key))
     ]
 

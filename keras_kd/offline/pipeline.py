@@ -9,31 +9,35 @@ so it gives the same batches however often Keras restarts it; pass
 `steps_per_epoch=kd.offline.steps_per_epoch(...)` to `fit`.
 """
 
-import math
 import warnings
 
 import keras
 import numpy as np
 
+from keras_kd.data.common import epoch_order
+from keras_kd.data.common import steps_per_epoch
 from keras_kd.offline import manifest as manifest_lib
 from keras_kd.offline.augment import CropFlip
-from keras_kd.offline.augment import epoch_order
 from keras_kd.offline.store import Record
-
-
-def steps_per_epoch(num_examples, batch_size, drop_remainder=False):
-    """Batches per epoch of `dataset` and `ReplayPyDataset`."""
-    if drop_remainder:
-        return num_examples // batch_size
-    return math.ceil(num_examples / batch_size)
 
 
 class _Replay:
     """Batch `i` of the replayed stream, as NumPy arrays."""
 
-    def __init__(self, x, y, batch_size, record=None, augmentation=None,
-                 seed=None, epochs=None, shuffle=True, drop_remainder=False,
-                 targets=True, initial_epoch=0):
+    def __init__(
+        self,
+        x,
+        y,
+        batch_size,
+        record=None,
+        augmentation=None,
+        seed=None,
+        epochs=None,
+        shuffle=True,
+        drop_remainder=False,
+        targets=True,
+        initial_epoch=0,
+    ):
         if record is not None:
             if augmentation is not None or seed is not None:
                 raise ValueError(
@@ -54,8 +58,9 @@ class _Replay:
                 "Give a record, or augmentation= and seed= for a live stream."
             )
         elif targets:
-            raise ValueError("A live stream (no record) has no targets; "
-                             "pass targets=False.")
+            raise ValueError(
+                "A live stream (no record) has no targets; pass targets=False."
+            )
         self.record, self.augmentation, self.seed = record, augmentation, seed
         self.x, self.y = x, np.asarray(y)
         self.batch_size = int(batch_size)
@@ -87,7 +92,7 @@ class _Replay:
                 arrays = self.record.arrays[epoch]
             else:
                 arrays = self.augmentation.sample(self.seed, epoch, n)
-            order = epoch_order(self.seed, epoch, n, self.shuffle)
+            order = epoch_order(n, epoch, self.seed, self.shuffle)
             self._cache = {epoch: (order, arrays)}
         return self._cache[epoch]
 
@@ -98,22 +103,31 @@ class _Replay:
         epoch, step = divmod(int(index), self.steps)
         epoch += self.initial_epoch
         order, arrays = self._epoch(epoch)
-        rows = order[step * self.batch_size:(step + 1) * self.batch_size]
+        rows = order[step * self.batch_size : (step + 1) * self.batch_size]
         images = self.augmentation.apply(
-            self.x[rows], {"offsets": arrays["offsets"][rows],
-                           "flip": arrays["flip"][rows]}
+            self.x[rows],
+            {"offsets": arrays["offsets"][rows], "flip": arrays["flip"][rows]},
         )
         if not self.targets:
             return images, self.y[rows]
         inputs = {"inputs": images}
-        inputs.update({key: arrays[key][rows]
-                       for key in self.record.target_keys})
+        inputs.update({key: arrays[key][rows] for key in self.record.target_keys})
         return inputs, self.y[rows]
 
 
-def dataset(x, y, batch_size, record=None, augmentation=None, seed=None,
-            epochs=None, shuffle=True, drop_remainder=False, targets=True,
-            initial_epoch=0):
+def dataset(
+    x,
+    y,
+    batch_size,
+    record=None,
+    augmentation=None,
+    seed=None,
+    epochs=None,
+    shuffle=True,
+    drop_remainder=False,
+    targets=True,
+    initial_epoch=0,
+):
     """A `tf.data` stream of `({"inputs", targets...}, labels)` batches.
 
     With `record` (a path or `kd.offline.Record`) it replays the record;
@@ -136,8 +150,19 @@ def dataset(x, y, batch_size, record=None, augmentation=None, seed=None,
     """
     from keras_kd._compat import tensorflow as tf
 
-    replay = _Replay(x, y, batch_size, record, augmentation, seed, epochs,
-                     shuffle, drop_remainder, targets, initial_epoch)
+    replay = _Replay(
+        x,
+        y,
+        batch_size,
+        record,
+        augmentation,
+        seed,
+        epochs,
+        shuffle,
+        drop_remainder,
+        targets,
+        initial_epoch,
+    )
     sample_x, sample_y = replay.batch(0)
     flat = keras.tree.flatten(sample_x) + [sample_y]
 
@@ -151,12 +176,12 @@ def dataset(x, y, batch_size, record=None, augmentation=None, seed=None,
         )
         for value, like in zip(values, flat):
             value.set_shape((None,) + like.shape[1:])
-        return (keras.tree.pack_sequence_as(sample_x, values[:-1]),
-                values[-1])
+        return (keras.tree.pack_sequence_as(sample_x, values[:-1]), values[-1])
 
     ds = tf.data.Dataset.range(len(replay))
-    return ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return ds.map(
+        fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).prefetch(tf.data.AUTOTUNE)
 
 
 class ReplayPyDataset(keras.utils.PyDataset):
@@ -173,13 +198,35 @@ class ReplayPyDataset(keras.utils.PyDataset):
     ```
     """
 
-    def __init__(self, x, y, batch_size, record=None, augmentation=None,
-                 seed=None, epochs=None, shuffle=True, drop_remainder=False,
-                 targets=True, initial_epoch=0, **kwargs):
+    def __init__(
+        self,
+        x,
+        y,
+        batch_size,
+        record=None,
+        augmentation=None,
+        seed=None,
+        epochs=None,
+        shuffle=True,
+        drop_remainder=False,
+        targets=True,
+        initial_epoch=0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        self._replay = _Replay(x, y, batch_size, record, augmentation, seed,
-                               epochs, shuffle, drop_remainder, targets,
-                               initial_epoch)
+        self._replay = _Replay(
+            x,
+            y,
+            batch_size,
+            record,
+            augmentation,
+            seed,
+            epochs,
+            shuffle,
+            drop_remainder,
+            targets,
+            initial_epoch,
+        )
         self.steps = self._replay.steps
 
     def __len__(self):

@@ -18,9 +18,21 @@ from keras_kd.offline import store
 from keras_kd.offline.augment import CropFlip
 
 
-def record(teachers, data, augmentation, epochs, path, seed, top_k=None,
-           temperature=4.0, teacher_weights=None, per_teacher=False,
-           shard_size=4096, batch_size=256, verbose=1):
+def record(
+    teachers,
+    data,
+    augmentation,
+    epochs,
+    path,
+    seed,
+    top_k=None,
+    temperature=4.0,
+    teacher_weights=None,
+    per_teacher=False,
+    shard_size=4096,
+    batch_size=256,
+    verbose=1,
+):
     """Records the teachers' targets on `epochs` epochs of augmented data.
 
     Args:
@@ -56,21 +68,21 @@ def record(teachers, data, augmentation, epochs, path, seed, top_k=None,
     """
     teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
     x, y = data
-    wanted = describe(teachers, (x, y), augmentation, epochs, seed, top_k,
-                      temperature, teacher_weights, per_teacher, shard_size)
-    os.makedirs(path, exist_ok=True)
-    manifest = manifest_lib.read(path)
-    if manifest is None:
-        manifest = {**wanted, "shards": {}, "complete": False}
-    else:
-        _refuse_mismatch(path, manifest, wanted)
-        if manifest["complete"]:
-            return manifest
-        manifest["shards"] = {
-            name: sha for name, sha in manifest["shards"].items()
-            if os.path.exists(os.path.join(path, name))
-            and manifest_lib.file_sha256(os.path.join(path, name)) == sha
-        }
+    wanted = describe(
+        teachers,
+        (x, y),
+        augmentation,
+        epochs,
+        seed,
+        top_k,
+        temperature,
+        teacher_weights,
+        per_teacher,
+        shard_size,
+    )
+    manifest = _resume_manifest(path, wanted)
+    if manifest["complete"]:
+        return manifest
     manifest_lib.write(path, manifest)
     weights = [t["weight"] for t in wanted["teachers"]]
     n = len(x)
@@ -85,19 +97,12 @@ def record(teachers, data, augmentation, epochs, path, seed, top_k=None,
                 progbar.add(stop - start)
                 continue
             arrays = {key: value[start:stop] for key, value in params.items()}
-            targets = []
-            for low in range(start, stop, batch_size):
-                high = min(low + batch_size, stop)
-                images = augmentation.apply(
-                    x[low:high], {k: v[low:high] for k, v in params.items()}
-                )
-                logits = np.stack(
-                    [_logits(model, images) for model in teachers], axis=1
-                )
-                targets.append(logits)
-                progbar.add(high - low)
-            arrays.update(_encode(np.concatenate(targets), weights, top_k,
-                                  temperature, per_teacher, tail_mass))
+            logits = _augmented_logits(
+                teachers, x, augmentation, params, start, stop, batch_size, progbar
+            )
+            arrays.update(
+                _encode(logits, weights, top_k, temperature, per_teacher, tail_mass)
+            )
             manifest["shards"][name] = store.write_shard(path, name, arrays)
             if top_k:
                 manifest["tail_mass"] = tail_mass
@@ -107,8 +112,9 @@ def record(teachers, data, augmentation, epochs, path, seed, top_k=None,
     return manifest
 
 
-def ensure_record(teachers, data, augmentation, epochs, path, seed,
-                  overwrite=False, **kwargs):
+def ensure_record(
+    teachers, data, augmentation, epochs, path, seed, overwrite=False, **kwargs
+):
     """Records when `path` holds no record, reuses one that matches.
 
     A record made from other teacher weights, data, augmentation, seed,
@@ -127,8 +133,18 @@ def ensure_record(teachers, data, augmentation, epochs, path, seed,
     return record(teachers, data, augmentation, epochs, path, seed, **kwargs)
 
 
-def describe(teachers, data, augmentation, epochs, seed, top_k, temperature,
-             teacher_weights, per_teacher, shard_size):
+def describe(
+    teachers,
+    data,
+    augmentation,
+    epochs,
+    seed,
+    top_k,
+    temperature,
+    teacher_weights,
+    per_teacher,
+    shard_size,
+):
     """The identity part of a manifest for these arguments."""
     from keras_kd import __version__
 
@@ -136,8 +152,7 @@ def describe(teachers, data, augmentation, epochs, seed, top_k, temperature,
     for model in teachers:
         if not isinstance(model, keras.Model):
             raise ValueError(
-                f"record() runs trained teacher models; got "
-                f"{type(model).__name__}."
+                f"record() runs trained teacher models; got {type(model).__name__}."
             )
     if not isinstance(augmentation, CropFlip):
         raise ValueError(
@@ -167,8 +182,11 @@ def describe(teachers, data, augmentation, epochs, seed, top_k, temperature,
     return {
         "keras_kd_version": __version__,
         "teachers": [
-            {"name": model.name, "sha256": manifest_lib.weights_fingerprint(model),
-             "weight": float(w) / total}
+            {
+                "name": model.name,
+                "sha256": manifest_lib.weights_fingerprint(model),
+                "weight": float(w) / total,
+            }
             for model, w in zip(teachers, teacher_weights)
         ],
         "dataset": manifest_lib.data_fingerprint(x, y),
@@ -198,6 +216,40 @@ def _refuse_mismatch(path, stored, wanted):
         )
 
 
+def _resume_manifest(path, wanted):
+    """A new manifest, or the one at `path` less the shards missing or
+    changed since it was written; refuses a record of other arguments."""
+    os.makedirs(path, exist_ok=True)
+    manifest = manifest_lib.read(path)
+    if manifest is None:
+        return {**wanted, "shards": {}, "complete": False}
+    _refuse_mismatch(path, manifest, wanted)
+    if not manifest["complete"]:
+        manifest["shards"] = {
+            name: sha
+            for name, sha in manifest["shards"].items()
+            if os.path.exists(os.path.join(path, name))
+            and manifest_lib.file_sha256(os.path.join(path, name)) == sha
+        }
+    return manifest
+
+
+def _augmented_logits(
+    teachers, x, augmentation, params, start, stop, batch_size, progbar
+):
+    """The teachers' logits, shaped (examples, teachers, classes), on
+    examples `start:stop` of `x` augmented with `params`."""
+    targets = []
+    for low in range(start, stop, batch_size):
+        high = min(low + batch_size, stop)
+        images = augmentation.apply(
+            x[low:high], {k: v[low:high] for k, v in params.items()}
+        )
+        targets.append(np.stack([_logits(model, images) for model in teachers], axis=1))
+        progbar.add(high - low)
+    return np.concatenate(targets)
+
+
 def _logits(model, images):
     out = model.predict_on_batch(images)
     out = out["logits"] if isinstance(out, dict) else out
@@ -220,6 +272,9 @@ def _encode(logits, weights, top_k, temperature, per_teacher, tail_mass):
     tail = 1.0 - top.sum(axis=-1)
     tail_mass["max"] = max(tail_mass["max"], float(tail.max()))
     tail_mass["sum"] += float(tail.sum())
-    return {"teacher_topk_probs": top.astype("float16"),
-            "teacher_topk_indices": indices.astype(
-                "int16" if probs.shape[-1] <= 1 << 15 else "int32")}
+    return {
+        "teacher_topk_probs": top.astype("float16"),
+        "teacher_topk_indices": indices.astype(
+            "int16" if probs.shape[-1] <= 1 << 15 else "int32"
+        ),
+    }

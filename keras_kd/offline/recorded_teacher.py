@@ -68,8 +68,11 @@ class RecordedTeacher(keras.layers.Layer):
         self.side_inputs = TARGET_KEYS[storage["format"]]
 
     def output_shapes(self):
-        key = "logits" if self.storage["format"] == "logits_float16" else (
-            "probabilities")
+        key = (
+            "logits"
+            if self.storage["format"] == "logits_float16"
+            else ("probabilities")
+        )
         return {key: (None, self.num_classes)}
 
     def check_terms(self, terms, augmentation=None):
@@ -115,15 +118,13 @@ class RecordedTeacher(keras.layers.Layer):
         indices = ops.cast(side_inputs["teacher_topk_indices"], "int32")
         if index is not None:
             probs, indices = probs[:, index], indices[:, index]
-        return {"probabilities": dense_probabilities(probs, indices,
-                                                     self.num_classes)}
+        return {"probabilities": dense_probabilities(probs, indices, self.num_classes)}
 
     def get_config(self):
         config = super().get_config()
         for key in ("trainable", "dtype"):
             config.pop(key, None)
-        return {**config, "path": self.record_path,
-                "teacher_index": self.teacher_index}
+        return {**config, "path": self.record_path, "teacher_index": self.teacher_index}
 
 
 def live_teacher_terms(terms):
@@ -137,9 +138,9 @@ def live_teacher_terms(terms):
     ```
     """
     return [
-        term.name for term in terms
-        if [n for n in term.teacher_layer_names if n != "logits"]
-        or term.num_views > 1
+        term.name
+        for term in terms
+        if [n for n in term.teacher_layer_names if n != "logits"] or term.num_views > 1
     ]
 
 

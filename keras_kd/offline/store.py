@@ -75,10 +75,9 @@ class Record:
                 if not name.startswith(f"e{epoch:04d}_"):
                     continue
                 parts.append(_read_checked(path, name, manifest["shards"][name]))
-            arrays.append({
-                key: np.concatenate([part[key] for part in parts])
-                for key in parts[0]
-            })
+            arrays.append(
+                {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+            )
         return cls(path, manifest, arrays)
 
 

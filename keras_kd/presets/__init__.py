@@ -14,12 +14,6 @@ distiller = kd.Distiller(teacher, student,
 ```
 """
 
-from keras_kd.presets.registry import build
-from keras_kd.presets.registry import get
-from keras_kd.presets.registry import names
-from keras_kd.presets.registry import parse
-from keras_kd.presets.registry import register
-
 # Families (one import each registers their presets).
 from keras_kd.presets import afd  # noqa: E402,F401
 from keras_kd.presets import at  # noqa: E402,F401
@@ -37,3 +31,8 @@ from keras_kd.presets import relational  # noqa: E402,F401
 from keras_kd.presets import reviewkd  # noqa: E402,F401
 from keras_kd.presets import skd  # noqa: E402,F401
 from keras_kd.presets import vid  # noqa: E402,F401
+from keras_kd.presets.registry import build
+from keras_kd.presets.registry import get
+from keras_kd.presets.registry import names
+from keras_kd.presets.registry import parse
+from keras_kd.presets.registry import register

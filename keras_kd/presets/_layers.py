@@ -14,19 +14,21 @@ def last_stage(model, role, given=None):
     except ValueError as e:
         raise ValueError(
             f"{e} Name the {role} layer to distil with "
-            f"{role}_layer=... (--{role}_layer).") from None
+            f"{role}_layer=... (--{role}_layer)."
+        ) from None
 
 
 def matched_stages(teacher, student):
     """The last `n` stages (stem excluded) of both models, `n` the smaller
     count: `(teacher_names, student_names)`."""
-    stages = [[n for n in models.stage_layer_names(m) if n != "stem"]
-              for m in (teacher, student)]
+    stages = [
+        [n for n in models.stage_layer_names(m) if n != "stem"]
+        for m in (teacher, student)
+    ]
     count = min(map(len, stages))
     return stages[0][-count:], stages[1][-count:]
 
 
 def kd_term(kd_temperature, kd_weight):
     """`("kd", LogitsDistillation(T), weight)`, shared by kd, fa, afd, rtk."""
-    return ("kd", losses.LogitsDistillation(kd_temperature, name="kd"),
-            kd_weight)
+    return ("kd", losses.LogitsDistillation(kd_temperature, name="kd"), kd_weight)

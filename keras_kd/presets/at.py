@@ -7,8 +7,7 @@ from keras_kd.presets.registry import register
 
 @register(
     "at",
-    help="Attention transfer over the stages (Zagoruyko & Komodakis, ICLR "
-    "2017; §0).",
+    help="Attention transfer over the stages (Zagoruyko & Komodakis, ICLR 2017; §0).",
     reference="szagoruyko/attention-transfer; RepDistiller "
     "distiller_zoo/AT.py (p=2, beta 1000).",
     defaults={"at_weight": 1000.0},

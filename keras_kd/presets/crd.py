@@ -21,19 +21,22 @@ from keras_kd.presets.registry import register
     },
     student_loss_weight=1.0,
 )
-def _crd(teachers, student, num_data, feat_dim, num_negatives, temperature,
-         momentum, weight):
+def _crd(
+    teachers, student, num_data, feat_dim, num_negatives, temperature, momentum, weight
+):
     """CRD on the pooled `"features"` of one teacher and the student.
 
     `num_data` is the number of training images (CIFAR-100: 50 000); fit
     with `x=kd.data.with_example_index(images)`.
     """
     if len(teachers) != 1:
-        raise ValueError(
-            f"The 'crd' preset distils one teacher, got {len(teachers)}."
-        )
+        raise ValueError(f"The 'crd' preset distils one teacher, got {len(teachers)}.")
     term = losses.ContrastiveRepresentation(
-        num_data=num_data, feat_dim=feat_dim, num_negatives=num_negatives,
-        temperature=temperature, momentum=momentum, name="crd",
+        num_data=num_data,
+        feat_dim=feat_dim,
+        num_negatives=num_negatives,
+        temperature=temperature,
+        momentum=momentum,
+        name="crd",
     )
     return [("crd", term, weight)]

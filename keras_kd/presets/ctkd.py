@@ -30,5 +30,10 @@ CTKD_DEFAULTS = {
 )
 def ctkd(teachers, student, kd_weight, **options):
     """One `CurriculumTemperatureDistillation` term with weight 0.9."""
-    return [("ctkd", losses.CurriculumTemperatureDistillation(
-        name="ctkd", **options), kd_weight)]
+    return [
+        (
+            "ctkd",
+            losses.CurriculumTemperatureDistillation(name="ctkd", **options),
+            kd_weight,
+        )
+    ]

@@ -19,17 +19,25 @@ DKD_BETA = {
 
 @register(
     "dkd",
-    help="Decoupled KD: target-class + non-target-class KD (Zhao et al., "
-    "CVPR 2022).",
+    help="Decoupled KD: target-class + non-target-class KD (Zhao et al., CVPR 2022).",
     reference="mdistiller: mdistiller/distillers/DKD.py; "
     "mdistiller/engine/cfg.py (CFG.DKD); configs/cifar100/dkd/*.yaml",
-    defaults={"alpha": 1.0, "beta": 8.0, "temperature": 4.0,
-              "warmup_epochs": 20},
+    defaults={"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 20},
     pair_defaults={pair: {"beta": beta} for pair, beta in DKD_BETA.items()},
     student_loss_weight=1.0,
 )
 def dkd(teachers, student, alpha, beta, temperature, warmup_epochs):
     """One `DecoupledDistillation` term with weight 1 (α, β inside)."""
-    return [("dkd", losses.DecoupledDistillation(
-        alpha=alpha, beta=beta, temperature=temperature,
-        warmup_epochs=warmup_epochs, name="dkd"), 1.0)]
+    return [
+        (
+            "dkd",
+            losses.DecoupledDistillation(
+                alpha=alpha,
+                beta=beta,
+                temperature=temperature,
+                warmup_epochs=warmup_epochs,
+                name="dkd",
+            ),
+            1.0,
+        )
+    ]

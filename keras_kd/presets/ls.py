@@ -53,49 +53,66 @@ DKD_LS = {
 
 @register(
     "kd+ls",
-    help="KD on z-scored logits (logit standardization, Sun et al., CVPR "
-    "2024).",
+    help="KD on z-scored logits (logit standardization, Sun et al., CVPR 2024).",
     reference=_REFERENCE,
     defaults={"temperature": 2.0, "kd_weight": 9.0},
     pair_defaults={
-        pair: {"temperature": t, "kd_weight": w}
-        for pair, (t, w) in KD_LS.items()
+        pair: {"temperature": t, "kd_weight": w} for pair, (t, w) in KD_LS.items()
     },
     student_loss_weight=0.1,
 )
 def kd_ls(teachers, student, temperature, kd_weight):
     """`LogitsDistillation(standardize=True)` with weight `kd_weight`."""
-    return [("kd", losses.LogitsDistillation(
-        temperature=temperature, standardize=True, name="kd"), kd_weight)]
+    return [
+        (
+            "kd",
+            losses.LogitsDistillation(
+                temperature=temperature, standardize=True, name="kd"
+            ),
+            kd_weight,
+        )
+    ]
 
 
 @register(
     "dkd+ls",
-    help="DKD on z-scored logits (logit standardization, Sun et al., CVPR "
-    "2024).",
+    help="DKD on z-scored logits (logit standardization, Sun et al., CVPR 2024).",
     reference=_REFERENCE,
-    defaults={"alpha": 1.0, "beta": 8.0, "temperature": 2.0,
-              "warmup_epochs": 20, "kd_weight": 9.0},
+    defaults={
+        "alpha": 1.0,
+        "beta": 8.0,
+        "temperature": 2.0,
+        "warmup_epochs": 20,
+        "kd_weight": 9.0,
+    },
     pair_defaults={
         pair: {"temperature": t, "kd_weight": w, "beta": beta}
         for pair, (t, w, beta) in DKD_LS.items()
     },
     student_loss_weight=1.0,
 )
-def dkd_ls(teachers, student, alpha, beta, temperature, warmup_epochs,
-           kd_weight):
+def dkd_ls(teachers, student, alpha, beta, temperature, warmup_epochs, kd_weight):
     """`DecoupledDistillation(standardize=True)` with weight `kd_weight`
     (the official code multiplies α and β by it instead: the same loss)."""
-    return [("dkd", losses.DecoupledDistillation(
-        alpha=alpha, beta=beta, temperature=temperature,
-        warmup_epochs=warmup_epochs, standardize=True, name="dkd"),
-        kd_weight)]
+    return [
+        (
+            "dkd",
+            losses.DecoupledDistillation(
+                alpha=alpha,
+                beta=beta,
+                temperature=temperature,
+                warmup_epochs=warmup_epochs,
+                standardize=True,
+                name="dkd",
+            ),
+            kd_weight,
+        )
+    ]
 
 
 @register(
     "ctkd+ls",
-    help="CTKD on z-scored logits (logit standardization, Sun et al., CVPR "
-    "2024).",
+    help="CTKD on z-scored logits (logit standardization, Sun et al., CVPR 2024).",
     reference=_REFERENCE + "; CTKD/scripts/run_cifar_distill.sh "
     "(-r 0.1 -a 9), CTKD/distiller_zoo/KD.py",
     defaults={**CTKD_DEFAULTS, "kd_weight": 9.0},
@@ -103,5 +120,12 @@ def dkd_ls(teachers, student, alpha, beta, temperature, warmup_epochs,
 )
 def ctkd_ls(teachers, student, kd_weight, **options):
     """`CurriculumTemperatureDistillation(standardize=True)`, weight 9."""
-    return [("ctkd", losses.CurriculumTemperatureDistillation(
-        standardize=True, name="ctkd", **options), kd_weight)]
+    return [
+        (
+            "ctkd",
+            losses.CurriculumTemperatureDistillation(
+                standardize=True, name="ctkd", **options
+            ),
+            kd_weight,
+        )
+    ]

@@ -17,10 +17,15 @@ from keras_kd.presets.registry import register
     student_loss_weight=1.0,
 )
 def _ofd(teachers, student, ofd_weight):
-    t_names, s_names = [preactivation_layer_names(m)
-                        for m in (teachers[0], student)]
+    t_names, s_names = [preactivation_layer_names(m) for m in (teachers[0], student)]
     # The official `_align_list` keeps the last stages of the longer list.
     count = min(len(t_names), len(s_names))
-    return [("ofd", losses.OverhaulFeatureDistillation.from_teacher(
-        teachers, t_names[-count:], s_names[-count:], name="ofd"),
-        ofd_weight)]
+    return [
+        (
+            "ofd",
+            losses.OverhaulFeatureDistillation.from_teacher(
+                teachers, t_names[-count:], s_names[-count:], name="ofd"
+            ),
+            ofd_weight,
+        )
+    ]

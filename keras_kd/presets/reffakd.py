@@ -14,6 +14,10 @@ from keras_kd.presets.registry import register
     teacher="soft_labels",
 )
 def _reffakd(teachers, student, reffakd_alpha, reffakd_temperature):
-    return [("reffakd", losses.LogitsDistillation(reffakd_temperature,
-                                                  name="reffakd"),
-             reffakd_alpha)]
+    return [
+        (
+            "reffakd",
+            losses.LogitsDistillation(reffakd_temperature, name="reffakd"),
+            reffakd_alpha,
+        )
+    ]

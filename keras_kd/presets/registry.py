@@ -40,8 +40,9 @@ class Preset:
         """`defaults`, then the teacher/student pair's, then `overrides`."""
         values = dict(self.defaults)
         teacher_name = getattr(teachers[0], "name", None) if teachers else None
-        values.update(self.pair_defaults.get(
-            (teacher_name, getattr(student, "name", None)), {}))
+        values.update(
+            self.pair_defaults.get((teacher_name, getattr(student, "name", None)), {})
+        )
         values.update({k: v for k, v in overrides.items() if k in values})
         return values
 
@@ -52,9 +53,18 @@ class Preset:
         return self.student_loss_weight
 
 
-def register(name, *, help, reference, defaults, student_loss_weight,
-             pair_defaults=None, teacher="model", min_teachers=1,
-             num_classes_may_differ=False):
+def register(
+    name,
+    *,
+    help,
+    reference,
+    defaults,
+    student_loss_weight,
+    pair_defaults=None,
+    teacher="model",
+    min_teachers=1,
+    num_classes_may_differ=False,
+):
     """Registers the decorated builder as the preset `name`.
 
     Args:
@@ -83,23 +93,36 @@ def register(name, *, help, reference, defaults, student_loss_weight,
         raise ValueError(f"Invalid preset name '{name}'.")
     if teacher not in ("model", "soft_labels"):
         raise ValueError(
-            f"`teacher` must be 'model' or 'soft_labels', got '{teacher}'.")
+            f"`teacher` must be 'model' or 'soft_labels', got '{teacher}'."
+        )
 
     def decorator(builder):
         signature = list(inspect.signature(builder).parameters.values())[2:]
         parameters = [p.name for p in signature if p.kind != p.VAR_KEYWORD]
         takes_rest = len(parameters) < len(signature)  # A `**options`.
-        if (set(parameters) - set(defaults) if takes_rest
-                else sorted(parameters) != sorted(defaults)):
+        if (
+            set(parameters) - set(defaults)
+            if takes_rest
+            else sorted(parameters) != sorted(defaults)
+        ):
             raise ValueError(
                 f"Preset '{name}': the builder's hyper-parameters "
-                f"{parameters} differ from `defaults` {sorted(defaults)}.")
+                f"{parameters} differ from `defaults` {sorted(defaults)}."
+            )
         if name in _PRESETS:
             raise ValueError(f"Preset '{name}' is registered already.")
         _PRESETS[name] = Preset(
-            name, builder, help, reference, dict(defaults),
-            student_loss_weight, dict(pair_defaults or {}), teacher,
-            min_teachers, num_classes_may_differ)
+            name,
+            builder,
+            help,
+            reference,
+            dict(defaults),
+            student_loss_weight,
+            dict(pair_defaults or {}),
+            teacher,
+            min_teachers,
+            num_classes_may_differ,
+        )
         return builder
 
     return decorator
@@ -115,7 +138,8 @@ def get(name):
     if name not in _PRESETS:
         raise ValueError(
             f"Unknown preset '{name}'. Available: {', '.join(names())}; or "
-            f"several joined by '+', e.g. 'kd+fa'.")
+            f"several joined by '+', e.g. 'kd+fa'."
+        )
     return _PRESETS[name]
 
 
@@ -137,7 +161,8 @@ def parse(spec):
     if len({p.teacher for p in presets}) > 1:
         raise ValueError(
             f"'{spec}' mixes presets without a teacher network (soft labels) "
-            f"and presets that need one; use them separately.")
+            f"and presets that need one; use them separately."
+        )
     return presets
 
 
@@ -159,8 +184,7 @@ def build(spec, teacher, student, **hyperparameters):
         (CE + Σ w·term).
     """
     presets = parse(spec)
-    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [
-        teacher]
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     ce_weight = hyperparameters.pop("student_loss_weight", None)
     known = set().union(*(p.defaults for p in presets))
     unknown = sorted(set(hyperparameters) - known)
@@ -168,12 +192,14 @@ def build(spec, teacher, student, **hyperparameters):
         raise ValueError(
             f"Unknown hyper-parameter(s) {unknown} for preset '{spec}'. "
             f"Valid: {', '.join(sorted(known)) or 'none'}, "
-            f"student_loss_weight.")
+            f"student_loss_weight."
+        )
     if len(teachers) < max(p.min_teachers for p in presets):
         raise ValueError(
             f"Preset '{spec}' needs at least "
             f"{max(p.min_teachers for p in presets)} teachers, got "
-            f"{len(teachers)}.")
+            f"{len(teachers)}."
+        )
     terms = {}
     for preset in presets:
         values = preset.hyperparameters(teachers, student, hyperparameters)
@@ -184,8 +210,7 @@ def build(spec, teacher, student, **hyperparameters):
     if ce_weight is None:
         ce_weight = 1.0
     if ce_weight < 0:
-        raise ValueError(f"`student_loss_weight` must be >= 0, got "
-                         f"{ce_weight}.")
+        raise ValueError(f"`student_loss_weight` must be >= 0, got {ce_weight}.")
     return {
         "distillation_losses": [term for term, _ in terms.values()],
         "distillation_loss_weights": [float(w) for _, w in terms.values()],

@@ -43,7 +43,7 @@ def _preset(name, term_class, layers, **registration):
     prefix = f"{name}_"
 
     def builder(teachers, student, **values):
-        options = {key[len(prefix):]: v for key, v in values.items()}
+        options = {key[len(prefix) :]: v for key, v in values.items()}
         weight = options.pop("weight")
         term = term_class(*layers(teachers[0], student), name=name, **options)
         return [(name, term, weight)]
@@ -52,49 +52,61 @@ def _preset(name, term_class, layers, **registration):
 
 
 _preset(
-    "rkd", losses.RelationalKnowledgeDistillation, _features,
+    "rkd",
+    losses.RelationalKnowledgeDistillation,
+    _features,
     help="Relational KD: distance + angle relations of pooled features "
-         "(Park et al., CVPR 2019).",
+    "(Park et al., CVPR 2019).",
     reference="mdistiller: mdistiller/distillers/RKD.py; engine/cfg.py "
-              "(CFG.RKD); RepDistiller: distiller_zoo/RKD.py, -b 1",
-    defaults={"rkd_weight": 1.0, "rkd_distance_weight": 25.0,
-              "rkd_angle_weight": 50.0},
+    "(CFG.RKD); RepDistiller: distiller_zoo/RKD.py, -b 1",
+    defaults={"rkd_weight": 1.0, "rkd_distance_weight": 25.0, "rkd_angle_weight": 50.0},
 )
 
 _preset(
-    "pkt", losses.ProbabilisticKnowledgeTransfer, _features,
+    "pkt",
+    losses.ProbabilisticKnowledgeTransfer,
+    _features,
     help="Probabilistic knowledge transfer: cosine-kernel similarity "
-         "distributions of pooled features (Passalis & Tefas, ECCV 2018).",
+    "distributions of pooled features (Passalis & Tefas, ECCV 2018).",
     reference="mdistiller: mdistiller/distillers/PKT.py; engine/cfg.py "
-              "(CFG.PKT); RepDistiller: distiller_zoo/PKT.py, -b 30000",
+    "(CFG.PKT); RepDistiller: distiller_zoo/PKT.py, -b 30000",
     defaults={"pkt_weight": 30000.0},
 )
 
 _preset(
-    "sp", losses.SimilarityPreserving, _last_stages,
+    "sp",
+    losses.SimilarityPreserving,
+    _last_stages,
     help="Similarity-preserving KD: batch Gram matrices of the last stage "
-         "(Tung & Mori, ICCV 2019).",
+    "(Tung & Mori, ICCV 2019).",
     reference="mdistiller: mdistiller/distillers/SP.py; engine/cfg.py "
-              "(CFG.SP); RepDistiller: distiller_zoo/SP.py, -b 3000",
+    "(CFG.SP); RepDistiller: distiller_zoo/SP.py, -b 3000",
     defaults={"sp_weight": 3000.0},
 )
 
 _preset(
-    "cc", losses.CorrelationCongruence, _features,
+    "cc",
+    losses.CorrelationCongruence,
+    _features,
     help="Correlation congruence: inter-sample correlations of embedded "
-         "pooled features (Peng et al., ICCV 2019).",
+    "pooled features (Peng et al., ICCV 2019).",
     reference="RepDistiller: distiller_zoo/CC.py; train_student.py "
-              "(LinearEmbed, --feat_dim 128); scripts/run_cifar_distill.sh "
-              "-b 0.02",
-    defaults={"cc_weight": 0.02, "cc_formulation": "repdistiller",
-              "cc_embedding_dim": 128},
+    "(LinearEmbed, --feat_dim 128); scripts/run_cifar_distill.sh "
+    "-b 0.02",
+    defaults={
+        "cc_weight": 0.02,
+        "cc_formulation": "repdistiller",
+        "cc_embedding_dim": 128,
+    },
 )
 
 _preset(
-    "nst", losses.NeuronSelectivityTransfer, _paired_stages,
+    "nst",
+    losses.NeuronSelectivityTransfer,
+    _paired_stages,
     help="Neuron selectivity transfer: polynomial-kernel MMD of every "
-         "stage's channel maps (Huang & Wang, 2017).",
+    "stage's channel maps (Huang & Wang, 2017).",
     reference="mdistiller: mdistiller/distillers/NST.py; engine/cfg.py "
-              "(CFG.NST); RepDistiller: distiller_zoo/NST.py, -b 50",
+    "(CFG.NST); RepDistiller: distiller_zoo/NST.py, -b 50",
     defaults={"nst_weight": 50.0},
 )

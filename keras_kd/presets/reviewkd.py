@@ -21,7 +21,7 @@ def review_layer_names(model, preact):
 
 
 def _preact(stage, blocks, names):
-    index = stage[len("stage"):]
+    index = stage[len("stage") :]
     last = [b for b in blocks if b.startswith(f"block{index}_")]
     add = f"{last[-1]}_add" if last else None
     return add if add in names else stage
@@ -46,7 +46,8 @@ def _reviewkd(teachers, student, weight, warmup_epochs, mid_channels):
     term = losses.ReviewDistillation(
         review_layer_names(teachers[0], preact=True),
         review_layer_names(student, preact=False),
-        mid_channels=mid_channels, warmup_epochs=warmup_epochs,
+        mid_channels=mid_channels,
+        warmup_epochs=warmup_epochs,
         name="reviewkd",
     )
     return [("reviewkd", term, weight)]

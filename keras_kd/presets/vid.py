@@ -17,15 +17,23 @@ from keras_kd.presets.registry import register
 )
 def _vid(teachers, student, vid_weight, init_pred_var):
     t_names, s_names = paired_stages(teachers[0], student)
-    return [("vid", losses.VariationalInformationDistillation(
-        t_names, s_names, init_pred_var=init_pred_var, name="vid"),
-        vid_weight)]
+    return [
+        (
+            "vid",
+            losses.VariationalInformationDistillation(
+                t_names, s_names, init_pred_var=init_pred_var, name="vid"
+            ),
+            vid_weight,
+        )
+    ]
 
 
 def paired_stages(teacher, student):
     """The zoo stages after the stem, paired from the first as the official
     `zip` over the features: `(teacher_names, student_names)`."""
-    stages = [[n for n in models.stage_layer_names(m) if n != "stem"]
-              for m in (teacher, student)]
+    stages = [
+        [n for n in models.stage_layer_names(m) if n != "stem"]
+        for m in (teacher, student)
+    ]
     count = min(map(len, stages))
     return stages[0][:count], stages[1][:count]

@@ -22,14 +22,23 @@ def tiny_cifar(tmp_path_factory):
     return path
 
 
-def test_teacher_lr_is_its_own_and_dlkd_crops_its_views(tiny_cifar,
-                                                        tmp_path):
+def test_teacher_lr_is_its_own_and_dlkd_crops_its_views(tiny_cifar, tmp_path):
     out = tmp_path / "run"
-    recipe("distill", f"--dataset=npz:{tiny_cifar}", "--protocol=cifar",
-           "--method=dlkd", "--teacher=digits_cnn_small",
-           "--student=mobilenetv2", "--epochs=1", "--teacher_epochs=1",
-           "--batch_size=10", f"--output_dir={out}", "--export=",
-           "--nobaseline", timeout=900)
+    recipe(
+        "distill",
+        f"--dataset=npz:{tiny_cifar}",
+        "--protocol=cifar",
+        "--method=dlkd",
+        "--teacher=digits_cnn_small",
+        "--student=mobilenetv2",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--batch_size=10",
+        f"--output_dir={out}",
+        "--export=",
+        "--nobaseline",
+        timeout=900,
+    )
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     resolved = results["resolved"]
@@ -45,5 +54,4 @@ def test_teacher_lr_is_its_own_and_dlkd_crops_its_views(tiny_cifar,
     x = np.load(tiny_cifar / "train.npz")["x"].astype("float64")
     mean = x.mean(axis=(0, 1, 2))
     std = x.std(axis=(0, 1, 2))
-    np.testing.assert_allclose(views["dlkd_pad_value"], -mean / std,
-                               rtol=1e-3)
+    np.testing.assert_allclose(views["dlkd_pad_value"], -mean / std, rtol=1e-3)

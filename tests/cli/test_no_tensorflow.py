@@ -13,18 +13,30 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ARGS = ["--nobaseline", "--teacher_epochs=1", "--epochs=8", "--export=",
-        "--input_pipeline=numpy", "--augment", "--input_workers=2"]
+ARGS = [
+    "--nobaseline",
+    "--teacher_epochs=1",
+    "--epochs=8",
+    "--export=",
+    "--input_pipeline=numpy",
+    "--augment",
+    "--input_workers=2",
+]
 
 
 def _env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="jax",
-                PYTHONPATH=ROOT)
+    return dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="jax", PYTHONPATH=ROOT
+    )
 
 
 def _distill(out):
-    command = [sys.executable, os.path.join(ROOT, "recipes", "distill.py"),
-               *ARGS, f"--output_dir={out}"]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "recipes", "distill.py"),
+        *ARGS,
+        f"--output_dir={out}",
+    ]
     return command
 
 
@@ -32,17 +44,27 @@ def _distill(out):
 @pytest.mark.no_tensorflow
 def test_numpy_pipeline_recipe_resumes_after_kill(tmp_path):
     full = str(tmp_path / "full")
-    done = subprocess.run(_distill(full), capture_output=True, text=True,
-                          timeout=400, env=_env(), cwd=ROOT)
+    done = subprocess.run(
+        _distill(full),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=_env(),
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     with open(os.path.join(full, "flags.json")) as f:
         assert json.load(f)["input_pipeline"] == "numpy"
 
     out = str(tmp_path / "killed")
-    process = subprocess.Popen(_distill(out), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT)
-    metadata = os.path.join(out, "distilled", "backup",
-                            "training_metadata.json")
+    process = subprocess.Popen(
+        _distill(out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        cwd=ROOT,
+    )
+    metadata = os.path.join(out, "distilled", "backup", "training_metadata.json")
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if os.path.exists(metadata):
@@ -58,8 +80,9 @@ def test_numpy_pipeline_recipe_resumes_after_kill(tmp_path):
     process.wait()
     assert not os.path.exists(os.path.join(out, "results.json"))
 
-    resumed = subprocess.run(_distill(out), capture_output=True, text=True,
-                             timeout=400, env=_env(), cwd=ROOT)
+    resumed = subprocess.run(
+        _distill(out), capture_output=True, text=True, timeout=400, env=_env(), cwd=ROOT
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "[distilled] resuming at epoch" in resumed.stdout
     a = keras.models.load_model(os.path.join(full, "student.keras"))

@@ -9,11 +9,11 @@ import os
 
 import numpy as np
 import pytest
-
-from keras_kd import presets
 from test_recipes import read_csv
 from test_recipes import read_json
 from test_recipes import recipe
+
+from keras_kd import presets
 
 # Per-preset flags: no teacher network for reffakd; two teachers for
 # fa_multi; CRD with 64 negatives (the default 16 384 on 64 images only
@@ -27,8 +27,13 @@ EXTRA = {
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("teacher") / "run")
-    recipe("train_teacher", "--model=digits_cnn_large", "--epochs=1",
-           "--export=", f"--output_dir={out}")
+    recipe(
+        "train_teacher",
+        "--model=digits_cnn_large",
+        "--epochs=1",
+        "--export=",
+        f"--output_dir={out}",
+    )
     return os.path.join(out, "model.keras")
 
 
@@ -41,9 +46,17 @@ def test_preset_runs_through_the_recipe(name, teacher_file, tmp_path):
     else:
         teachers = [f"--teacher={','.join([teacher_file] * preset.min_teachers)}"]
     out = str(tmp_path / "run")
-    recipe("distill", f"--method={name}", *teachers, *EXTRA.get(name, []),
-           "--epochs=1", "--train_limit=64", "--nobaseline", "--export=",
-           f"--output_dir={out}")
+    recipe(
+        "distill",
+        f"--method={name}",
+        *teachers,
+        *EXTRA.get(name, []),
+        "--epochs=1",
+        "--train_limit=64",
+        "--nobaseline",
+        "--export=",
+        f"--output_dir={out}",
+    )
     results = read_json(os.path.join(out, "results.json"))
     weights = results["resolved"]["term_weights"]
     assert weights and all(w > 0 for w in weights.values())

@@ -31,7 +31,11 @@ def recipe(name, *args, check=True, timeout=400):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", f"{name}.py"), *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
     )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -92,8 +96,10 @@ def test_distill_defaults_end_to_end(distill_run, digits_split):
     assert abs(teacher_acc - models["teacher_0"]["last_epoch_test_accuracy"]) < 1e-6
     for name in models:
         assert models[name]["images_per_second"] > 0
-        assert models[name]["best_epoch_test_accuracy"] >= (
-            models[name]["last_epoch_test_accuracy"])
+        assert (
+            models[name]["best_epoch_test_accuracy"]
+            >= (models[name]["last_epoch_test_accuracy"])
+        )
     # Logs: every loss term per epoch in CSV and TensorBoard.
     log = read_csv(os.path.join(out, "distilled", "log.csv"))
     assert len(log) == 2
@@ -113,8 +119,9 @@ def test_rerun_resumes_and_other_flags_are_refused(distill_run):
     out, args, _ = distill_run
     results_path = os.path.join(out, "results.json")
     before = read_json(results_path)
-    refused = recipe("distill", *args[:-1], "--epochs=3", f"--output_dir={out}",
-                     check=False)
+    refused = recipe(
+        "distill", *args[:-1], "--epochs=3", f"--output_dir={out}", check=False
+    )
     assert refused.returncode != 0
     assert "different flags" in refused.stderr and "--epochs" in refused.stderr
     assert "--overwrite" in refused.stderr
@@ -125,8 +132,10 @@ def test_rerun_resumes_and_other_flags_are_refused(distill_run):
     assert again.stdout.count("already trained") == 3
     models = read_json(results_path)["models"]
     for name in models:
-        assert models[name]["last_epoch_test_accuracy"] == (
-            before["models"][name]["last_epoch_test_accuracy"])
+        assert (
+            models[name]["last_epoch_test_accuracy"]
+            == (before["models"][name]["last_epoch_test_accuracy"])
+        )
 
 
 @pytest.mark.slow
@@ -136,8 +145,13 @@ def test_train_teacher_on_npz_then_distill_from_its_file(tmp_path, digits_split)
     folder = str(tmp_path / "npz")
     write_npz_folder(folder, digits_split)
     teacher_dir = str(tmp_path / "teacher")
-    recipe("train_teacher", f"--dataset=npz:{folder}", "--protocol=digits",
-           "--epochs=2", f"--output_dir={teacher_dir}")
+    recipe(
+        "train_teacher",
+        f"--dataset=npz:{folder}",
+        "--protocol=digits",
+        "--epochs=2",
+        f"--output_dir={teacher_dir}",
+    )
     teacher_path = os.path.join(teacher_dir, "model.keras")
     teacher_results = read_json(os.path.join(teacher_dir, "results.json"))
     assert teacher_results["dataset"]["num_classes"] == 10
@@ -145,9 +159,15 @@ def test_train_teacher_on_npz_then_distill_from_its_file(tmp_path, digits_split)
     assert trained["train_images"] == len(x)
     out = str(tmp_path / "fa")
     # Two teachers (the same file twice) for fa_multi, one aligner each.
-    recipe("distill", f"--teacher={teacher_path},{teacher_path}",
-           "--method=fa_multi", "--nobaseline", "--epochs=1", "--export=",
-           f"--output_dir={out}")
+    recipe(
+        "distill",
+        f"--teacher={teacher_path},{teacher_path}",
+        "--method=fa_multi",
+        "--nobaseline",
+        "--epochs=1",
+        "--export=",
+        f"--output_dir={out}",
+    )
     results = read_json(os.path.join(out, "results.json"))
     assert set(results["models"]) == {"teacher_0", "teacher_1", "distilled"}
     loaded = results["models"]["teacher_0"]
@@ -167,13 +187,27 @@ def test_every_method_in_one_run(tmp_path):
     """Each method's terms in one run, with the digits protocol's weights
     (FitNets, AT, FA, SKD at methods.md's / 10) unless a flag sets one."""
     out = str(tmp_path / "all")
-    recipe("distill", "--method=fitnets+at+fa+afd+rtk+dlkd+skd",
-           "--fitnets_weight=100", "--epochs=1", "--teacher_epochs=1",
-           "--nobaseline", "--export=", f"--output_dir={out}")
+    recipe(
+        "distill",
+        "--method=fitnets+at+fa+afd+rtk+dlkd+skd",
+        "--fitnets_weight=100",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--nobaseline",
+        "--export=",
+        f"--output_dir={out}",
+    )
     results = read_json(os.path.join(out, "results.json"))
     assert results["resolved"]["term_weights"] == {
-        "fitnets": 100.0, "at": 100.0, "kd": 0.5, "fa": 10.0, "afd": 200.0,
-        "rtk": 200.0, "dlkd": 1.0, "skd_stage1": 10.0, "skd_stage2": 10.0,
+        "fitnets": 100.0,
+        "at": 100.0,
+        "kd": 0.5,
+        "fa": 10.0,
+        "afd": 200.0,
+        "rtk": 200.0,
+        "dlkd": 1.0,
+        "skd_stage1": 10.0,
+        "skd_stage2": 10.0,
     }
     assert set(results["models"]) == {"teacher_0", "distilled"}
     log = read_csv(os.path.join(out, "distilled", "log.csv"))
@@ -186,8 +220,13 @@ def test_every_method_in_one_run(tmp_path):
 @pytest.mark.slow
 def test_reffakd_recipe(tmp_path, digits_split):
     out = str(tmp_path / "reffakd")
-    recipe("reffakd", "--epochs=2", "--reffakd_ae_epochs=2", "--export=",
-           f"--output_dir={out}")
+    recipe(
+        "reffakd",
+        "--epochs=2",
+        "--reffakd_ae_epochs=2",
+        "--export=",
+        f"--output_dir={out}",
+    )
     table = np.load(os.path.join(out, "soft_labels.npy"))
     assert table.shape == (10, 10)
     np.testing.assert_allclose(table.sum(axis=1), 1.0, rtol=1e-5)
@@ -208,9 +247,15 @@ def test_reffakd_recipe(tmp_path, digits_split):
 def test_specialize_recipe(tmp_path, digits_split):
     _, _, x_test, y_test = digits_split
     out = str(tmp_path / "skd")
-    recipe("specialize", "--epochs=2", "--teacher_epochs=1",
-           "--classes=3,5,8", "--baselines=scratch,subset_kd", "--export=",
-           f"--output_dir={out}")
+    recipe(
+        "specialize",
+        "--epochs=2",
+        "--teacher_epochs=1",
+        "--classes=3,5,8",
+        "--baselines=scratch,subset_kd",
+        "--export=",
+        f"--output_dir={out}",
+    )
     results = read_json(os.path.join(out, "results.json"))
     assert results["task"]["classes"] == [3, 5, 8]
     assert results["task"]["train_images"] == 30
@@ -246,9 +291,20 @@ def test_tfds_dataset_with_mock_data(tmp_path):
     out = str(tmp_path / "run")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     result = subprocess.run(
-        [sys.executable, "-c", TFDS_SCRIPT, "--dataset=mnist",
-         "--model=digits_cnn_small", "--epochs=1", f"--output_dir={out}"],
-        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-c",
+            TFDS_SCRIPT,
+            "--dataset=mnist",
+            "--model=digits_cnn_small",
+            "--epochs=1",
+            f"--output_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = read_json(os.path.join(out, "results.json"))
@@ -264,32 +320,59 @@ def test_tfds_dataset_with_mock_data(tmp_path):
 # prepared per case, `{busy}` a non-empty folder that is not a run.
 BAD_INPUTS = {
     "unknown_method": ("distill", ["--method=kd+nope"], "Unknown method 'nope'"),
-    "unknown_model": ("distill", ["--student=resnet1000"],
-                      "Unknown model --student=resnet1000"),
-    "unknown_dataset": ("distill", ["--dataset=no_such_dataset_xyz"],
-                        "Unknown dataset"),
-    "bad_flag_value": ("distill", ["--mixed_precision=float8"],
-                       "--mixed_precision"),
+    "unknown_model": (
+        "distill",
+        ["--student=resnet1000"],
+        "Unknown model --student=resnet1000",
+    ),
+    "unknown_dataset": (
+        "distill",
+        ["--dataset=no_such_dataset_xyz"],
+        "Unknown dataset",
+    ),
+    "bad_flag_value": ("distill", ["--mixed_precision=float8"], "--mixed_precision"),
     "unknown_flag": ("distill", ["--epoch=3"], "Unknown command line flag 'epoch'"),
-    "teacher_file_missing": ("distill", ["--teacher=/nonexistent/t.keras"],
-                             "no such file"),
-    "hparam_unknown": ("distill", ["--method=dkd", "--hparam=bogus=3"],
-                       "--hparam=bogus=3: Unknown hyper-parameter(s) ['bogus'] "
-                       "for preset 'dkd'"),
-    "hparam_num_data": ("distill", ["--method=crd", "--hparam=num_data=50"],
-                        "the student trains on 100 images"),
-    "distribution_backend": ("distill", ["--distribution=data_parallel"],
-                             "needs KERAS_BACKEND=jax"),
-    "npz_missing_test": ("train_teacher", ["--dataset=npz:{npz}"],
-                         "has neither test.npz"),
-    "npz_float_images": ("train_teacher", ["--dataset=npz:{npz}"],
-                         "'x' must be uint8 images, got float32"),
-    "npz_shape_mismatch": ("train_teacher", ["--dataset=npz:{npz}"],
-                           "test images (9, 9, 1)"),
+    "teacher_file_missing": (
+        "distill",
+        ["--teacher=/nonexistent/t.keras"],
+        "no such file",
+    ),
+    "hparam_unknown": (
+        "distill",
+        ["--method=dkd", "--hparam=bogus=3"],
+        "--hparam=bogus=3: Unknown hyper-parameter(s) ['bogus'] for preset 'dkd'",
+    ),
+    "hparam_num_data": (
+        "distill",
+        ["--method=crd", "--hparam=num_data=50"],
+        "the student trains on 100 images",
+    ),
+    "distribution_backend": (
+        "distill",
+        ["--distribution=data_parallel"],
+        "needs KERAS_BACKEND=jax",
+    ),
+    "npz_missing_test": (
+        "train_teacher",
+        ["--dataset=npz:{npz}"],
+        "has neither test.npz",
+    ),
+    "npz_float_images": (
+        "train_teacher",
+        ["--dataset=npz:{npz}"],
+        "'x' must be uint8 images, got float32",
+    ),
+    "npz_shape_mismatch": (
+        "train_teacher",
+        ["--dataset=npz:{npz}"],
+        "test images (9, 9, 1)",
+    ),
     "dir_not_a_run": ("train_teacher", ["--output_dir={busy}"], "no flags.json"),
-    "dir_not_a_run_overwrite": ("train_teacher",
-                                ["--output_dir={busy}", "--overwrite"],
-                                "no flags.json"),
+    "dir_not_a_run_overwrite": (
+        "train_teacher",
+        ["--output_dir={busy}", "--overwrite"],
+        "no flags.json",
+    ),
 }
 
 
@@ -348,8 +431,7 @@ def test_a_refused_run_exits_non_zero_without_a_traceback(tmp_path):
     """The one subprocess check of the error contract: exit code 2, one
     line on stderr, no traceback, nothing written."""
     out = str(tmp_path / "run")
-    result = recipe("distill", "--method=kd+nope", f"--output_dir={out}",
-                    check=False)
+    result = recipe("distill", "--method=kd+nope", f"--output_dir={out}", check=False)
     assert result.returncode == 2
     assert "Error: Unknown method 'nope'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -365,9 +447,16 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     out = str(tmp_path / "killed")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "recipes", "distill.py"), *args,
-         f"--output_dir={out}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            os.path.join(ROOT, "recipes", "distill.py"),
+            *args,
+            f"--output_dir={out}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
     )
     metadata = os.path.join(out, "distilled", "backup", "training_metadata.json")
     deadline = time.time() + 300
@@ -400,13 +489,26 @@ def test_data_parallel_on_two_jax_devices(tmp_path):
     """`--distribution=data_parallel` on 2 XLA host devices: the global batch
     and scaled learning rate are printed, and epochs with a partial last
     batch (100 and 1347 images) train, each batch split evenly."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="jax",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "distill.py"),
-         "--distribution=data_parallel", "--epochs=1", "--teacher_epochs=1",
-         f"--output_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            os.path.join(ROOT, "recipes", "distill.py"),
+            "--distribution=data_parallel",
+            "--epochs=1",
+            "--teacher_epochs=1",
+            f"--output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Global batch 64 = 32 per replica × 2 replica(s)" in result.stdout
@@ -419,13 +521,14 @@ def test_a_run_resumes_when_a_newer_version_added_a_flag_at_its_default():
     from keras_kd.cli import run_dir
 
     values = absl_flags.FlagValues()
-    absl_flags.DEFINE_string("added_flag", "auto", "A new flag.",
-                             flag_values=values)
+    absl_flags.DEFINE_string("added_flag", "auto", "A new flag.", flag_values=values)
     values.mark_as_parsed()
     stored = {"epochs": 2, "added_flag": "auto"}
     assert run_dir._flag_differences({"epochs": 2}, stored, values) == {}
     changed = dict(stored, added_flag="numpy")
     assert run_dir._flag_differences({"epochs": 2}, changed, values) == {
-        "added_flag": (None, "numpy")}
+        "added_flag": (None, "numpy")
+    }
     assert run_dir._flag_differences({"epochs": 3}, stored, values) == {
-        "epochs": (3, 2)}
+        "epochs": (3, 2)
+    }

@@ -54,8 +54,9 @@ def test_npz_folder(tmp_path):
 def test_npz_numbered_parts(tmp_path):
     x, y = images(22, (4, 4, 3)), np.arange(22) % 5
     for i in range(11):  # Parts 0..10: numeric, not lexical, order.
-        write_npz(tmp_path, f"train_{i}.npz", x=x[2 * i:2 * i + 2],
-                  y=y[2 * i:2 * i + 2])
+        write_npz(
+            tmp_path, f"train_{i}.npz", x=x[2 * i : 2 * i + 2], y=y[2 * i : 2 * i + 2]
+        )
     write_npz(tmp_path, "test_0.npz", x=x[:3], y=y[:3])
     (x_train, y_train), (x_test, _), info = data.load(f"npz:{tmp_path}")
     np.testing.assert_array_equal(x_train, x)
@@ -71,8 +72,7 @@ def test_npz_jpeg(tmp_path):
     offsets = np.cumsum([0] + [len(e) for e in encoded])
     jpeg = np.frombuffer(b"".join(encoded), "uint8")
     for split in ("train", "test"):
-        write_npz(tmp_path, f"{split}.npz", jpeg=jpeg, offsets=offsets,
-                  y=np.arange(3))
+        write_npz(tmp_path, f"{split}.npz", jpeg=jpeg, offsets=offsets, y=np.arange(3))
     (x_train, y_train), _, info = data.load(f"npz:{tmp_path}")
     assert x_train.shape == (3, 16, 16, 3) and x_train.dtype == np.uint8
     assert np.abs(x_train.astype(int) - x).mean() < 2
@@ -126,16 +126,20 @@ def test_tfds(tmp_path, monkeypatch):
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(6, 6, 1)),
-                    "label": tfds.features.ClassLabel(names=["a", "b", "c"]),
-                }),
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(6, 6, 1)),
+                        "label": tfds.features.ClassLabel(names=["a", "b", "c"]),
+                    }
+                ),
                 supervised_keys=("image", "label"),
             )
 
         def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(9),
-                    "test": self._generate_examples(3)}
+            return {
+                "train": self._generate_examples(9),
+                "test": self._generate_examples(3),
+            }
 
         def _generate_examples(self, n):
             for i, image in enumerate(images(n)):
@@ -168,8 +172,9 @@ def test_make_dataset_is_seeded_and_reshuffles():
 
     def epochs(seed):
         ds = data.make_dataset(x, y, 8, training=True, seed=seed, augment=True)
-        return [np.concatenate([b[1] for b in ds.as_numpy_iterator()])
-                for _ in range(2)]
+        return [
+            np.concatenate([b[1] for b in ds.as_numpy_iterator()]) for _ in range(2)
+        ]
 
     first, second = epochs(1), epochs(1)
     assert len(first[0]) == 48  # Last partial batch dropped.
@@ -178,8 +183,10 @@ def test_make_dataset_is_seeded_and_reshuffles():
     assert not np.array_equal(first[0], first[1])
     assert not np.array_equal(first[0], epochs(2)[0])
     # Augmented images are seeded too.
-    batch = [next(iter(data.make_dataset(x, y, 8, True, 1, augment=True)))[0]
-             for _ in range(2)]
+    batch = [
+        next(iter(data.make_dataset(x, y, 8, True, 1, augment=True)))[0]
+        for _ in range(2)
+    ]
     np.testing.assert_array_equal(*batch)
     assert batch[0].shape == (8, 6, 6, 1) and batch[0].dtype == tf.float32
 
@@ -205,7 +212,7 @@ def crops(image, padding):
     padded = np.pad(image, [(padding, padding), (padding, padding), (0, 0)])
     for dy in range(2 * padding + 1):
         for dx in range(2 * padding + 1):
-            crop = padded[dy:dy + height, dx:dx + width]
+            crop = padded[dy : dy + height, dx : dx + width]
             yield (dy, dx, False), crop
             yield (dy, dx, True), crop[:, ::-1]
 
@@ -219,8 +226,9 @@ def test_augment_batch_against_numpy(padding):
     assert out.shape == x.shape
     found = []
     for image, result in zip(x, out):
-        matches = [k for k, crop in crops(image, padding)
-                   if np.array_equal(crop, result)]
+        matches = [
+            k for k, crop in crops(image, padding) if np.array_equal(crop, result)
+        ]
         assert matches, "output is not a crop of the padded input"
         found.append(matches[0])
     assert len(set(found)) > 1  # Each image draws its own offset and flip.
@@ -238,12 +246,14 @@ def test_random_crop_flip_layer():
         keras.ops.convert_to_numpy(restored(x, training=True)),
     )
     # Runs in a compiled train step (unknown batch size with TensorFlow).
-    model = keras.Sequential([
-        keras.Input((6, 6, 3)),
-        data.RandomCropFlip(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(2, kernel_initializer="zeros"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            data.RandomCropFlip(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, kernel_initializer="zeros"),
+        ]
+    )
     model.compile("sgd", "mse")
     model.fit(x, np.zeros((4, 2)), batch_size=4, epochs=1, verbose=0)
 
@@ -290,12 +300,14 @@ def test_class_subset_dataset():
     subset, mapping = data.class_subset(ds, [3, 1])
     pairs = np.array(list(subset.as_numpy_iterator()))
     np.testing.assert_array_equal(pairs[:, 0], [i for i in x if i % 4 in (1, 3)])
-    np.testing.assert_array_equal(pairs[:, 1], [1 if i % 4 == 1 else 0
-                                                for i in pairs[:, 0]])
+    np.testing.assert_array_equal(
+        pairs[:, 1], [1 if i % 4 == 1 else 0 for i in pairs[:, 0]]
+    )
     np.testing.assert_array_equal(mapping.original_ids, [3, 1])
 
-    subset, _ = data.class_subset(ds, ["d", "b"], max_per_class=2,
-                                  class_names=list("abcd"))
+    subset, _ = data.class_subset(
+        ds, ["d", "b"], max_per_class=2, class_names=list("abcd")
+    )
     assert [int(x) for x, _ in subset.as_numpy_iterator()] == [1, 3, 5, 7]
     with pytest.raises(ValueError, match="'e'; valid names"):
         data.class_subset(ds, ["e"], class_names=list("abcd"))

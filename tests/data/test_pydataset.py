@@ -11,7 +11,6 @@ import pytest
 import keras_kd as kd
 from keras_kd import training
 from keras_kd.data import npz
-from keras_kd.data import pydataset
 
 pytestmark = pytest.mark.no_tensorflow
 
@@ -19,13 +18,12 @@ pytestmark = pytest.mark.no_tensorflow
 def _reference_crops(image, padding=4):
     """Every crop (offset dy, dx) and flip of one zero-padded image."""
     h, w = image.shape[:2]
-    padded = np.zeros((h + 2 * padding, w + 2 * padding, image.shape[2]),
-                      image.dtype)
-    padded[padding:padding + h, padding:padding + w] = image
+    padded = np.zeros((h + 2 * padding, w + 2 * padding, image.shape[2]), image.dtype)
+    padded[padding : padding + h, padding : padding + w] = image
     out = {}
     for dy in range(2 * padding + 1):
         for dx in range(2 * padding + 1):
-            crop = padded[dy:dy + h, dx:dx + w]
+            crop = padded[dy : dy + h, dx : dx + w]
             out[(dy, dx, False)] = crop
             out[(dy, dx, True)] = crop[:, ::-1]
     return out
@@ -38,8 +36,11 @@ def test_crop_flip_numpy_is_a_padded_crop_and_flip():
     assert out.shape == images.shape and out.dtype == images.dtype
     found = []
     for image, result in zip(images, out):
-        matches = [k for k, crop in _reference_crops(image).items()
-                   if np.array_equal(crop, result)]
+        matches = [
+            k
+            for k, crop in _reference_crops(image).items()
+            if np.array_equal(crop, result)
+        ]
         assert matches, "an output is no crop/flip of its padded input"
         found.append(matches[0])
     dy, dx, flip = (np.array(v) for v in zip(*found))
@@ -67,7 +68,8 @@ def test_epoch_batches_follow_epoch_order_and_normalize():
         np.testing.assert_array_equal(labels, perm)
         images, batch_labels = ds[1]
         np.testing.assert_allclose(
-            images, (x[batch_labels].astype("float32") - 10.0) / 20.0)
+            images, (x[batch_labels].astype("float32") - 10.0) / 20.0
+        )
         ds.on_epoch_end()
     dropped = kd.data.EpochBatches(x, y, 16, drop_remainder=True)
     assert len(dropped) == 3 and len(dropped[2][1]) == 16
@@ -80,8 +82,7 @@ def test_epoch_batches_resume_and_augment_per_seed_and_epoch():
     full = kd.data.EpochBatches(x, y, 16, seed=5, augment=True, workers=2)
     for _ in range(2):
         full.on_epoch_end()
-    resumed = kd.data.EpochBatches(x, y, 16, first_epoch=2, seed=5,
-                                   augment=True)
+    resumed = kd.data.EpochBatches(x, y, 16, first_epoch=2, seed=5, augment=True)
     for i in range(len(full)):
         for a, b in zip(full[i], resumed[i]):
             np.testing.assert_array_equal(a, b)
@@ -93,16 +94,23 @@ def test_epoch_batches_resume_and_augment_per_seed_and_epoch():
 
 def test_make_dataset_numpy_and_example_index():
     x, y = _arrays()
-    train = kd.data.make_dataset(x, y, 16, training=True, seed=1,
-                                 augment=True, input_pipeline="numpy",
-                                 example_index=True)
+    train = kd.data.make_dataset(
+        x,
+        y,
+        16,
+        training=True,
+        seed=1,
+        augment=True,
+        input_pipeline="numpy",
+        example_index=True,
+    )
     assert isinstance(train, keras.utils.PyDataset) and len(train) == 3
     inputs, labels = train[0]
     np.testing.assert_array_equal(inputs["example_index"], labels)
-    test = kd.data.make_dataset(x, y, 16, training=False,
-                                input_pipeline="numpy")
+    test = kd.data.make_dataset(x, y, 16, training=False, input_pipeline="numpy")
     np.testing.assert_array_equal(
-        np.concatenate([test[i][1] for i in range(len(test))]), y)
+        np.concatenate([test[i][1] for i in range(len(test))]), y
+    )
     np.testing.assert_allclose(test[0][0], x[:16] / 255.0, rtol=1e-6)
     with pytest.raises(ValueError, match="input_pipeline must be one of"):
         kd.data.resolve_input_pipeline("grain")
@@ -123,8 +131,7 @@ def test_pillow_decoder_reads_npz_jpegs(tmp_path):
     rng = np.random.default_rng(0)
     # Smooth images, so JPEG (quality 95) keeps them within a few levels.
     base = rng.integers(40, 200, (6, 1, 1, 3))
-    ramp = np.arange(16)[None, :, None, None] + np.arange(16)[None, None, :,
-                                                              None]
+    ramp = np.arange(16)[None, :, None, None] + np.arange(16)[None, None, :, None]
     x = np.clip(base + 3 * ramp, 0, 255).astype("uint8")
     blobs = []
     for image in x:
@@ -133,10 +140,13 @@ def test_pillow_decoder_reads_npz_jpegs(tmp_path):
         blobs.append(np.frombuffer(buffer.getvalue(), "uint8"))
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype("int64")
     for split in ("train", "test"):
-        np.savez(tmp_path / f"{split}.npz", jpeg=np.concatenate(blobs),
-                 offsets=offsets, y=np.arange(6) % 2)
-    decoded = npz._decode_with_pillow(
-        [b.tobytes() for b in blobs])
+        np.savez(
+            tmp_path / f"{split}.npz",
+            jpeg=np.concatenate(blobs),
+            offsets=offsets,
+            y=np.arange(6) % 2,
+        )
+    decoded = npz._decode_with_pillow([b.tobytes() for b in blobs])
     assert decoded.shape == x.shape and decoded.dtype == np.uint8
     assert np.abs(decoded.astype(int) - x).max() <= 8
     (x_train, y_train), _, info = kd.data.load(f"npz:{tmp_path}")
@@ -150,8 +160,7 @@ def _fit(tmp_path, stop_after=None):
     y = (x.reshape(40, -1).mean(axis=1) > 127).astype("int64")
     data = training.Data.from_arrays(x, y, x[:16], y[:16])
     keras.utils.set_random_seed(0)
-    model = kd.models.get("digits_cnn_small", num_classes=2,
-                          input_shape=(8, 8, 1))
+    model = kd.models.get("digits_cnn_small", num_classes=2, input_shape=(8, 8, 1))
     config = training.TrainConfig(epochs=4, batch_size=16, lr=1e-3)
     if stop_after is not None:
         # A kill right after the epoch's checkpoint: stop the process' fit.
@@ -167,8 +176,18 @@ def _fit(tmp_path, stop_after=None):
 
         model.fit = fit_and_kill
     return training.fit_resumable(
-        "phase", model, data, x, y, config, str(tmp_path), host_augment=True,
-        input_pipeline="numpy", tensorboard=False, log=None), model
+        "phase",
+        model,
+        data,
+        x,
+        y,
+        config,
+        str(tmp_path),
+        host_augment=True,
+        input_pipeline="numpy",
+        tensorboard=False,
+        log=None,
+    ), model
 
 
 def test_fit_resumable_numpy_pipeline_resumes(tmp_path):

@@ -5,12 +5,12 @@ import math
 import keras
 import numpy as np
 import pytest
+from helpers import np_attention
 from helpers import numpy_softmax
 from helpers import sparse_ce
+from helpers import tiny_resnet
 from keras import layers
 from keras import ops
-from helpers import np_attention
-from helpers import tiny_resnet
 
 import keras_kd as kd
 from keras_kd.models import block_layer_names
@@ -44,8 +44,12 @@ def np_dense_bn(x, stack):
 
 def np_logits(network, query_maps, key_maps):
     gap = lambda f: f.astype("float64").mean(axis=(1, 2))
-    q = np.stack([np_dense_bn(gap(f), s) for f, s in zip(query_maps, network.query_layers)], 1)
-    k = np.stack([np_dense_bn(gap(f), s) for f, s in zip(key_maps, network.key_layers)], 1)
+    q = np.stack(
+        [np_dense_bn(gap(f), s) for f, s in zip(query_maps, network.query_layers)], 1
+    )
+    k = np.stack(
+        [np_dense_bn(gap(f), s) for f, s in zip(key_maps, network.key_layers)], 1
+    )
     b, n_k, d = k.shape
     keys = np_dense_bn(k.reshape(-1, d), network.bilinear).reshape(b, n_k, -1, d)
     p_q, p_k = np_weights(network)[:2]
@@ -63,8 +67,9 @@ def np_loss(network, query_maps, key_maps, size_rule, num_keys=None):
     for i, f_q in enumerate(query_maps):
         for j, f_k in enumerate(key_maps):
             size = size_rule(f_q.shape[1:3], f_k.shape[1:3])
-            diff = (np_attention(f_k, size, pool="energy")
-                    - np_attention(f_q, size, pool="energy"))
+            diff = np_attention(f_k, size, pool="energy") - np_attention(
+                f_q, size, pool="energy"
+            )
             distances[:, i, j] = (diff**2).mean(-1)
     return (attention * distances).sum(axis=(1, 2)), attention
 
@@ -80,8 +85,10 @@ def to_smaller_size(query, key):
 def random_features(seed):
     """Two teachers (different shapes) and a student, 8×8 / 4×4 / 2×2 maps."""
     rng = np.random.default_rng(seed)
-    maps = lambda *shapes: {f"f{i}": rng.normal(size=(6,) + s).astype("float32")
-                            for i, s in enumerate(shapes)}
+    maps = lambda *shapes: {
+        f"f{i}": rng.normal(size=(6,) + s).astype("float32")
+        for i, s in enumerate(shapes)
+    }
     t1 = maps((8, 8, 4), (4, 4, 6))
     t2 = maps((4, 4, 3), (2, 2, 5))
     s = maps((8, 8, 2), (4, 4, 3), (2, 2, 5))
@@ -98,8 +105,12 @@ def build_and_randomise(term, teachers, student, seed=3):
 
 def run(term, teachers, student, weights):
     tensors = lambda d: {k: ops.convert_to_tensor(v) for k, v in d.items()}
-    value = term([tensors(t) for t in teachers], tensors(student),
-                 teacher_weights=weights, training=True)
+    value = term(
+        [tensors(t) for t in teachers],
+        tensors(student),
+        teacher_weights=weights,
+        training=True,
+    )
     return ops.convert_to_numpy(value)
 
 
@@ -125,7 +136,8 @@ def test_afd_matches_numpy_two_teachers():
 def test_rtk_matches_numpy(query_side):
     teachers, student = random_features(1)
     term = kd.losses.RepresentativeTeacherKeys(
-        T_NAMES, S_NAMES, qk_dim=8, num_keys=2, query_side=query_side)
+        T_NAMES, S_NAMES, qk_dim=8, num_keys=2, query_side=query_side
+    )
     build_and_randomise(term, teachers, student)
     got = run(term, teachers, student, [0.5, 0.5])
     expected = 0
@@ -144,7 +156,8 @@ def test_rtk_matches_numpy(query_side):
 def test_rtk_attention_keeps_top_k_keys_and_rows_sum_to_one():
     logits = np.random.default_rng(2).normal(size=(4, 3, 5)).astype("float32") * 3
     term = kd.losses.RepresentativeTeacherKeys(
-        ["a"] * 5, ["b"], num_keys=2, query_side="student")
+        ["a"] * 5, ["b"], num_keys=2, query_side="student"
+    )
     att = ops.convert_to_numpy(term.attention(ops.convert_to_tensor(logits)))
     top2 = np.argsort(logits, axis=-1)[..., -2:]
     kept = np.zeros(logits.shape, bool)
@@ -160,13 +173,16 @@ def test_rtk_teacher_side_with_every_key_is_afd():
     teachers = teachers[:1]
     afd = kd.losses.AttentionFeatureDistillation(T_NAMES, S_NAMES, qk_dim=8)
     rtk = kd.losses.RepresentativeTeacherKeys(
-        T_NAMES, S_NAMES, qk_dim=8, num_keys=3, query_side="teacher")
+        T_NAMES, S_NAMES, qk_dim=8, num_keys=3, query_side="teacher"
+    )
     build_and_randomise(afd, teachers, student)
     build_and_randomise(rtk, teachers, student)
     rtk.set_weights(afd.get_weights())
     np.testing.assert_allclose(
-        run(rtk, teachers, student, [1.0]), run(afd, teachers, student, [1.0]),
-        rtol=1e-6)
+        run(rtk, teachers, student, [1.0]),
+        run(afd, teachers, student, [1.0]),
+        rtol=1e-6,
+    )
 
 
 def test_afd_under_mixed_precision_computes_in_float32():
@@ -177,8 +193,9 @@ def test_afd_under_mixed_precision_computes_in_float32():
         term = kd.losses.RepresentativeTeacherKeys(T_NAMES, S_NAMES, qk_dim=8)
         build_and_randomise(term, teachers, student)
         half = lambda d: {k: ops.cast(v, "float16") for k, v in d.items()}
-        got = term([half(teachers[0])], half(student), teacher_weights=[1.0],
-                   training=True)
+        got = term(
+            [half(teachers[0])], half(student), teacher_weights=[1.0], training=True
+        )
     finally:
         keras.config.set_dtype_policy("float32")
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
@@ -192,7 +209,8 @@ def test_bad_inputs_raise_before_training():
         kd.losses.RepresentativeTeacherKeys(["a", "b"], ["c", "d", "e"], num_keys=3)
     with pytest.raises(ValueError, match="num_keys"):
         kd.losses.RepresentativeTeacherKeys(
-            ["a", "b", "c"], ["d", "e"], num_keys=3, query_side="teacher")
+            ["a", "b", "c"], ["d", "e"], num_keys=3, query_side="teacher"
+        )
     with pytest.raises(ValueError, match="query_side"):
         kd.losses.RepresentativeTeacherKeys(["a"], ["b"], num_keys=1, query_side="both")
     with pytest.raises(ValueError, match="at least one"):
@@ -205,8 +223,9 @@ def test_bad_inputs_raise_before_training():
 def test_config_round_trip():
     for term in [
         kd.losses.AttentionFeatureDistillation(["a", "b"], ["c"], qk_dim=16),
-        kd.losses.RepresentativeTeacherKeys(["a", "b"], ["c"], qk_dim=16,
-                                            num_keys=1, query_side="teacher"),
+        kd.losses.RepresentativeTeacherKeys(
+            ["a", "b"], ["c"], qk_dim=16, num_keys=1, query_side="teacher"
+        ),
     ]:
         restored = type(term).from_config(term.get_config())
         assert restored.get_config() == term.get_config()
@@ -219,16 +238,24 @@ def test_trains_on_digits_meta_networks_learn_teacher_frozen(digits):
     teacher = tiny_resnet(8, 2, "teacher")
     student = tiny_resnet(4, 1, "student")
     names = block_layer_names(teacher), block_layer_names(student)
-    terms = [kd.losses.AttentionFeatureDistillation(*names, qk_dim=16),
-             kd.losses.RepresentativeTeacherKeys(*names, qk_dim=16)]
+    terms = [
+        kd.losses.AttentionFeatureDistillation(*names, qk_dim=16),
+        kd.losses.RepresentativeTeacherKeys(*names, qk_dim=16),
+    ]
     distiller = kd.Distiller(
-        teacher, student, [kd.losses.LogitsDistillation(4.0)] + terms,
-        distillation_loss_weights=[0.9, 100.0, 100.0], weighting="additive",
-        student_loss_weight=1.0)
+        teacher,
+        student,
+        [kd.losses.LogitsDistillation(4.0)] + terms,
+        distillation_loss_weights=[0.9, 100.0, 100.0],
+        weighting="additive",
+        student_loss_weight=1.0,
+    )
     distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9), sparse_ce())
     teacher_before = [w.copy() for w in teacher.get_weights()]
-    meta_before = [[ops.convert_to_numpy(w).copy() for w in term.trainable_weights]
-                   for term in terms]
+    meta_before = [
+        [ops.convert_to_numpy(w).copy() for w in term.trainable_weights]
+        for term in terms
+    ]
     history = distiller.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
     for before, after in zip(teacher_before, teacher.get_weights()):
         np.testing.assert_array_equal(before, after)
@@ -237,8 +264,11 @@ def test_trains_on_digits_meta_networks_learn_teacher_frozen(digits):
         # Dense biases before a BN, and the bilinear BN's beta (it shifts
         # every key of a query alike, which the softmax ignores), get no
         # gradient; every other meta-network weight must learn.
-        learning = [(w, b) for w, b in zip(term.trainable_weights, before)
-                    if w.name in ("kernel", "gamma", "query_position", "key_position")]
+        learning = [
+            (w, b)
+            for w, b in zip(term.trainable_weights, before)
+            if w.name in ("kernel", "gamma", "query_position", "key_position")
+        ]
         assert len(learning) == 2 + 2 * (4 + 2 + 1)
         for w, b in learning:
             assert np.abs(ops.convert_to_numpy(w) - b).max() > 1e-4, w.path

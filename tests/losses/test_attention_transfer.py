@@ -20,14 +20,16 @@ def test_attention_pools_the_feature_map_before_squaring():
     assert np.abs(got - energy_first).max() > 1e-2
     np.testing.assert_allclose(got, np_attention(f, (4, 4)), rtol=1e-5, atol=1e-7)
     afd = spatial_attention(ops.convert_to_tensor(f), (4, 4), pool="energy")
-    np.testing.assert_allclose(ops.convert_to_numpy(afd), energy_first, rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(afd), energy_first, rtol=1e-5, atol=1e-7
+    )
 
 
 def run(term, teacher_outputs, student_outputs, weights):
     tensors = lambda d: {k: ops.convert_to_tensor(v) for k, v in d.items()}
     value = term(
-        [tensors(t) for t in teacher_outputs], tensors(student_outputs),
+        [tensors(t) for t in teacher_outputs],
+        tensors(student_outputs),
         teacher_weights=weights,
     )
     return ops.convert_to_numpy(value)
@@ -35,8 +37,12 @@ def run(term, teacher_outputs, student_outputs, weights):
 
 @pytest.mark.parametrize(
     "shape, size",
-    [((3, 4, 4, 5), None), ((3, 8, 8, 2), (4, 4)), ((3, 5, 7, 3), (3, 2)),
-     ((3, 2, 2, 4), (4, 4))],
+    [
+        ((3, 4, 4, 5), None),
+        ((3, 8, 8, 2), (4, 4)),
+        ((3, 5, 7, 3), (3, 2)),
+        ((3, 2, 2, 4), (4, 4)),
+    ],
 )
 def test_spatial_attention_matches_numpy(shape, size):
     """Integer factors, uneven bins and upsampling all follow PyTorch."""
@@ -74,7 +80,8 @@ def test_attention_transfer_float16_features_give_float32_loss():
     f_t, f_s = rng.normal(size=(2, 3, 4, 4, 8)).astype("float32") * 30
     term = kd.losses.AttentionTransfer("a", "b")
     got = term(
-        [{"a": ops.cast(f_t, "float16")}], {"b": ops.cast(f_s, "float16")},
+        [{"a": ops.cast(f_t, "float16")}],
+        {"b": ops.cast(f_s, "float16")},
         teacher_weights=[1.0],
     )
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
@@ -106,9 +113,14 @@ def test_attention_transfer_trains_on_digits(digits):
     teacher, student = tiny_resnet(8, 2, "teacher"), tiny_resnet(4, 1, "student")
     teacher_weights = [w.copy() for w in teacher.get_weights()]
     at = kd.losses.AttentionTransfer(["block1_2", "block2_2"], ["block1_1", "block2_1"])
-    distiller = kd.Distiller(teacher, student, at,
-                             distillation_loss_weights=[1000.0],
-                             weighting="additive", student_loss_weight=1.0)
+    distiller = kd.Distiller(
+        teacher,
+        student,
+        at,
+        distillation_loss_weights=[1000.0],
+        weighting="additive",
+        student_loss_weight=1.0,
+    )
     distiller.compile(keras.optimizers.Adam(1e-3), sparse_ce())
     history = distiller.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
     assert np.isfinite(history.history["attention_transfer"]).all()

@@ -1,15 +1,15 @@
 """CRD against a NumPy computation of RepDistiller's crd/criterion.py and
 crd/memory.py (Embed, ContrastMemory, ContrastLoss)."""
 
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import small_cnn
+from helpers import sparse_ce
 
 import keras_kd as kd
 from keras_kd.presets import crd as crd_presets
-from helpers import small_cnn, sparse_ce
 
 N, K, DIM = 12, 5, 4
 EPS = 1e-7
@@ -58,25 +58,32 @@ def test_nce_and_memory_update_match_numpy():
     rng = np.random.default_rng(0)
     term = built_term(negatives="given")
     params = [
-        rng.normal(size=(5, DIM)), rng.normal(size=DIM),
-        rng.normal(size=(6, DIM)), rng.normal(size=DIM),
+        rng.normal(size=(5, DIM)),
+        rng.normal(size=DIM),
+        rng.normal(size=(6, DIM)),
+        rng.normal(size=DIM),
         np_normalize(rng.normal(size=(N, DIM))),
         np_normalize(rng.normal(size=(N, DIM))),
     ]
     params = [p.astype("float32") for p in params]
     for var, value in zip(
-        [term.embed_student.kernel, term.embed_student.bias,
-         term.embed_teacher.kernel, term.embed_teacher.bias,
-         term.memory_student, term.memory_teacher], params,
+        [
+            term.embed_student.kernel,
+            term.embed_student.bias,
+            term.embed_teacher.kernel,
+            term.embed_teacher.bias,
+            term.memory_student,
+            term.memory_teacher,
+        ],
+        params,
     ):
         var.assign(value)
     z, diffs = None, []
-    for step in range(2):  # Step 2 reuses the Z of step 1.
+    for _ in range(2):  # Step 2 reuses the Z of step 1.
         index = rng.permutation(N)[:3].astype("int32")
-        negatives = np.stack([
-            rng.choice(np.delete(np.arange(N), i), K, replace=False)
-            for i in index
-        ])
+        negatives = np.stack(
+            [rng.choice(np.delete(np.arange(N), i), K, replace=False) for i in index]
+        )
         contrast = np.concatenate([index[:, None], negatives], 1).astype("int32")
         f_s = rng.normal(size=(3, 5)).astype("float32")
         f_t = rng.normal(size=(3, 6)).astype("float32")
@@ -85,7 +92,9 @@ def test_nce_and_memory_update_match_numpy():
         )
         params[4:] = [mem_s, mem_t]
         ours = term(
-            [{"features": f_t}], {"features": f_s}, training=True,
+            [{"features": f_t}],
+            {"features": f_s},
+            training=True,
             side_inputs={"example_index": index, "contrast_index": contrast},
         )
         ours = keras.ops.convert_to_numpy(ours)
@@ -94,11 +103,8 @@ def test_nce_and_memory_update_match_numpy():
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(term.normalizers), z, rtol=1e-5
         )
-        for var, ref in zip([term.memory_student, term.memory_teacher],
-                            [mem_s, mem_t]):
-            np.testing.assert_allclose(
-                keras.ops.convert_to_numpy(var), ref, atol=1e-6
-            )
+        for var, ref in zip([term.memory_student, term.memory_teacher], [mem_s, mem_t]):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(var), ref, atol=1e-6)
         diffs.append(abs(ours.mean() - loss))
     print("CRD NCE max abs diff:", max(diffs))
 
@@ -107,10 +113,9 @@ def test_nce_and_memory_update_match_numpy():
 def test_sampled_negatives_skip_the_positive_and_cover_the_bank():
     term = built_term()
     index = keras.ops.convert_to_tensor(np.arange(N, dtype="int32"))
-    draws = np.concatenate([
-        keras.ops.convert_to_numpy(term._contrast_index(index, {}))
-        for _ in range(20)
-    ])
+    draws = np.concatenate(
+        [keras.ops.convert_to_numpy(term._contrast_index(index, {})) for _ in range(20)]
+    )
     assert draws.shape == (20 * N, K + 1)
     np.testing.assert_array_equal(draws[:, 0], np.tile(np.arange(N), 20))
     assert (draws[:, 1:] != draws[:, :1]).all()
@@ -122,9 +127,7 @@ def test_memory_bank_bytes_at_cifar_size():
     term = kd.losses.ContrastiveRepresentation(num_data=50000)
     term.build([{"features": (None, 256)}], {"features": (None, 256)})
     banks = [term.memory_student, term.memory_teacher]
-    size = sum(
-        keras.ops.convert_to_numpy(v).nbytes for v in banks
-    )
+    size = sum(keras.ops.convert_to_numpy(v).nbytes for v in banks)
     print("CRD memory banks at 50k images:", size, "bytes")
     assert size == 2 * 50000 * 128 * 4 == 51_200_000
     assert not any(v.trainable for v in banks)
@@ -141,8 +144,9 @@ def test_fit_trains_heads_updates_banks_and_freezes_teacher(digits):
     crd = kd.losses.ContrastiveRepresentation(
         num_data=len(x), feat_dim=16, num_negatives=64, seed=0
     )
-    distiller = kd.Distiller(teacher, student, [crd], [0.8],
-                             student_loss_weight=1.0, weighting="additive")
+    distiller = kd.Distiller(
+        teacher, student, [crd], [0.8], student_loss_weight=1.0, weighting="additive"
+    )
     distiller.compile(keras.optimizers.Adam(3e-3), loss=sparse_ce())
     # The term's parts are not the student's.
     assert not {id(v) for v in crd.weights} & {id(v) for v in student.weights}
@@ -153,8 +157,14 @@ def test_fit_trains_heads_updates_banks_and_freezes_teacher(digits):
         "teacher": [keras.ops.convert_to_numpy(v) for v in teacher.weights],
     }
     # One epoch visits every example once, so every memory row is written.
-    history = distiller.fit(kd.data.with_example_index(x), y, epochs=1,
-                            batch_size=32, shuffle=True, verbose=0)
+    history = distiller.fit(
+        kd.data.with_example_index(x),
+        y,
+        epochs=1,
+        batch_size=32,
+        shuffle=True,
+        verbose=0,
+    )
     losses = history.history["contrastive_representation"]
     assert np.isfinite(losses).all() and losses[0] > 0
     assert not np.allclose(before["embed"], crd.embed_student.kernel)
@@ -177,15 +187,17 @@ def test_missing_example_index_fails_before_training(digits):
     x, _, y, _ = digits
     teacher, student = small_cnn(8, name="teacher"), small_cnn(4, name="student")
     crd = kd.losses.ContrastiveRepresentation(num_data=len(x), num_negatives=8)
-    distiller = kd.Distiller(teacher, student, [crd],
-                             student_loss_weight=1.0, weighting="additive")
+    distiller = kd.Distiller(
+        teacher, student, [crd], student_loss_weight=1.0, weighting="additive"
+    )
     distiller.compile("sgd", loss=sparse_ce())
     weights = [keras.ops.convert_to_numpy(v) for v in student.weights]
     with pytest.raises(ValueError, match="with_example_index"):
         distiller.fit(x, y, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="example_index"):
-        distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
-                      epochs=1, verbose=0)
+        distiller.fit(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0
+        )
     with pytest.raises(ValueError, match="example_index"):
         distiller.fit({"inputs": x}, y, epochs=1, verbose=0)
     for old, new in zip(weights, student.weights):
@@ -229,10 +241,20 @@ def test_preset_builds_the_official_recipe():
     builder = crd_presets._crd
     teacher, student = small_cnn(8, name="teacher"), small_cnn(4, name="student")
     [(key, term, weight)] = builder(
-        [teacher], student, num_data=50000, feat_dim=128,
-        num_negatives=16384, temperature=0.07, momentum=0.5, weight=0.8,
+        [teacher],
+        student,
+        num_data=50000,
+        feat_dim=128,
+        num_negatives=16384,
+        temperature=0.07,
+        momentum=0.5,
+        weight=0.8,
     )
     assert (key, weight) == ("crd", 0.8)
-    assert (term.num_negatives, term.temperature, term.momentum,
-            term.feat_dim) == (16384, 0.07, 0.5, 128)
+    assert (term.num_negatives, term.temperature, term.momentum, term.feat_dim) == (
+        16384,
+        0.07,
+        0.5,
+        128,
+    )
     assert term.student_layer_names == ["features"]

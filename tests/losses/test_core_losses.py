@@ -86,9 +86,15 @@ def test_logits_distillation_uses_label_teacher_probabilities_untempered():
     p = numpy_softmax(rng.normal(size=(8, 6))).astype("float32")
     p[0] = [1, 0, 0, 0, 0, 0]  # A zero probability contributes 0 · log 0 = 0.
     z_s = rng.normal(size=(8, 6)).astype("float32")
-    got = run(kd.losses.LogitsDistillation(temperature=5.0), [{"probabilities": p}], {"logits": z_s})
+    got = run(
+        kd.losses.LogitsDistillation(temperature=5.0),
+        [{"probabilities": p}],
+        {"logits": z_s},
+    )
     log_p = np.log(np.where(p > 0, p, 1.0))
-    expected = 25.0 * np.sum(np.where(p > 0, p * (log_p - numpy_log_softmax(z_s / 5.0)), 0), -1)
+    expected = 25.0 * np.sum(
+        np.where(p > 0, p * (log_p - numpy_log_softmax(z_s / 5.0)), 0), -1
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     assert np.all(np.isfinite(got))
 
@@ -152,7 +158,9 @@ def test_feature_alignment_vectors_and_multi_teacher():
     got = run(term, [{"t": f_t1}, {"t": f_t2}], {"s": f_s}, [0.5, 0.5], training=False)
     expected = 0
     for aligner, f_t in zip(term.aligners, [f_t1, f_t2]):
-        h = bn_inference(f_s @ ops.convert_to_numpy(aligner.layers[0].kernel), aligner.layers[1])
+        h = bn_inference(
+            f_s @ ops.convert_to_numpy(aligner.layers[0].kernel), aligner.layers[1]
+        )
         expected = expected + 0.5 * ((h - f_t) ** 2).mean(-1)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
@@ -187,7 +195,7 @@ def np_conv(x, kernel, bias, stride=1, pad=0):
     out = np.zeros((len(x), oh, ow, kernel.shape[-1]))
     for i in range(oh):
         for j in range(ow):
-            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            patch = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw]
             out[:, i, j] = np.einsum("bhwc,hwcd->bd", patch, kernel)
     return out + bias
 
@@ -200,9 +208,10 @@ def np_conv_transpose(x, kernel, bias, stride=2, pad=1):
     full = np.zeros((b, (h - 1) * stride + kh, (w - 1) * stride + kw, kernel.shape[2]))
     for i in range(h):
         for j in range(w):
-            full[:, i * stride:i * stride + kh, j * stride:j * stride + kw] += (
-                np.einsum("bc,hwdc->bhwd", x[:, i, j], kernel))
-    return full[:, pad:full.shape[1] - pad, pad:full.shape[2] - pad] + bias
+            full[:, i * stride : i * stride + kh, j * stride : j * stride + kw] += (
+                np.einsum("bc,hwdc->bhwd", x[:, i, j], kernel)
+            )
+    return full[:, pad : full.shape[1] - pad, pad : full.shape[2] - pad] + bias
 
 
 @pytest.mark.multi_backend
@@ -219,7 +228,11 @@ def test_hint_regressor_is_conv_bn_relu_as_convreg(s_size, t_size, case):
     term = kd.losses.FeatureAlignment("t", "s", aligner="hint")
     term.build([{"t": f_t.shape}], {"s": f_s.shape})
     reg = term.aligners[0]
-    conv, bn, relu = [l for l in reg.layers if not isinstance(l, keras.layers.ZeroPadding2D)]
+    conv, bn, relu = [
+        layer
+        for layer in reg.layers
+        if not isinstance(layer, keras.layers.ZeroPadding2D)
+    ]
     for w in bn.weights:  # Non-trivial batch-norm statistics.
         w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype("float32"))
     kernel, bias = (ops.convert_to_numpy(w).astype("float64") for w in conv.weights)

@@ -32,7 +32,9 @@ def np_taylor_correlation(e, gamma=0.4, order=2):
 
 
 def np_cc_gaussian(e_t, e_s, gamma=0.4, order=2):
-    diff = np_taylor_correlation(e_s, gamma, order) - np_taylor_correlation(e_t, gamma, order)
+    diff = np_taylor_correlation(e_s, gamma, order) - np_taylor_correlation(
+        e_t, gamma, order
+    )
     return np.mean(diff**2)
 
 
@@ -43,8 +45,15 @@ def np_cc_repdistiller(e_t, e_s):
 
 def call(term, teachers, student, weights):
     tensors = lambda d: {k: ops.convert_to_tensor(v) for k, v in d.items()}
-    return float(ops.convert_to_numpy(term(
-        [tensors(t) for t in teachers], tensors(student), teacher_weights=weights)))
+    return float(
+        ops.convert_to_numpy(
+            term(
+                [tensors(t) for t in teachers],
+                tensors(student),
+                teacher_weights=weights,
+            )
+        )
+    )
 
 
 @pytest.mark.parametrize("gamma, order", [(0.4, 2), (1.0, 3)])
@@ -56,7 +65,8 @@ def test_cc_gaussian_matches_numpy_two_teachers(gamma, order):
     term = kd.losses.CorrelationCongruence("f", "g", gamma=gamma, order=order)
     got = call(term, [{"f": e_t1}, {"f": e_t2}], {"g": e_s}, [0.5, 0.5])
     expected = 0.5 * np_cc_gaussian(e_t1, e_s, gamma, order) + 0.5 * np_cc_gaussian(
-        e_t2, e_s, gamma, order)
+        e_t2, e_s, gamma, order
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert expected > 1e-4
 
@@ -67,7 +77,9 @@ def test_taylor_expansion_converges_to_the_gaussian_rbf():
     e = rng.normal(size=(6, 4)).astype("float32")
     unit = e / np.linalg.norm(e, axis=1, keepdims=True)
     exact = np.exp(-0.4 * ((unit[:, None] - unit[None]) ** 2).sum(-1))
-    got = ops.convert_to_numpy(taylor_rbf_correlation(ops.convert_to_tensor(e), 0.4, 20))
+    got = ops.convert_to_numpy(
+        taylor_rbf_correlation(ops.convert_to_tensor(e), 0.4, 20)
+    )
     np.testing.assert_allclose(got, exact, rtol=1e-5)
 
 
@@ -76,7 +88,8 @@ def test_cc_repdistiller_on_embeddings_matches_numpy():
     f_t = rng.normal(size=(7, 12)).astype("float32")
     f_s = rng.normal(size=(7, 2, 2, 2)).astype("float32")
     term = kd.losses.CorrelationCongruence(
-        "f", "g", formulation="repdistiller", embedding_dim=4)
+        "f", "g", formulation="repdistiller", embedding_dim=4
+    )
     got = call(term, [{"f": f_t}], {"g": f_s}, [1.0])
     w_s, b_s = [ops.convert_to_numpy(v) for v in term.student_embeddings[0].weights]
     w_t, b_t = [ops.convert_to_numpy(v) for v in term.teacher_embeddings[0].weights]
@@ -91,8 +104,11 @@ def test_cc_repdistiller_without_embedding_matches_numpy():
     rng = np.random.default_rng(3)
     e_t, e_s = rng.normal(size=(2, 6, 5)).astype("float32")
     term = kd.losses.CorrelationCongruence("f", "f", formulation="repdistiller")
-    np.testing.assert_allclose(call(term, [{"f": e_t}], {"f": e_s}, [1.0]),
-                               np_cc_repdistiller(e_t, e_s), rtol=1e-5)
+    np.testing.assert_allclose(
+        call(term, [{"f": e_t}], {"f": e_s}, [1.0]),
+        np_cc_repdistiller(e_t, e_s),
+        rtol=1e-5,
+    )
 
 
 def test_cc_embeddings_train_and_teacher_does_not():
@@ -103,9 +119,16 @@ def test_cc_embeddings_train_and_teacher_does_not():
     teacher, student = small_cnn(8, name="teacher"), small_cnn(4, name="student")
     teacher_weights = [w.copy() for w in teacher.get_weights()]
     cc = kd.losses.CorrelationCongruence(
-        "features", "features", formulation="repdistiller", embedding_dim=6)
-    distiller = kd.Distiller(teacher, student, cc, distillation_loss_weights=[1.0],
-                             weighting="additive", student_loss_weight=1.0)
+        "features", "features", formulation="repdistiller", embedding_dim=6
+    )
+    distiller = kd.Distiller(
+        teacher,
+        student,
+        cc,
+        distillation_loss_weights=[1.0],
+        weighting="additive",
+        student_loss_weight=1.0,
+    )
     heads = cc.student_embeddings + cc.teacher_embeddings
     assert all(v.trainable for h in heads for v in h.weights)
     before = [ops.convert_to_numpy(v).copy() for h in heads for v in h.weights]
@@ -135,7 +158,13 @@ def test_cc_rejects_bad_input():
 
 def test_cc_config_round_trip():
     term = kd.losses.CorrelationCongruence(
-        "a", "b", formulation="repdistiller", embedding_dim=16, gamma=0.5,
-        order=3, name="cc")
+        "a",
+        "b",
+        formulation="repdistiller",
+        embedding_dim=16,
+        gamma=0.5,
+        order=3,
+        name="cc",
+    )
     restored = kd.losses.CorrelationCongruence.from_config(term.get_config())
     assert restored.get_config() == term.get_config()

@@ -83,8 +83,11 @@ def built_term(**kwargs):
 
 
 def call(term, z_t, z_s):
-    return term([{"logits": ops.convert_to_tensor(z_t)}],
-                {"logits": ops.convert_to_tensor(z_s)}, teacher_weights=[1.0])
+    return term(
+        [{"logits": ops.convert_to_tensor(z_t)}],
+        {"logits": ops.convert_to_tensor(z_s)},
+        teacher_weights=[1.0],
+    )
 
 
 @pytest.mark.parametrize("strength", [0.0, 0.3, 1.0])
@@ -92,9 +95,12 @@ def test_gradient_reversal_is_identity_with_gradient_minus_lambda(strength):
     x = np.array([0.5, -2.0, 3.0], "float32")
     np.testing.assert_allclose(
         ops.convert_to_numpy(gradient_reversal(ops.convert_to_tensor(x), strength)),
-        x, rtol=1e-6)
+        x,
+        rtol=1e-6,
+    )
     grad = tensor_gradient(
-        lambda v: ops.sum(ops.square(gradient_reversal(v, strength))), x)
+        lambda v: ops.sum(ops.square(gradient_reversal(v, strength))), x
+    )
     np.testing.assert_allclose(grad, -strength * 2 * x, rtol=1e-5, atol=1e-7)
 
 
@@ -102,22 +108,25 @@ def test_initial_temperature_and_loss_match_numpy():
     z_t, z_s = logits(0)
     term = built_term()
     # CTKD's Global_T starts at 1: T = 1 + 20 · sigmoid(1).
-    np.testing.assert_allclose(float(term.current_temperature()),
-                               1 + 20 / (1 + math.exp(-1)), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(term.current_temperature()), 1 + 20 / (1 + math.exp(-1)), rtol=1e-6
+    )
     got = ops.convert_to_numpy(call(term, z_t, z_s))
     np.testing.assert_allclose(got, np_ctkd(z_t, z_s, 1.0), rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("schedule,official", [
-    ("cosine", np_cosine_decay), ("linear", np_linear_decay)])
+@pytest.mark.parametrize(
+    "schedule,official", [("cosine", np_cosine_decay), ("linear", np_linear_decay)]
+)
 def test_lambda_curriculum_matches_official_decay(schedule, official):
     term = built_term(schedule=schedule)
     for epoch in range(0, 14):
         term.on_epoch_begin(epoch)
         # CTKD counts epochs from 1 and multiplies gradients by a value in
         # [0, −1]; our strength is its negation.
-        np.testing.assert_allclose(float(term.reversal_strength()),
-                                   -official(epoch + 1), atol=1e-6)
+        np.testing.assert_allclose(
+            float(term.reversal_strength()), -official(epoch + 1), atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("epoch", [0, 4, 20])
@@ -129,8 +138,9 @@ def test_temperature_gradient_is_reversed_and_scaled_by_lambda(epoch):
     strength = -np_cosine_decay(epoch + 1)
     got = gradient(lambda: ops.mean(call(term, z_t, z_s)), term.theta)
     h = 1e-4  # the un-reversed derivative, by central differences
-    plain = (np_ctkd(z_t, z_s, theta + h).mean()
-             - np_ctkd(z_t, z_s, theta - h).mean()) / (2 * h)
+    plain = (
+        np_ctkd(z_t, z_s, theta + h).mean() - np_ctkd(z_t, z_s, theta - h).mean()
+    ) / (2 * h)
     assert abs(plain) > 1e-4
     np.testing.assert_allclose(got, -strength * plain, rtol=2e-3, atol=1e-7)
     if strength > 0:
@@ -141,8 +151,15 @@ def test_student_gradient_is_not_reversed():
     z_t, z_s = logits(2)
     term = built_term(lambda_start=1.0, lambda_end=1.0)
     grad = tensor_gradient(
-        lambda v: ops.sum(term([{"logits": ops.convert_to_tensor(z_t)}],
-                               {"logits": v}, teacher_weights=[1.0])), z_s)
+        lambda v: ops.sum(
+            term(
+                [{"logits": ops.convert_to_tensor(z_t)}],
+                {"logits": v},
+                teacher_weights=[1.0],
+            )
+        ),
+        z_s,
+    )
     t = 1 + 20 / (1 + math.exp(-1))
     # d/dz_s of T² · KL(p_t ‖ softmax(z_s/T)) = T · (p_s − p_t).
     want = t * (np.exp(np_log_softmax(z_s / t)) - np.exp(np_log_softmax(z_t / t)))
@@ -161,8 +178,9 @@ def test_instance_mode_gives_one_temperature_per_sample():
     for i in (0, 7):
         t = temperatures[i, 0]
         theta = -math.log(20.0 / (t - 1.0) - 1.0)
-        np.testing.assert_allclose(got[i], np_ctkd(z_t[i:i + 1], z_s[i:i + 1],
-                                                   theta)[0], rtol=1e-3)
+        np.testing.assert_allclose(
+            got[i], np_ctkd(z_t[i : i + 1], z_s[i : i + 1], theta)[0], rtol=1e-3
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -171,9 +189,12 @@ def test_ctkd_mixed_precision_inputs_give_float32(dtype):
     value = call(built_term(), ops.cast(z_t, dtype), ops.cast(z_s, dtype))
     assert keras.backend.standardize_dtype(value.dtype) == "float32"
     rounded = lambda z: ops.convert_to_numpy(ops.cast(ops.cast(z, dtype), "float32"))
-    np.testing.assert_allclose(ops.convert_to_numpy(value),
-                               np_ctkd(rounded(z_t), rounded(z_s), 1.0),
-                               rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(value),
+        np_ctkd(rounded(z_t), rounded(z_s), 1.0),
+        rtol=1e-3,
+        atol=1e-5,
+    )
 
 
 def test_ctkd_rejects_bad_arguments_and_label_teachers():
@@ -184,42 +205,59 @@ def test_ctkd_rejects_bad_arguments_and_label_teachers():
     with pytest.raises(ValueError, match="lambda_epochs"):
         kd.losses.CurriculumTemperatureDistillation(lambda_epochs=0)
     with pytest.raises(ValueError, match="SoftLabelTeacher"):
-        kd.Distiller(kd.SoftLabelTeacher(np.eye(10)), small_cnn(4),
-                     kd.losses.CurriculumTemperatureDistillation())
+        kd.Distiller(
+            kd.SoftLabelTeacher(np.eye(10)),
+            small_cnn(4),
+            kd.losses.CurriculumTemperatureDistillation(),
+        )
 
 
 def test_ctkd_config_round_trip():
     term = kd.losses.CurriculumTemperatureDistillation(
-        mode="instance", lambda_epochs=5, schedule="linear", standardize=True)
+        mode="instance", lambda_epochs=5, schedule="linear", standardize=True
+    )
     clone = type(term).from_config(term.get_config())
     assert clone.get_config() == term.get_config()
 
 
 @pytest.mark.parametrize("mode", ["global", "instance"])
 def test_ctkd_gradients_reach_student_and_temperature_not_teacher(
-        digits, trained_teacher, mode):
+    digits, trained_teacher, mode
+):
     x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(3)
     student = small_cnn(4, name="student")
     term = kd.losses.CurriculumTemperatureDistillation(mode=mode, hidden_units=8)
-    distiller = kd.Distiller(trained_teacher, student, term,
-                             distillation_loss_weights=[0.9],
-                             student_loss_weight=0.0, weighting="additive")
-    owned = [v for v in distiller.trainable_variables
-             if any(v is w for w in term.trainable_variables)]
+    distiller = kd.Distiller(
+        trained_teacher,
+        student,
+        term,
+        distillation_loss_weights=[0.9],
+        student_loss_weight=0.0,
+        weighting="additive",
+    )
+    owned = [
+        v
+        for v in distiller.trainable_variables
+        if any(v is w for w in term.trainable_variables)
+    ]
     assert owned and not any(
-        v is w for v in term.trainable_variables for w in student.weights)
+        v is w for v in term.trainable_variables for w in student.weights
+    )
     before_term = [ops.convert_to_numpy(v).copy() for v in term.trainable_variables]
     before_teacher = all_values(trained_teacher)
     before_student = trainable_values(student)
     distiller.compile(keras.optimizers.Adam(3e-3), sparse_ce())
-    history = distiller.fit(x_train[:64], y_train[:64], epochs=2, batch_size=32,
-                            verbose=0).history
+    history = distiller.fit(
+        x_train[:64], y_train[:64], epochs=2, batch_size=32, verbose=0
+    ).history
     assert np.isfinite(history["total_loss"]).all()
     assert float(term.epoch) == 1.0
     # A zero CE weight: only the CTKD term's gradient moves the student.
     assert_all_moved(before_student, trainable_values(student))
-    assert any(np.abs(ops.convert_to_numpy(v) - b).max() > 1e-4
-               for v, b in zip(term.trainable_variables, before_term))
+    assert any(
+        np.abs(ops.convert_to_numpy(v) - b).max() > 1e-4
+        for v, b in zip(term.trainable_variables, before_term)
+    )
     for w0, w1 in zip(before_teacher, trained_teacher.get_weights()):
         np.testing.assert_array_equal(w0, w1)

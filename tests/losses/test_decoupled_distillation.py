@@ -81,8 +81,9 @@ def test_dkd_per_sample_and_one_hot_labels():
     sparse = run(term, z_t, z_s, y)
     one_hot = run(term, z_t, z_s, np.eye(10, dtype="float32")[y])
     for i in range(6):
-        tckd, nckd = np_dkd_official(z_s[i:i + 1], z_t[i:i + 1], y[i:i + 1],
-                                     1.0, 8.0, 4.0)
+        tckd, nckd = np_dkd_official(
+            z_s[i : i + 1], z_t[i : i + 1], y[i : i + 1], 1.0, 8.0, 4.0
+        )
         np.testing.assert_allclose(sparse["tckd"][i], tckd, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(sparse["nckd"][i], nckd, rtol=1e-4, atol=1e-6)
     for key in sparse:
@@ -100,16 +101,18 @@ def test_dkd_warmup_factor_follows_epoch_variable():
         # mdistiller: min(epoch / warmup, 1) with epochs counted from 1.
         factor = min((epoch + 1) / 20, 1.0)
         for key in got:
-            np.testing.assert_allclose(got[key], factor * reference[key],
-                                       rtol=1e-5, atol=1e-8)
+            np.testing.assert_allclose(
+                got[key], factor * reference[key], rtol=1e-5, atol=1e-8
+            )
 
 
 def test_dkd_saturated_teacher_and_student_are_finite():
     z_t, z_s, y = logits(3, scale=1.0)
     z_t[np.arange(16), y] = 80.0
     z_s[np.arange(16), y] = 80.0
-    got = run(kd.losses.DecoupledDistillation(temperature=1.0, warmup_epochs=0),
-              z_t, z_s, y)
+    got = run(
+        kd.losses.DecoupledDistillation(temperature=1.0, warmup_epochs=0), z_t, z_s, y
+    )
     assert all(np.isfinite(v).all() for v in got.values())
 
 
@@ -118,13 +121,16 @@ def test_dkd_mixed_precision_inputs_give_float32(dtype):
     z_t, z_s, y = logits(4)
     term = kd.losses.DecoupledDistillation(warmup_epochs=0)
     value = term(
-        [{"logits": ops.cast(z_t, dtype)}], {"logits": ops.cast(z_s, dtype)},
-        labels=y, teacher_weights=[1.0],
+        [{"logits": ops.cast(z_t, dtype)}],
+        {"logits": ops.cast(z_s, dtype)},
+        labels=y,
+        teacher_weights=[1.0],
     )
-    rounded = lambda z: ops.convert_to_numpy(
-        ops.cast(ops.cast(z, dtype), "float32"))
+    rounded = lambda z: ops.convert_to_numpy(ops.cast(ops.cast(z, dtype), "float32"))
     tckd, nckd = np_dkd_official(rounded(z_s), rounded(z_t), y, 1.0, 8.0, 4.0)
-    assert {keras.backend.standardize_dtype(v.dtype) for v in value.values()} == {"float32"}
+    assert {keras.backend.standardize_dtype(v.dtype) for v in value.values()} == {
+        "float32"
+    }
     np.testing.assert_allclose(float(ops.mean(value["tckd"])), tckd, rtol=1e-3)
     np.testing.assert_allclose(float(ops.mean(value["nckd"])), nckd, rtol=1e-3)
 
@@ -139,7 +145,8 @@ def test_dkd_rejects_bad_arguments_and_missing_labels():
     z_t, z_s, _ = logits(5)
     with pytest.raises(ValueError, match="labels"):
         kd.losses.DecoupledDistillation()(
-            [{"logits": z_t}], {"logits": z_s}, teacher_weights=[1.0])
+            [{"logits": z_t}], {"logits": z_s}, teacher_weights=[1.0]
+        )
 
 
 def test_dkd_config_round_trip():
@@ -152,8 +159,9 @@ def _frozen_distiller(term, seed=0):
     keras.utils.set_random_seed(seed)
     teacher = small_cnn(8, name="teacher")
     student = small_cnn(4, name="student")
-    distiller = kd.Distiller(teacher, student, term, student_loss_weight=1.0,
-                             weighting="additive")
+    distiller = kd.Distiller(
+        teacher, student, term, student_loss_weight=1.0, weighting="additive"
+    )
     # A zero learning rate keeps the models fixed, so the term's metric
     # changes only by the warm-up factor.
     distiller.compile(keras.optimizers.SGD(0.0), sparse_ce())
@@ -172,8 +180,9 @@ def test_dkd_warmup_moves_inside_compiled_fit_and_after_resume():
     # A resumed run starts at the warm-up factor of its initial epoch.
     resumed = _frozen_distiller(kd.losses.DecoupledDistillation(warmup_epochs=3))
     history = resumed.fit(x, y, epochs=2, initial_epoch=1, **fit).history
-    np.testing.assert_allclose(history["decoupled_distillation"][0],
-                               2 * base / 3, rtol=1e-4)
+    np.testing.assert_allclose(
+        history["decoupled_distillation"][0], 2 * base / 3, rtol=1e-4
+    )
 
 
 def test_dkd_gradients_reach_the_student_not_the_teacher(digits, trained_teacher):
@@ -183,9 +192,12 @@ def test_dkd_gradients_reach_the_student_not_the_teacher(digits, trained_teacher
     teacher_before = all_values(trained_teacher)
     student_before = trainable_values(student)
     distiller = kd.Distiller(
-        trained_teacher, student,
+        trained_teacher,
+        student,
         kd.losses.DecoupledDistillation(beta=8.0, warmup_epochs=2),
-        student_loss_weight=0.0, weighting="additive")
+        student_loss_weight=0.0,
+        weighting="additive",
+    )
     distiller.compile(keras.optimizers.Adam(3e-3), sparse_ce())
     history = fit_steps(distiller, x_train, y_train)
     # With a zero CE weight, only DKD's gradient can move the student's
@@ -196,5 +208,7 @@ def test_dkd_gradients_reach_the_student_not_the_teacher(digits, trained_teacher
     np.testing.assert_allclose(
         history["total_loss"][0],
         history["decoupled_distillation_tckd"][0]
-        + history["decoupled_distillation_nckd"][0], rtol=1e-4)
+        + history["decoupled_distillation_nckd"][0],
+        rtol=1e-4,
+    )
     assert history["decoupled_distillation_nckd"][0] > 0

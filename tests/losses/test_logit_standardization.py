@@ -4,11 +4,11 @@ the official code: z-score with torch.std's unbiased std and 1e-7 added."""
 import keras
 import numpy as np
 import pytest
-from helpers import small_cnn
 from helpers import all_values
 from helpers import assert_all_moved
 from helpers import assert_unchanged
 from helpers import fit_steps
+from helpers import small_cnn
 from helpers import sparse_ce
 from helpers import trainable_values
 from keras import ops
@@ -45,9 +45,12 @@ def logits(seed, n=16, c=10):
 
 
 def call(term, z_t, z_s, **kwargs):
-    value = term([{"logits": ops.convert_to_tensor(z_t)}],
-                 {"logits": ops.convert_to_tensor(z_s)},
-                 teacher_weights=[1.0], **kwargs)
+    value = term(
+        [{"logits": ops.convert_to_tensor(z_t)}],
+        {"logits": ops.convert_to_tensor(z_s)},
+        teacher_weights=[1.0],
+        **kwargs,
+    )
     return keras.tree.map_structure(ops.convert_to_numpy, value)
 
 
@@ -75,8 +78,9 @@ def test_kd_with_standardization_matches_official(t):
 def test_standardized_kd_ignores_shift_and_scale_of_student_logits():
     z_t, z_s = logits(2)
     term = kd.losses.LogitsDistillation(2.0, standardize=True)
-    np.testing.assert_allclose(call(term, z_t, 3.0 * z_s + 5.0),
-                               call(term, z_t, z_s), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        call(term, z_t, 3.0 * z_s + 5.0), call(term, z_t, z_s), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_subset_kd_standardizes_the_restricted_teacher_logits():
@@ -92,8 +96,9 @@ def test_subset_kd_standardizes_the_restricted_teacher_logits():
 def test_dkd_with_standardization_matches_official():
     z_t, z_s = logits(4)
     y = np.random.default_rng(4).integers(0, 10, 16)
-    term = kd.losses.DecoupledDistillation(1.0, 8.0, 2.0, warmup_epochs=0,
-                                           standardize=True)
+    term = kd.losses.DecoupledDistillation(
+        1.0, 8.0, 2.0, warmup_epochs=0, standardize=True
+    )
     got = call(term, z_t, z_s, labels=y)
     s_t, s_s = np_standardize(z_t), np_standardize(z_s)
     gt = np.eye(10)[y]
@@ -104,7 +109,11 @@ def test_dkd_with_standardization_matches_official():
     tckd = 4 * np.sum(b_t * (np.log(b_t) - np.log(b_s)), 1)
     hat_t = np.exp(np_log_softmax(s_t / 2 - 1000 * gt))
     hat_s = np_log_softmax(s_s / 2 - 1000 * gt)
-    nckd = 8 * 4 * np.sum(np.where(gt > 0, 0.0, hat_t * (np.log(hat_t + 1e-300) - hat_s)), 1)
+    nckd = (
+        8
+        * 4
+        * np.sum(np.where(gt > 0, 0.0, hat_t * (np.log(hat_t + 1e-300) - hat_s)), 1)
+    )
     np.testing.assert_allclose(got["tckd"], tckd, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got["nckd"], nckd, rtol=1e-4, atol=1e-6)
 
@@ -113,18 +122,24 @@ def test_dkd_with_standardization_matches_official():
 def test_standardization_mixed_precision_inputs_give_float32(dtype):
     z_t, z_s = logits(5)
     term = kd.losses.LogitsDistillation(2.0, standardize=True)
-    value = term([{"logits": ops.cast(z_t, dtype)}],
-                 {"logits": ops.cast(z_s, dtype)}, teacher_weights=[1.0])
+    value = term(
+        [{"logits": ops.cast(z_t, dtype)}],
+        {"logits": ops.cast(z_s, dtype)},
+        teacher_weights=[1.0],
+    )
     assert keras.backend.standardize_dtype(value.dtype) == "float32"
     rounded = lambda z: ops.convert_to_numpy(ops.cast(ops.cast(z, dtype), "float32"))
     want = np_kd(np_standardize(rounded(z_t)), np_standardize(rounded(z_s)), 2.0)
     np.testing.assert_allclose(ops.convert_to_numpy(value), want, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("term", [
-    kd.losses.LogitsDistillation(standardize=True),
-    kd.losses.DecoupledDistillation(standardize=True),
-])
+@pytest.mark.parametrize(
+    "term",
+    [
+        kd.losses.LogitsDistillation(standardize=True),
+        kd.losses.DecoupledDistillation(standardize=True),
+    ],
+)
 def test_standardization_rejects_a_soft_label_teacher_at_build(term):
     student = small_cnn(4, name="student")
     with pytest.raises(ValueError, match="standardize=False"):
@@ -132,29 +147,35 @@ def test_standardization_rejects_a_soft_label_teacher_at_build(term):
 
 
 def test_standardize_config_round_trip():
-    for term in [kd.losses.LogitsDistillation(2.0, standardize=True),
-                 kd.losses.SubsetLogitsDistillation([0, 2], standardize=True)]:
+    for term in [
+        kd.losses.LogitsDistillation(2.0, standardize=True),
+        kd.losses.SubsetLogitsDistillation([0, 2], standardize=True),
+    ]:
         clone = type(term).from_config(term.get_config())
         assert clone.standardize and clone.get_config() == term.get_config()
 
 
 def test_standardized_kd_gradients_reach_the_student_not_the_teacher(
-        digits, trained_teacher):
+    digits, trained_teacher
+):
     x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(2)
     student = small_cnn(4, name="student")
     teacher_before = all_values(trained_teacher)
     student_before = trainable_values(student)
     distiller = kd.Distiller(
-        trained_teacher, student,
+        trained_teacher,
+        student,
         kd.losses.LogitsDistillation(2.0, standardize=True),
-        distillation_loss_weights=[9.0], student_loss_weight=0.0,
-        weighting="additive")
+        distillation_loss_weights=[9.0],
+        student_loss_weight=0.0,
+        weighting="additive",
+    )
     distiller.compile(keras.optimizers.Adam(3e-3), sparse_ce())
     history = fit_steps(distiller, x_train, y_train)
-    np.testing.assert_allclose(history["total_loss"],
-                               9.0 * np.array(history["logits_distillation"]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        history["total_loss"], 9.0 * np.array(history["logits_distillation"]), rtol=1e-5
+    )
     # A zero CE weight: only the standardized KD term moves the student.
     assert_all_moved(student_before, trainable_values(student))
     assert_unchanged(teacher_before, all_values(trained_teacher))

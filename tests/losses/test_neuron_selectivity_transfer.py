@@ -43,14 +43,18 @@ def np_nst_pair(f_t, f_s):
 
 def call(term, teachers, student, weights):
     tensors = lambda d: {k: ops.convert_to_tensor(v) for k, v in d.items()}
-    return ops.convert_to_numpy(term(
-        [tensors(t) for t in teachers], tensors(student), teacher_weights=weights))
+    return ops.convert_to_numpy(
+        term([tensors(t) for t in teachers], tensors(student), teacher_weights=weights)
+    )
 
 
 def test_nst_matches_numpy_with_pooling_both_ways_and_two_teachers():
     rng = np.random.default_rng(0)
     t1 = {"a": rng.normal(size=(4, 8, 8, 6)), "b": rng.normal(size=(4, 4, 4, 8))}
-    t2 = {"a": rng.normal(size=(4, 2, 2, 3)), "b": np.abs(rng.normal(size=(4, 3, 3, 2)))}
+    t2 = {
+        "a": rng.normal(size=(4, 2, 2, 3)),
+        "b": np.abs(rng.normal(size=(4, 3, 3, 2))),
+    }
     s = {"x": rng.normal(size=(4, 4, 4, 5)), "y": np.abs(rng.normal(size=(4, 4, 4, 7)))}
     cast = lambda d: {k: v.astype("float32") for k, v in d.items()}
     t1, t2, s = cast(t1), cast(t2), cast(s)
@@ -68,7 +72,9 @@ def test_nst_zero_for_the_same_maps():
     rng = np.random.default_rng(1)
     f = rng.normal(size=(3, 4, 4, 5)).astype("float32")
     term = kd.losses.NeuronSelectivityTransfer("f", "f")
-    np.testing.assert_allclose(call(term, [{"f": f}], {"f": 3.0 * f}, [1.0]), 0.0, atol=1e-6)
+    np.testing.assert_allclose(
+        call(term, [{"f": f}], {"f": 3.0 * f}, [1.0]), 0.0, atol=1e-6
+    )
 
 
 def test_nst_dead_channel_keeps_gradients_finite():
@@ -78,12 +84,14 @@ def test_nst_dead_channel_keeps_gradients_finite():
     f_s = np.abs(rng.normal(size=(2, 4, 4, 4))).astype("float32")
     f_s[..., 1] = 0.0
     term = kd.losses.NeuronSelectivityTransfer("f", "f")
-    np.testing.assert_allclose(call(term, [{"f": f_t}], {"f": f_s}, [1.0]),
-                               np_nst_pair(f_t, f_s), rtol=1e-5)
+    np.testing.assert_allclose(
+        call(term, [{"f": f_t}], {"f": f_s}, [1.0]), np_nst_pair(f_t, f_s), rtol=1e-5
+    )
     teacher = ops.convert_to_tensor(f_t)
-    grad = gradient(lambda x: ops.sum(term([{"f": teacher}], {"f": x},
-                                           teacher_weights=[1.0])),
-                    keras.Variable(f_s))
+    grad = gradient(
+        lambda x: ops.sum(term([{"f": teacher}], {"f": x}, teacher_weights=[1.0])),
+        keras.Variable(f_s),
+    )
     assert np.isfinite(grad).all() and np.abs(grad).max() > 0
 
 
@@ -91,12 +99,16 @@ def test_nst_float16_features_give_float32_loss():
     rng = np.random.default_rng(2)
     f_t, f_s = rng.normal(size=(2, 3, 4, 4, 6)).astype("float32")
     term = kd.losses.NeuronSelectivityTransfer("f", "f")
-    got = term([{"f": ops.cast(f_t, "float16")}], {"f": ops.cast(f_s, "float16")},
-               teacher_weights=[1.0])
+    got = term(
+        [{"f": ops.cast(f_t, "float16")}],
+        {"f": ops.cast(f_s, "float16")},
+        teacher_weights=[1.0],
+    )
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
     rounded = lambda f: f.astype("float16").astype("float32")
-    np.testing.assert_allclose(ops.convert_to_numpy(got),
-                               np_nst_pair(rounded(f_t), rounded(f_s)), rtol=1e-4)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(got), np_nst_pair(rounded(f_t), rounded(f_s)), rtol=1e-4
+    )
 
 
 def test_nst_rejects_bad_input():

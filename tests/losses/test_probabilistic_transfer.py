@@ -29,8 +29,15 @@ def np_pkt(f_t, f_s, eps=1e-7):
 
 def call(term, teachers, student, weights):
     tensors = lambda d: {k: ops.convert_to_tensor(v) for k, v in d.items()}
-    return float(ops.convert_to_numpy(term(
-        [tensors(t) for t in teachers], tensors(student), teacher_weights=weights)))
+    return float(
+        ops.convert_to_numpy(
+            term(
+                [tensors(t) for t in teachers],
+                tensors(student),
+                teacher_weights=weights,
+            )
+        )
+    )
 
 
 def test_pkt_matches_numpy_with_two_teachers_and_a_zero_row():
@@ -47,9 +54,7 @@ def test_pkt_matches_numpy_with_two_teachers_and_a_zero_row():
 
 
 def test_pkt_rows_are_distributions_and_same_features_give_zero():
-    from keras_kd.losses.probabilistic_transfer import (
-        cosine_conditional_probabilities,
-    )
+    from keras_kd.losses.probabilistic_transfer import cosine_conditional_probabilities
 
     rng = np.random.default_rng(1)
     f = rng.normal(size=(5, 4)).astype("float32")
@@ -64,12 +69,16 @@ def test_pkt_float16_features_give_float32_loss():
     rng = np.random.default_rng(2)
     f_t, f_s = rng.normal(size=(2, 6, 8)).astype("float32")
     term = kd.losses.ProbabilisticKnowledgeTransfer("f", "f")
-    got = term([{"f": ops.cast(f_t, "float16")}], {"f": ops.cast(f_s, "float16")},
-               teacher_weights=[1.0])
+    got = term(
+        [{"f": ops.cast(f_t, "float16")}],
+        {"f": ops.cast(f_s, "float16")},
+        teacher_weights=[1.0],
+    )
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
     rounded = lambda f: f.astype("float16").astype("float32")
-    np.testing.assert_allclose(float(ops.convert_to_numpy(got)),
-                               np_pkt(rounded(f_t), rounded(f_s)), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(ops.convert_to_numpy(got)), np_pkt(rounded(f_t), rounded(f_s)), rtol=1e-4
+    )
 
 
 def test_pkt_rejects_bad_input():

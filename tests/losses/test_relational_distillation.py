@@ -43,14 +43,17 @@ def np_huber(x, y):
 
 
 def np_rkd(e_t, e_s, squared=False):
-    return (np_huber(np_distances(e_s, squared), np_distances(e_t, squared)),
-            np_huber(np_angles(e_s), np_angles(e_t)))
+    return (
+        np_huber(np_distances(e_s, squared), np_distances(e_t, squared)),
+        np_huber(np_angles(e_s), np_angles(e_t)),
+    )
 
 
 def call(term, teachers, student, weights):
     tensors = lambda d: {k: ops.convert_to_tensor(v) for k, v in d.items()}
-    out = term([tensors(t) for t in teachers], tensors(student),
-               teacher_weights=weights)
+    out = term(
+        [tensors(t) for t in teachers], tensors(student), teacher_weights=weights
+    )
     return {k: float(ops.convert_to_numpy(v)) for k, v in out.items()}
 
 
@@ -61,11 +64,14 @@ def test_rkd_matches_numpy_with_two_teachers(squared):
     e_t2 = rng.normal(size=(7, 3, 2, 2)).astype("float32") * 3  # flattened
     e_s = rng.normal(size=(7, 5)).astype("float32")
     term = kd.losses.RelationalKnowledgeDistillation(
-        "f", "g", distance_weight=25.0, angle_weight=50.0, squared=squared)
+        "f", "g", distance_weight=25.0, angle_weight=50.0, squared=squared
+    )
     got = call(term, [{"f": e_t1}, {"f": e_t2}], {"g": e_s}, [0.3, 0.7])
     (d1, a1), (d2, a2) = np_rkd(e_t1, e_s, squared), np_rkd(e_t2, e_s, squared)
-    expected = {"distance": 25 * (0.3 * d1 + 0.7 * d2),
-                "angle": 50 * (0.3 * a1 + 0.7 * a2)}
+    expected = {
+        "distance": 25 * (0.3 * d1 + 0.7 * d2),
+        "angle": 50 * (0.3 * a1 + 0.7 * a2),
+    }
     for part in ("distance", "angle"):
         np.testing.assert_allclose(got[part], expected[part], rtol=2e-5)
     assert expected["distance"] > 0.1 and expected["angle"] > 0.1
@@ -110,12 +116,17 @@ def test_rkd_float16_features_give_float32_loss():
     rng = np.random.default_rng(3)
     e_t, e_s = rng.normal(size=(2, 6, 8)).astype("float32")
     term = kd.losses.RelationalKnowledgeDistillation("f", "f")
-    out = term([{"f": ops.cast(e_t, "float16")}], {"f": ops.cast(e_s, "float16")},
-               teacher_weights=[1.0])
+    out = term(
+        [{"f": ops.cast(e_t, "float16")}],
+        {"f": ops.cast(e_s, "float16")},
+        teacher_weights=[1.0],
+    )
     assert keras.backend.standardize_dtype(out["angle"].dtype) == "float32"
     rounded = lambda e: e.astype("float16").astype("float32")
     d, a = np_rkd(rounded(e_t), rounded(e_s))
-    np.testing.assert_allclose(float(ops.convert_to_numpy(out["distance"])), 25 * d, rtol=1e-4)
+    np.testing.assert_allclose(
+        float(ops.convert_to_numpy(out["distance"])), 25 * d, rtol=1e-4
+    )
 
 
 def test_rkd_rejects_bad_input():
@@ -130,7 +141,8 @@ def test_rkd_rejects_bad_input():
 
 def test_rkd_config_round_trip():
     term = kd.losses.RelationalKnowledgeDistillation(
-        "a", "b", distance_weight=1.0, angle_weight=2.0, squared=True, name="rkd")
+        "a", "b", distance_weight=1.0, angle_weight=2.0, squared=True, name="rkd"
+    )
     restored = kd.losses.RelationalKnowledgeDistillation.from_config(term.get_config())
     assert restored.get_config() == term.get_config()
     assert restored.component_names == ("distance", "angle")

@@ -1,15 +1,15 @@
 """ReviewKD against a NumPy computation of mdistiller's ReviewKD.py
 (ABF fusion, hcl_loss)."""
 
-
 import keras
 import numpy as np
 import pytest
+from helpers import small_cnn
+from helpers import sparse_ce
 
 import keras_kd as kd
-from keras_kd.presets import reviewkd as reviewkd_presets
-from helpers import small_cnn, sparse_ce
 from keras_kd.losses.review_distillation import hierarchical_context_loss
+from keras_kd.presets import reviewkd as reviewkd_presets
 
 
 def np_adaptive_avg_pool(x, size):
@@ -31,8 +31,9 @@ def np_hcl(fs, ft):
         if level >= fs.shape[1]:
             continue
         cnt /= 2.0
-        loss += ((np_adaptive_avg_pool(fs, level)
-                  - np_adaptive_avg_pool(ft, level)) ** 2).mean() * cnt
+        loss += (
+            (np_adaptive_avg_pool(fs, level) - np_adaptive_avg_pool(ft, level)) ** 2
+        ).mean() * cnt
         tot += cnt
     return loss / tot
 
@@ -51,7 +52,7 @@ def np_conv(x, kernel, bias=None):
     out = np.zeros(x.shape[:3] + (kernel.shape[-1],))
     for di in range(k):
         for dj in range(k):
-            patch = xp[:, di:di + x.shape[1], dj:dj + x.shape[2]]
+            patch = xp[:, di : di + x.shape[1], dj : dj + x.shape[2]]
             out += patch @ kernel[di, dj]
     return out if bias is None else out + bias
 
@@ -62,18 +63,27 @@ def np_bn(x, gamma, beta, mean, var, eps=1e-5):
 
 def np_abf(fusion, x, residual, out_size):
     """mdistiller ABF.forward (BN in inference mode) with `fusion`'s weights."""
+
     def value(v):
         return keras.ops.convert_to_numpy(v).astype("float64")
 
     def bn(z, layer):
-        return np_bn(z, value(layer.gamma), value(layer.beta),
-                     value(layer.moving_mean), value(layer.moving_variance))
+        return np_bn(
+            z,
+            value(layer.gamma),
+            value(layer.beta),
+            value(layer.moving_mean),
+            value(layer.moving_variance),
+        )
 
     x = bn(np_conv(x, value(fusion.reduce.kernel)), fusion.reduce_bn)
     if residual is not None:
         residual = np_nearest(residual, x.shape[1:3])
-        a = np_conv(np.concatenate([x, residual], -1),
-                    value(fusion.attention.kernel), value(fusion.attention.bias))
+        a = np_conv(
+            np.concatenate([x, residual], -1),
+            value(fusion.attention.kernel),
+            value(fusion.attention.bias),
+        )
         a = 1.0 / (1.0 + np.exp(-a))
         x = x * a[..., :1] + residual * a[..., 1:]
     x = np_nearest(x, out_size)
@@ -113,10 +123,16 @@ def test_fusion_and_loss_match_numpy():
         if "variance" in v.name:
             value = np.abs(value) + 0.5
         v.assign(value.astype("float32"))
-    student = {"s1": rng.normal(size=(2, 8, 8, 3)),
-               "s2": rng.normal(size=(2, 2, 2, 5)), "s3": rng.normal(size=(2, 6))}
-    teacher = {"t1": rng.normal(size=(2, 8, 8, 4)),
-               "t2": rng.normal(size=(2, 4, 4, 6)), "t3": rng.normal(size=(2, 7))}
+    student = {
+        "s1": rng.normal(size=(2, 8, 8, 3)),
+        "s2": rng.normal(size=(2, 2, 2, 5)),
+        "s3": rng.normal(size=(2, 6)),
+    }
+    teacher = {
+        "t1": rng.normal(size=(2, 8, 8, 4)),
+        "t2": rng.normal(size=(2, 4, 4, 6)),
+        "t3": rng.normal(size=(2, 7)),
+    }
     student = {k: v.astype("float32") for k, v in student.items()}
     teacher = {k: v.astype("float32") for k, v in teacher.items()}
     term.factor.assign(0.5)
@@ -126,7 +142,9 @@ def test_fusion_and_loss_match_numpy():
     outputs, residual = [None] * 3, None
     for i in reversed(range(3)):
         outputs[i], residual = np_abf(
-            term.fusions[i], maps[i].astype("float64"), residual,
+            term.fusions[i],
+            maps[i].astype("float64"),
+            residual,
             targets[i].shape[1:3],
         )
     ours = term.fuse([student["s1"], student["s2"], student["s3"]])
@@ -137,10 +155,15 @@ def test_fusion_and_loss_match_numpy():
         )
     loss = keras.ops.convert_to_numpy(term([teacher], student, training=False))
     reference = 0.5 * sum(np_hcl(o, t) for o, t in zip(outputs, targets))
-    print("ReviewKD fused-output max abs diff:", max(
-        np.abs(keras.ops.convert_to_numpy(o) - r).max()
-        for o, r in zip(ours, outputs)
-    ), "loss abs diff:", abs(loss.mean() - reference))
+    print(
+        "ReviewKD fused-output max abs diff:",
+        max(
+            np.abs(keras.ops.convert_to_numpy(o) - r).max()
+            for o, r in zip(ours, outputs)
+        ),
+        "loss abs diff:",
+        abs(loss.mean() - reference),
+    )
     np.testing.assert_allclose(loss.mean(), reference, rtol=1e-4)
     # mdistiller: mid_channel = min(512, last student channels); no fusion
     # at the deepest stage.
@@ -157,19 +180,21 @@ def test_fit_trains_fusions_freezes_teacher_and_warms_up(digits):
     student = small_cnn(8, name="student")
     names = ["stage1", "stage2", "features"]
     review = kd.losses.ReviewDistillation(names, names, warmup_epochs=4)
-    distiller = kd.Distiller(teacher, student, [review],
-                             student_loss_weight=1.0, weighting="additive")
+    distiller = kd.Distiller(
+        teacher, student, [review], student_loss_weight=1.0, weighting="additive"
+    )
     distiller.compile(keras.optimizers.Adam(3e-3), loss=sparse_ce())
     assert not {id(v) for v in review.weights} & {id(v) for v in student.weights}
     before = [keras.ops.convert_to_numpy(v) for v in review.trainable_weights]
     teacher_before = [keras.ops.convert_to_numpy(v) for v in teacher.weights]
     factors = []
-    hook = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: (
-        review.on_epoch_begin(epoch),
-        factors.append(float(keras.ops.convert_to_numpy(review.factor))),
-    ))
-    history = distiller.fit(x, y, epochs=4, batch_size=32, verbose=0,
-                            callbacks=[hook])
+    hook = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: (
+            review.on_epoch_begin(epoch),
+            factors.append(float(keras.ops.convert_to_numpy(review.factor))),
+        )
+    )
+    history = distiller.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[hook])
     assert factors == [0.25, 0.5, 0.75, 1.0]
     losses = np.array(history.history["review_distillation"])
     assert np.isfinite(losses).all() and (losses > 0).all()
@@ -191,13 +216,15 @@ def test_bad_layer_lists_are_refused_before_training():
         term.build([{"a": (None, 4, 4)}], {"b": (None, 4)})
     teacher, student = small_cnn(8, name="teacher"), small_cnn(4, name="student")
     with pytest.raises(ValueError, match="no layer named 'stage9'"):
-        kd.Distiller(teacher, student,
-                     [kd.losses.ReviewDistillation(["stage9"], ["stage2"])])
+        kd.Distiller(
+            teacher, student, [kd.losses.ReviewDistillation(["stage9"], ["stage2"])]
+        )
 
 
 def test_config_round_trip():
-    term = kd.losses.ReviewDistillation(["a", "b"], ["c", "d"],
-                                        mid_channels=32, warmup_epochs=20)
+    term = kd.losses.ReviewDistillation(
+        ["a", "b"], ["c", "d"], mid_channels=32, warmup_epochs=20
+    )
     clone = kd.losses.ReviewDistillation.from_config(term.get_config())
     assert clone.get_config() == term.get_config()
 
@@ -206,11 +233,15 @@ def test_preset_taps_the_official_stages_and_shapes():
     builder = reviewkd_presets._reviewkd
     teacher = kd.models.get("resnet32x4", num_classes=10)
     student = kd.models.get("resnet8x4", num_classes=10)
-    [(key, term, weight)] = builder([teacher], student, weight=5.0,
-                                    warmup_epochs=20, mid_channels=None)
+    [(key, term, weight)] = builder(
+        [teacher], student, weight=5.0, warmup_epochs=20, mid_channels=None
+    )
     assert (key, weight, term.warmup_epochs) == ("reviewkd", 5.0, 20)
     assert term.teacher_layer_names == [
-        "block1_5_add", "block2_5_add", "block3_5_add", "features"
+        "block1_5_add",
+        "block2_5_add",
+        "block3_5_add",
+        "features",
     ]
     assert term.student_layer_names == ["stage1", "stage2", "stage3", "features"]
     kd.Distiller(teacher, student, [term])

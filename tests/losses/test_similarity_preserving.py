@@ -23,8 +23,15 @@ def np_sp(f_t, f_s):
 
 def call(term, teachers, student, weights):
     tensors = lambda d: {k: ops.convert_to_tensor(v) for k, v in d.items()}
-    return float(ops.convert_to_numpy(term(
-        [tensors(t) for t in teachers], tensors(student), teacher_weights=weights)))
+    return float(
+        ops.convert_to_numpy(
+            term(
+                [tensors(t) for t in teachers],
+                tensors(student),
+                teacher_weights=weights,
+            )
+        )
+    )
 
 
 def test_sp_matches_numpy_two_pairs_two_teachers_different_shapes():
@@ -53,12 +60,16 @@ def test_sp_float16_features_give_float32_loss():
     rng = np.random.default_rng(2)
     f_t, f_s = rng.normal(size=(2, 4, 3, 3, 2)).astype("float32")
     term = kd.losses.SimilarityPreserving("f", "f")
-    got = term([{"f": ops.cast(f_t, "float16")}], {"f": ops.cast(f_s, "float16")},
-               teacher_weights=[1.0])
+    got = term(
+        [{"f": ops.cast(f_t, "float16")}],
+        {"f": ops.cast(f_s, "float16")},
+        teacher_weights=[1.0],
+    )
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
     rounded = lambda f: f.astype("float16").astype("float32")
-    np.testing.assert_allclose(float(ops.convert_to_numpy(got)),
-                               np_sp(rounded(f_t), rounded(f_s)), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(ops.convert_to_numpy(got)), np_sp(rounded(f_t), rounded(f_s)), rtol=1e-4
+    )
 
 
 def test_sp_rejects_bad_input():

@@ -9,15 +9,13 @@ pytestmark = pytest.mark.multi_backend
 
 
 def test_dlkd_preset_per_view_crops():
-    teacher = kd.models.get("digits_cnn_large", num_classes=10,
-                            input_shape=(8, 8, 1))
-    student = kd.models.get("digits_cnn_small", num_classes=10,
-                            input_shape=(8, 8, 1))
-    (term,) = kd.presets.build("dlkd", teacher, student)[
-        "distillation_losses"]
+    teacher = kd.models.get("digits_cnn_large", num_classes=10, input_shape=(8, 8, 1))
+    student = kd.models.get("digits_cnn_small", num_classes=10, input_shape=(8, 8, 1))
+    (term,) = kd.presets.build("dlkd", teacher, student)["distillation_losses"]
     assert term.crop_padding == 0  # No augmentation unless asked.
-    (term,) = kd.presets.build("dlkd", teacher, student, dlkd_crop_padding=4,
-                               dlkd_pad_value=[-0.5])["distillation_losses"]
+    (term,) = kd.presets.build(
+        "dlkd", teacher, student, dlkd_crop_padding=4, dlkd_pad_value=[-0.5]
+    )["distillation_losses"]
     assert term.crop_padding == 4 and term.pad_value == [-0.5]
     # Training views: 4 rotations of each image, each cropped on its own
     # after black (-0.5) padding; a constant image shows the padding.

@@ -55,24 +55,39 @@ def build(name, teacher, student, **overrides):
     }
 
 
-@pytest.mark.parametrize("pair,beta", [
-    (("resnet32x4", "resnet8x4"), 8.0), (("wrn_40_2", "wrn_16_2"), 6.0),
-    (("resnet56", "resnet20"), 2.0), (("vgg13", "vgg8"), 6.0),
-    (("resnet20", "resnet20"), 8.0)])
+@pytest.mark.parametrize(
+    "pair,beta",
+    [
+        (("resnet32x4", "resnet8x4"), 8.0),
+        (("wrn_40_2", "wrn_16_2"), 6.0),
+        (("resnet56", "resnet20"), 2.0),
+        (("vgg13", "vgg8"), 6.0),
+        (("resnet20", "resnet20"), 8.0),
+    ],
+)
 def test_dkd_preset_uses_mdistiller_beta_per_pair(pair, beta):
     kwargs = build("dkd", Named(pair[0]), Named(pair[1]))
     (term,) = kwargs["distillation_losses"]
     assert isinstance(term, kd.losses.DecoupledDistillation)
     assert (term.alpha, term.beta, term.temperature, term.warmup_epochs) == (
-        1.0, beta, 4.0, 20)
+        1.0,
+        beta,
+        4.0,
+        20,
+    )
     assert not term.standardize
     assert kwargs["student_loss_weight"] == 1.0
     assert kwargs["distillation_loss_weights"] == [1.0]
 
 
-@pytest.mark.parametrize("pair,t,w", [
-    (("resnet32x4", "resnet8x4"), 2.0, 9.0), (("resnet110", "resnet20"), 4.0, 12.0),
-    (("vgg13", "vgg8"), 3.0, 9.0)])
+@pytest.mark.parametrize(
+    "pair,t,w",
+    [
+        (("resnet32x4", "resnet8x4"), 2.0, 9.0),
+        (("resnet110", "resnet20"), 4.0, 12.0),
+        (("vgg13", "vgg8"), 3.0, 9.0),
+    ],
+)
 def test_kd_ls_preset_uses_official_base_temperature_and_weight(pair, t, w):
     kwargs = build("kd+ls", Named(pair[0]), Named(pair[1]))
     (term,) = kwargs["distillation_losses"]
@@ -81,10 +96,14 @@ def test_kd_ls_preset_uses_official_base_temperature_and_weight(pair, t, w):
     assert kwargs["student_loss_weight"] == 0.1
 
 
-@pytest.mark.parametrize("pair,t,w,beta", [
-    (("resnet32x4", "resnet8x4"), 2.0, 9.0, 8.0),
-    (("wrn_40_2", "wrn_16_2"), 2.0, 12.0, 2.0),
-    (("resnet56", "resnet20"), 3.0, 18.0, 2.0)])
+@pytest.mark.parametrize(
+    "pair,t,w,beta",
+    [
+        (("resnet32x4", "resnet8x4"), 2.0, 9.0, 8.0),
+        (("wrn_40_2", "wrn_16_2"), 2.0, 12.0, 2.0),
+        (("resnet56", "resnet20"), 3.0, 18.0, 2.0),
+    ],
+)
 def test_dkd_ls_preset_uses_official_logs(pair, t, w, beta):
     kwargs = build("dkd+ls", Named(pair[0]), Named(pair[1]))
     (term,) = kwargs["distillation_losses"]
@@ -94,16 +113,21 @@ def test_dkd_ls_preset_uses_official_logs(pair, t, w, beta):
     assert kwargs["student_loss_weight"] == 1.0
 
 
-@pytest.mark.parametrize("name,weight,standardize", [
-    ("ctkd", 0.9, False), ("ctkd+ls", 9.0, True)])
+@pytest.mark.parametrize(
+    "name,weight,standardize", [("ctkd", 0.9, False), ("ctkd+ls", 9.0, True)]
+)
 def test_ctkd_presets_use_official_script(name, weight, standardize):
     kwargs = build(name, Named("resnet56"), Named("resnet20"))
     (term,) = kwargs["distillation_losses"]
     assert isinstance(term, kd.losses.CurriculumTemperatureDistillation)
     assert term.standardize == standardize and term.mode == "global"
     assert (term.t_min, term.t_scale, term.initial_value) == (1.0, 20.0, 1.0)
-    assert (term.lambda_start, term.lambda_end, term.lambda_epochs,
-            term.schedule) == (0.0, 1.0, 10, "cosine")
+    assert (term.lambda_start, term.lambda_end, term.lambda_epochs, term.schedule) == (
+        0.0,
+        1.0,
+        10,
+        "cosine",
+    )
     assert kwargs["distillation_loss_weights"] == [weight]
     assert kwargs["student_loss_weight"] == 0.1
 

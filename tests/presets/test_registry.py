@@ -8,16 +8,24 @@ from keras_kd.presets import registry
 
 pytestmark = pytest.mark.multi_backend
 
-EXPECTED = {"afd", "at", "dlkd", "fa", "fa_multi", "fitnets", "kd",
-            "reffakd", "rtk", "skd"}
+EXPECTED = {
+    "afd",
+    "at",
+    "dlkd",
+    "fa",
+    "fa_multi",
+    "fitnets",
+    "kd",
+    "reffakd",
+    "rtk",
+    "skd",
+}
 
 
 @pytest.fixture(scope="module")
 def pair():
-    teacher = kd.models.get("digits_cnn_large", num_classes=10,
-                            input_shape=(8, 8, 1))
-    student = kd.models.get("digits_cnn_small", num_classes=10,
-                            input_shape=(8, 8, 1))
+    teacher = kd.models.get("digits_cnn_large", num_classes=10, input_shape=(8, 8, 1))
+    student = kd.models.get("digits_cnn_small", num_classes=10, input_shape=(8, 8, 1))
     return teacher, student
 
 
@@ -32,8 +40,12 @@ def test_names_lists_every_family():
 def test_build_returns_distiller_kwargs_with_paper_defaults(pair):
     teacher, student = pair
     kwargs = kd.presets.build("fitnets", teacher, student)
-    assert set(kwargs) == {"distillation_losses", "distillation_loss_weights",
-                           "student_loss_weight", "weighting"}
+    assert set(kwargs) == {
+        "distillation_losses",
+        "distillation_loss_weights",
+        "student_loss_weight",
+        "weighting",
+    }
     assert kwargs["weighting"] == "additive"
     assert kwargs["distillation_loss_weights"] == [100.0]
     assert kwargs["student_loss_weight"] == 1.0
@@ -51,13 +63,20 @@ def test_build_returns_distiller_kwargs_with_paper_defaults(pair):
 
 def test_overrides_and_callable_ce_weight(pair):
     teacher, student = pair
-    kwargs = kd.presets.build("kd", teacher, student, kd_temperature=2.0,
-                              kd_weight=0.5, student_loss_weight=0.5)
+    kwargs = kd.presets.build(
+        "kd",
+        teacher,
+        student,
+        kd_temperature=2.0,
+        kd_weight=0.5,
+        student_loss_weight=0.5,
+    )
     assert kwargs["distillation_losses"][0].temperature == 2.0
     assert kwargs["distillation_loss_weights"] == [0.5]
     assert kwargs["student_loss_weight"] == 0.5
-    reffakd = kd.presets.build("reffakd", kd.SoftLabelTeacher(np.eye(10)),
-                               student, reffakd_alpha=0.7)
+    reffakd = kd.presets.build(
+        "reffakd", kd.SoftLabelTeacher(np.eye(10)), student, reffakd_alpha=0.7
+    )
     assert reffakd["student_loss_weight"] == pytest.approx(0.3)
     assert reffakd["distillation_loss_weights"] == [0.7]
 
@@ -70,16 +89,16 @@ def test_combination_dedupes_by_key_and_ce_weight_is_one(pair):
     assert kwargs["distillation_loss_weights"] == [0.5, 100.0]
     assert kwargs["student_loss_weight"] == 1.0
     afd_rtk = kd.presets.build("afd+rtk", teacher, student)
-    assert [t.name for t in afd_rtk["distillation_losses"]] == [
-        "kd", "afd", "rtk"]
+    assert [t.name for t in afd_rtk["distillation_losses"]] == ["kd", "afd", "rtk"]
 
 
 def test_errors_list_valid_choices(pair):
     teacher, student = pair
     with pytest.raises(ValueError, match="Unknown preset 'nope'.*fitnets"):
         kd.presets.build("kd+nope", teacher, student)
-    with pytest.raises(ValueError, match="Unknown hyper-parameter.*'beta'.*"
-                       "kd_temperature"):
+    with pytest.raises(
+        ValueError, match="Unknown hyper-parameter.*'beta'.*kd_temperature"
+    ):
         kd.presets.build("kd", teacher, student, beta=1.0)
     with pytest.raises(ValueError, match="repeats"):
         kd.presets.build("kd+kd", teacher, student)
@@ -95,26 +114,38 @@ def test_pair_defaults_apply_to_matching_zoo_names(pair):
     teacher, student = pair
     name = "_test_pair"
     try:
+
         @registry.register(
-            name, help="test", reference="test", defaults={"w": 1.0},
-            pair_defaults={("digits_cnn_large", "digits_cnn_small"):
-                           {"w": 7.0}},
-            student_loss_weight=1.0)
+            name,
+            help="test",
+            reference="test",
+            defaults={"w": 1.0},
+            pair_defaults={("digits_cnn_large", "digits_cnn_small"): {"w": 7.0}},
+            student_loss_weight=1.0,
+        )
         def _builder(teachers, student, w):
             return [("x", kd.losses.LogitsDistillation(name="x"), w)]
 
         assert kd.presets.build(name, teacher, student)[
-            "distillation_loss_weights"] == [7.0]
+            "distillation_loss_weights"
+        ] == [7.0]
         assert kd.presets.build(name, teacher, student, w=2.0)[
-            "distillation_loss_weights"] == [2.0]
+            "distillation_loss_weights"
+        ] == [2.0]
         assert kd.presets.build(name, student, student)[
-            "distillation_loss_weights"] == [1.0]
+            "distillation_loss_weights"
+        ] == [1.0]
         with pytest.raises(ValueError, match="registered already"):
-            registry.register(name, help="", reference="", defaults={"w": 1},
-                              student_loss_weight=1.0)(_builder)
+            registry.register(
+                name, help="", reference="", defaults={"w": 1}, student_loss_weight=1.0
+            )(_builder)
         with pytest.raises(ValueError, match="differ from `defaults`"):
-            registry.register("_other", help="", reference="",
-                              defaults={"v": 1},
-                              student_loss_weight=1.0)(_builder)
+            registry.register(
+                "_other",
+                help="",
+                reference="",
+                defaults={"v": 1},
+                student_loss_weight=1.0,
+            )(_builder)
     finally:
         registry._PRESETS.pop(name, None)

@@ -40,30 +40,52 @@ def build(name, teacher, student, **overrides):
 
 OFFICIAL = {
     # name: (defaults, class, teacher layers, student layers)
-    "rkd": ({"rkd_weight": 1.0, "rkd_distance_weight": 25.0, "rkd_angle_weight": 50.0},
-            kd.losses.RelationalKnowledgeDistillation, ["features"], ["features"]),
-    "pkt": ({"pkt_weight": 30000.0}, kd.losses.ProbabilisticKnowledgeTransfer,
-            ["features"], ["features"]),
-    "sp": ({"sp_weight": 3000.0}, kd.losses.SimilarityPreserving,
-           ["stage3"], ["stage3"]),
-    "cc": ({"cc_weight": 0.02, "cc_formulation": "repdistiller", "cc_embedding_dim": 128},
-           kd.losses.CorrelationCongruence, ["features"], ["features"]),
-    "nst": ({"nst_weight": 50.0}, kd.losses.NeuronSelectivityTransfer,
-            ["stage1", "stage2", "stage3"], ["stage1", "stage2", "stage3"]),
+    "rkd": (
+        {"rkd_weight": 1.0, "rkd_distance_weight": 25.0, "rkd_angle_weight": 50.0},
+        kd.losses.RelationalKnowledgeDistillation,
+        ["features"],
+        ["features"],
+    ),
+    "pkt": (
+        {"pkt_weight": 30000.0},
+        kd.losses.ProbabilisticKnowledgeTransfer,
+        ["features"],
+        ["features"],
+    ),
+    "sp": (
+        {"sp_weight": 3000.0},
+        kd.losses.SimilarityPreserving,
+        ["stage3"],
+        ["stage3"],
+    ),
+    "cc": (
+        {"cc_weight": 0.02, "cc_formulation": "repdistiller", "cc_embedding_dim": 128},
+        kd.losses.CorrelationCongruence,
+        ["features"],
+        ["features"],
+    ),
+    "nst": (
+        {"nst_weight": 50.0},
+        kd.losses.NeuronSelectivityTransfer,
+        ["stage1", "stage2", "stage3"],
+        ["stage1", "stage2", "stage3"],
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def zoo_pair():
-    return (kd.models.get("resnet32x4", num_classes=100),
-            kd.models.get("resnet8x4", num_classes=100))
+    return (
+        kd.models.get("resnet32x4", num_classes=100),
+        kd.models.get("resnet8x4", num_classes=100),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_preset_official_defaults_and_taps(name, zoo_pair):
     teacher, student = zoo_pair
     defaults, cls, t_layers, s_layers = OFFICIAL[name]
-    (key, term, weight), = build(name, teacher, student)[0]
+    ((key, term, weight),) = build(name, teacher, student)[0]
     preset = registry.get(name)
     assert preset.defaults == defaults and preset.student_loss_weight == 1.0
     assert key == name and term.name == name and isinstance(term, cls)
@@ -74,10 +96,16 @@ def test_preset_official_defaults_and_taps(name, zoo_pair):
 
 def test_preset_overrides_reach_the_terms(zoo_pair):
     teacher, student = zoo_pair
-    (_, rkd, _), = build("rkd", teacher, student, rkd_angle_weight=0.0)[0]
+    ((_, rkd, _),) = build("rkd", teacher, student, rkd_angle_weight=0.0)[0]
     assert rkd.angle_weight == 0.0 and rkd.distance_weight == 25.0
-    (_, cc, w), = build("cc", teacher, student, cc_formulation="gaussian",
-                        cc_embedding_dim=None, cc_weight=100.0)[0]
+    ((_, cc, w),) = build(
+        "cc",
+        teacher,
+        student,
+        cc_formulation="gaussian",
+        cc_embedding_dim=None,
+        cc_weight=100.0,
+    )[0]
     assert (cc.formulation, cc.embedding_dim, w) == ("gaussian", None, 100.0)
 
 
@@ -85,9 +113,9 @@ def test_nst_preset_pairs_stages_from_the_first():
     """vgg8 has four stages, resnet8x4 three: the official zip keeps three."""
     teacher = kd.models.get("vgg8", num_classes=10)
     student = kd.models.get("resnet8x4", num_classes=10)
-    (_, nst, _), = build("nst", teacher, student)[0]
+    ((_, nst, _),) = build("nst", teacher, student)[0]
     assert nst.teacher_layer_names == ["stage1", "stage2", "stage3"]
-    (_, sp, _), = build("sp", teacher, student)[0]
+    ((_, sp, _),) = build("sp", teacher, student)[0]
     assert sp.teacher_layer_names == ["stage4"] and sp.student_layer_names == ["stage3"]
 
 
@@ -108,18 +136,32 @@ def test_relational_terms_with_kd_train_on_digits(digits):
     teacher_weights = [w.copy() for w in teacher.get_weights()]
     terms, weights = [kd.losses.LogitsDistillation(4.0, name="kd")], [1.0]
     for name in ("rkd", "nst", "cc"):
-        (_, term, weight), = build(name, teacher, student)[0]
+        ((_, term, weight),) = build(name, teacher, student)[0]
         terms.append(term)
         weights.append(weight)
-    distiller = kd.Distiller(teacher, student, terms,
-                             distillation_loss_weights=weights,
-                             weighting="additive", student_loss_weight=1.0)
+    distiller = kd.Distiller(
+        teacher,
+        student,
+        terms,
+        distillation_loss_weights=weights,
+        weighting="additive",
+        student_loss_weight=1.0,
+    )
     distiller.compile(keras.optimizers.Adam(3e-3), sparse_ce())
     # Whole batches only, so one compiled step.
-    history = distiller.fit(x_train[:256], y_train[:256], epochs=1,
-                            batch_size=128, verbose=0)
-    for metric in ("kd", "rkd", "rkd_distance", "rkd_angle", "nst", "cc",
-                   "student_loss", "total_loss"):
+    history = distiller.fit(
+        x_train[:256], y_train[:256], epochs=1, batch_size=128, verbose=0
+    )
+    for metric in (
+        "kd",
+        "rkd",
+        "rkd_distance",
+        "rkd_angle",
+        "nst",
+        "cc",
+        "student_loss",
+        "total_loss",
+    ):
         assert np.isfinite(history.history[metric]).all(), metric
     for before, after in zip(teacher_weights, teacher.get_weights()):
         np.testing.assert_array_equal(before, after)
