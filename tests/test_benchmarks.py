@@ -28,7 +28,6 @@ def throughput():
     return _load("throughput")
 
 
-@pytest.mark.multi_backend
 def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
     configs = ["keras_logits_feature", "kd_logits_feature", "torch_kd"]
     try:

@@ -35,13 +35,13 @@ def run(main):
         if len(argv) > 1:
             raise app.UsageError(
                 f"Unexpected arguments {argv[1:]}; every option is a "
-                f"--flag (see --helpfull).")
+                f"--flag (see --helpfull)."
+            )
         try:
             from keras_kd import distribute
 
             try:
-                STRATEGY[0] = distribute.strategy_from_flag(
-                    FLAGS.distribution)
+                STRATEGY[0] = distribute.strategy_from_flag(FLAGS.distribution)
             except ValueError as e:
                 raise RecipeError(f"--distribution: {e}") from None
             check_optional_writers()
@@ -69,8 +69,7 @@ def load_data(cfg):
     except ValueError as e:
         raise RecipeError(f"--input_pipeline: {e}") from None
     try:
-        (x, y), (x_test, y_test), info = data.load(FLAGS.dataset,
-                                                   FLAGS.data_dir)
+        (x, y), (x_test, y_test), info = data.load(FLAGS.dataset, FLAGS.data_dir)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise RecipeError(f"--dataset={FLAGS.dataset}: {e}") from None
     except ImportError as e:
@@ -78,8 +77,9 @@ def load_data(cfg):
             f"--dataset={FLAGS.dataset} needs tensorflow-datasets: {e}"
         ) from None
     if len(x) == 0 or len(x_test) == 0:
-        raise RecipeError(f"--dataset={FLAGS.dataset} has an empty train or "
-                          f"test split.")
+        raise RecipeError(
+            f"--dataset={FLAGS.dataset} has an empty train or test split."
+        )
     if cfg["normalize"] == "channel":
         mean, std = data.channel_stats(x)
         std = np.maximum(std, 1e-3)
@@ -89,8 +89,9 @@ def load_data(cfg):
     return Data(x, y, x_test, y_test, info, mean, std)
 
 
-def resolve_model(spec, num_classes, input_shape, role, weight_decay,
-                  dtype_policy="float32"):
+def resolve_model(
+    spec, num_classes, input_shape, role, weight_decay, dtype_policy="float32"
+):
     """A zoo model (untrained) or a loaded `.keras` model, checked.
 
     Returns `(model, loaded)`.
@@ -105,24 +106,32 @@ def resolve_model(spec, num_classes, input_shape, role, weight_decay,
         try:
             model = keras.models.load_model(spec, compile=False)
         except Exception as e:  # Keras raises many kinds here.
-            raise RecipeError(f"--{role}={spec} is not a loadable .keras "
-                              f"model: {e}") from None
-        shape = tuple(model.inputs[0].shape[1:]) if getattr(
-            model, "inputs", None) else None
+            raise RecipeError(
+                f"--{role}={spec} is not a loadable .keras model: {e}"
+            ) from None
+        shape = (
+            tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+        )
         if shape is not None and shape != tuple(input_shape):
             raise RecipeError(
                 f"--{role}={spec} takes inputs of shape {shape}, but the "
-                f"dataset's images are {tuple(input_shape)}.")
+                f"dataset's images are {tuple(input_shape)}."
+            )
         return model, True
     if spec not in models.MODELS:
         raise RecipeError(
             f"Unknown model --{role}={spec}: use a path to a .keras file or "
-            f"one of {', '.join(sorted(models.MODELS))}.")
+            f"one of {', '.join(sorted(models.MODELS))}."
+        )
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(dtype_policy)
     try:
-        model = models.get(spec, num_classes=num_classes,
-                           input_shape=input_shape, weight_decay=weight_decay)
+        model = models.get(
+            spec,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            weight_decay=weight_decay,
+        )
     finally:
         keras.config.set_dtype_policy(previous)
     return model, False
@@ -134,12 +143,14 @@ def build_student(name, num_classes, input_shape, cfg, seed, what):
     seed_all(seed)
     # No kernel regularizers: the optimizer applies the coupled weight decay
     # to every trainable variable (keras_kd.optimizers).
-    model, _ = resolve_model(name, num_classes, input_shape, "student", 0.0,
-                             FLAGS.mixed_precision)
+    model, _ = resolve_model(
+        name, num_classes, input_shape, "student", 0.0, FLAGS.mixed_precision
+    )
     if num_outputs(model) != num_classes:
         raise RecipeError(
             f"--student={name} has {num_outputs(model)} outputs but {what} "
-            f"has {num_classes} classes.")
+            f"has {num_classes} classes."
+        )
     return model
 
 
@@ -170,15 +181,25 @@ def check_optional_writers():
         print(f"Warning: {training.TENSORBOARD_MISSING}", file=sys.stderr)
 
 
-def train_phase(name, model, data, x, y, cfg, lr, seed, host_augment,
-                batches=None):
+def train_phase(name, model, data, x, y, cfg, lr, seed, host_augment, batches=None):
     """`training.fit_resumable` with the run's flags, in `--output_dir`."""
     return training.fit_resumable(
-        name, model, data, x, y, training.TrainConfig.from_dict(cfg, lr),
-        FLAGS.output_dir, seed=seed, host_augment=host_augment,
-        jit_compile=FLAGS.jit_compile, verbose=FLAGS.verbose,
-        tensorboard=TENSORBOARD[0], batches=batches,
-        input_pipeline=FLAGS.input_pipeline, workers=FLAGS.input_workers)
+        name,
+        model,
+        data,
+        x,
+        y,
+        training.TrainConfig.from_dict(cfg, lr),
+        FLAGS.output_dir,
+        seed=seed,
+        host_augment=host_augment,
+        jit_compile=FLAGS.jit_compile,
+        verbose=FLAGS.verbose,
+        tensorboard=TENSORBOARD[0],
+        batches=batches,
+        input_pipeline=FLAGS.input_pipeline,
+        workers=FLAGS.input_workers,
+    )
 
 
 def train_plain(name, model, data, x, y, cfg, lr, seed):
@@ -189,9 +210,18 @@ def train_plain(name, model, data, x, y, cfg, lr, seed):
     trained = model
     if augmentation is not None:
         inputs = keras.Input(model.inputs[0].shape[1:])
-        trained = keras.Model(inputs, model(augmentation(inputs)),
-                              name=f"{model.name}_augmented")
-    result = train_phase(name, trained, data, x, y, cfg, lr, seed,
-                         host_augment=cfg["augment"] and not augmentation)
+        trained = keras.Model(
+            inputs, model(augmentation(inputs)), name=f"{model.name}_augmented"
+        )
+    result = train_phase(
+        name,
+        trained,
+        data,
+        x,
+        y,
+        cfg,
+        lr,
+        seed,
+        host_augment=cfg["augment"] and not augmentation,
+    )
     return result
-

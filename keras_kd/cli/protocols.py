@@ -13,9 +13,8 @@
 """
 
 from keras_kd.cli.common import FLAGS
-from keras_kd.cli.common import RecipeError
 from keras_kd.cli.common import STRATEGY
-
+from keras_kd.cli.common import RecipeError
 
 # Protocols: the value every unset training flag takes.
 PROTOCOLS = {
@@ -37,8 +36,7 @@ PROTOCOLS = {
         "kd_weight": 0.5,
         "kd_ce_weight": 0.5,
         # docs/methods.md's CIFAR weights / 10 (see the module docstring).
-        "term_weights": {"fitnets": 10.0, "at": 100.0, "fa": 10.0,
-                         "skd": 10.0},
+        "term_weights": {"fitnets": 10.0, "at": 100.0, "fa": 10.0, "skd": 10.0},
     },
     "cifar": {
         "optimizer": "sgd",
@@ -73,14 +71,24 @@ def resolve_protocol():
         return defaults[name] if value is None else value
 
     cfg = {"protocol": protocol}
-    for name in ("optimizer", "momentum", "epochs", "batch_size",
-                 "weight_decay", "augment", "train_limit"):
+    for name in (
+        "optimizer",
+        "momentum",
+        "epochs",
+        "batch_size",
+        "weight_decay",
+        "augment",
+        "train_limit",
+    ):
         cfg[name] = pick(name)
     teacher_epochs = getattr(FLAGS, "teacher_epochs", None)
     cfg["teacher_epochs"] = (
-        teacher_epochs if teacher_epochs is not None
-        else defaults["teacher_epochs"] if protocol == "digits"
-        else cfg["epochs"])
+        teacher_epochs
+        if teacher_epochs is not None
+        else defaults["teacher_epochs"]
+        if protocol == "digits"
+        else cfg["epochs"]
+    )
     cfg["normalize"] = defaults["normalize"]
     cfg["replicas"] = 1
     if STRATEGY[0] is not None:
@@ -97,16 +105,18 @@ def resolve_protocol():
             cfg["lr_decay_epochs"] = sorted(int(e) for e in FLAGS.lr_decay_epochs)
         except ValueError:
             raise RecipeError(
-                f"--lr_decay_epochs must be integers, got "
-                f"{FLAGS.lr_decay_epochs}.") from None
-    for name, low in (("epochs", 1), ("batch_size", 1), ("train_limit", 0),
-                      ("teacher_epochs", 0)):
+                f"--lr_decay_epochs must be integers, got {FLAGS.lr_decay_epochs}."
+            ) from None
+    for name, low in (
+        ("epochs", 1),
+        ("batch_size", 1),
+        ("train_limit", 0),
+        ("teacher_epochs", 0),
+    ):
         if cfg[name] < low:
-            raise RecipeError(f"--{name} must be at least {low}, got "
-                              f"{cfg[name]}.")
+            raise RecipeError(f"--{name} must be at least {low}, got {cfg[name]}.")
     if cfg["weight_decay"] < 0:
-        raise RecipeError(f"--weight_decay must be >= 0, got "
-                          f"{cfg['weight_decay']}.")
+        raise RecipeError(f"--weight_decay must be >= 0, got {cfg['weight_decay']}.")
     return cfg, defaults
 
 
@@ -124,9 +134,8 @@ def learning_rate(cfg, student_name, defaults):
         from keras_kd import distribute
 
         per_replica = cfg["batch_size"] // cfg["replicas"]
-        print(distribute.describe_scaling(per_replica, lr, per_replica,
-                                          STRATEGY[0]))
+        print(distribute.describe_scaling(per_replica, lr, per_replica, STRATEGY[0]))
         _, lr = distribute.scale_batch_and_learning_rate(
-            per_replica, lr, per_replica, STRATEGY[0])
+            per_replica, lr, per_replica, STRATEGY[0]
+        )
     return lr
-

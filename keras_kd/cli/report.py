@@ -9,24 +9,41 @@ from keras_kd.cli.common import RecipeError
 
 
 def model_size(model):
+    """`(parameters, bytes of weights)` of `model`."""
     params = int(model.count_params())
-    size = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize
-               for w in model.weights)
+    size = sum(
+        int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights
+    )
     return params, size
 
 
+def model_entry(model, arch, result, **extra):
+    """A phase's `result` with `arch`, `params`, `size_bytes` and `extra`:
+    one model of `results.json`."""
+    params, size = model_size(model)
+    return dict(result, arch=arch, params=params, size_bytes=size, **extra)
+
+
+def table_row(name, entry):
+    """The `print_table` row of a `model_entry`."""
+    return (name, entry, entry["arch"], entry["params"], entry["size_bytes"])
+
+
 def print_table(rows, title):
-    """Prints `[(name, result_dict, model), ...]` as an aligned table."""
-    header = ("model", "arch", "test acc (last)", "test acc (best)",
-              "params", "size")
+    """Prints `[(name, result, arch, params, size), ...]` as a table."""
+    header = ("model", "arch", "test acc (last)", "test acc (best)", "params", "size")
     lines = [header]
     for name, result, arch, params, size in rows:
-        lines.append((
-            name, arch,
-            f"{result['last_epoch_test_accuracy']:.4f}",
-            f"{result['best_epoch_test_accuracy']:.4f} "
-            f"(ep {result['best_epoch']})",
-            f"{params:,}", _format_bytes(size)))
+        lines.append(
+            (
+                name,
+                arch,
+                f"{result['last_epoch_test_accuracy']:.4f}",
+                f"{result['best_epoch_test_accuracy']:.4f} (ep {result['best_epoch']})",
+                f"{params:,}",
+                _format_bytes(size),
+            )
+        )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     rule = "  ".join("-" * w for w in widths)
     print(f"\n{title}")
@@ -39,8 +56,9 @@ def print_table(rows, title):
 
 
 def _format_bytes(size):
-    return f"{size / 1024:.1f} KiB" if size < 1 << 20 else (
-        f"{size / (1 << 20):.2f} MiB")
+    return (
+        f"{size / 1024:.1f} KiB" if size < 1 << 20 else (f"{size / (1 << 20):.2f} MiB")
+    )
 
 
 def check_export_flags():
@@ -49,7 +67,8 @@ def check_export_flags():
     if bad:
         raise RecipeError(
             f"Unknown --export format(s) {bad}; use saved_model, tflite or "
-            f"both (comma-separated).")
+            f"both (comma-separated)."
+        )
     import keras
 
     backend = keras.backend.backend()
@@ -58,9 +77,12 @@ def check_export_flags():
             raise RecipeError(
                 f"--export=tflite needs the TensorFlow backend (the backend "
                 f"is {backend!r}): run with KERAS_BACKEND=tensorflow, or "
-                f"--export=saved_model.")
-        print(f"Note: no TFLite export on the {backend!r} backend (it needs "
-              f"TensorFlow); the student is saved as student.keras.")
+                f"--export=saved_model."
+            )
+        print(
+            f"Note: no TFLite export on the {backend!r} backend (it needs "
+            f"TensorFlow); the student is saved as student.keras."
+        )
         formats = [f for f in formats if f != "tflite"]
     return tuple(formats)
 
@@ -73,38 +95,51 @@ def export_student(student, data, formats):
 
     out = os.path.join(FLAGS.output_dir, "export")
     report = export.export(
-        student, out, formats=formats,
+        student,
+        out,
+        formats=formats,
         sample_inputs=data.normalize(data.x_test[:200]),
         sample_labels=data.y_test[:200],
-        tflite_quantization=FLAGS.tflite_quantization)
-    print("\nExported the student (inputs: (pixels - mean) / std with "
-          f"mean={data.mean.tolist()}, std={data.std.tolist()}):")
+        tflite_quantization=FLAGS.tflite_quantization,
+    )
+    print(
+        "\nExported the student (inputs: (pixels - mean) / std with "
+        f"mean={data.mean.tolist()}, std={data.std.tolist()}):"
+    )
     for fmt, item in report.items():
-        extra = (f", {_format_bytes(item['size_bytes'])}"
-                 if "size_bytes" in item else "")
+        extra = f", {_format_bytes(item['size_bytes'])}" if "size_bytes" in item else ""
         if "accuracy" in item:
             extra += f", accuracy {item['accuracy']:.4f} on 200 test images"
-        print(f"  {fmt}: {item['path']}  (max |Δ| vs Keras = "
-              f"{item['max_abs_diff']:.2e}{extra})")
+        print(
+            f"  {fmt}: {item['path']}  (max |Δ| vs Keras = "
+            f"{item['max_abs_diff']:.2e}{extra})"
+        )
     return report
 
 
-def print_config(cfg, lr, method_names, terms, ce_weight, data, x,
-                  student_name, teacher_specs):
-    weights = " + ".join([f"{ce_weight:g}·CE"] + [
-        f"{w:g}·{k}" for k, (_, w) in terms.items()])
-    print(f"Dataset {FLAGS.dataset}: {len(data.x)} training images "
-          f"({len(x)} for the student), {len(data.x_test)} test, "
-          f"{data.info['num_classes']} classes, "
-          f"{tuple(data.info['input_shape'])}.")
-    print(f"Protocol {cfg['protocol']}: {cfg['optimizer']} lr {lr:g}, "
-          f"{cfg['epochs']} epochs (teachers {cfg['teacher_epochs']}), "
-          f"batch {cfg['batch_size']}, weight decay {cfg['weight_decay']:g}, "
-          f"lr ×0.1 at {cfg['lr_decay_epochs'] or 'never'}, augment "
-          f"{cfg['augment']}.")
+def print_config(
+    cfg, lr, method_names, terms, ce_weight, data, x, student_name, teacher_specs
+):
+    weights = " + ".join(
+        [f"{ce_weight:g}·CE"] + [f"{w:g}·{k}" for k, (_, w) in terms.items()]
+    )
+    print(
+        f"Dataset {FLAGS.dataset}: {len(data.x)} training images "
+        f"({len(x)} for the student), {len(data.x_test)} test, "
+        f"{data.info['num_classes']} classes, "
+        f"{tuple(data.info['input_shape'])}."
+    )
+    print(
+        f"Protocol {cfg['protocol']}: {cfg['optimizer']} lr {lr:g}, "
+        f"{cfg['epochs']} epochs (teachers {cfg['teacher_epochs']}), "
+        f"batch {cfg['batch_size']}, weight decay {cfg['weight_decay']:g}, "
+        f"lr ×0.1 at {cfg['lr_decay_epochs'] or 'never'}, augment "
+        f"{cfg['augment']}."
+    )
     if teacher_specs is None:
         print(f"Model {student_name}; loss {weights}.")
     else:
-        print(f"Teachers {teacher_specs or 'none (soft labels)'} → student "
-              f"{student_name}; loss {weights}.")
-
+        print(
+            f"Teachers {teacher_specs or 'none (soft labels)'} → student "
+            f"{student_name}; loss {weights}."
+        )

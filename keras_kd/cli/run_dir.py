@@ -10,11 +10,17 @@ from keras_kd.cli.common import ABSL_FLAGS
 from keras_kd.cli.common import FLAGS
 from keras_kd.cli.common import RecipeError
 
-
 # Flags that do not change what a run computes (not compared on resume).
-_VOLATILE_FLAGS = {"overwrite", "overwrite_teacher_cache", "verbose", "export",
-                   "tflite_quantization", "output_dir", "data_dir",
-                   "input_workers"}
+_VOLATILE_FLAGS = {
+    "overwrite",
+    "overwrite_teacher_cache",
+    "verbose",
+    "export",
+    "tflite_quantization",
+    "output_dir",
+    "data_dir",
+    "input_workers",
+}
 
 
 def run_flags(recipe):
@@ -38,24 +44,28 @@ def prepare_output_dir(recipe):
                 raise RecipeError(
                     f"--output_dir={out} holds files that are not a "
                     f"keras_kd run (no flags.json); --overwrite only "
-                    f"replaces runs. Choose another --output_dir.")
+                    f"replaces runs. Choose another --output_dir."
+                )
             shutil.rmtree(out)
         elif not os.path.exists(path):
             raise RecipeError(
                 f"--output_dir={out} is not empty and holds no keras_kd run "
-                f"(no flags.json). Choose an empty or new directory.")
+                f"(no flags.json). Choose an empty or new directory."
+            )
         else:
             with open(path) as f:
                 previous = json.load(f)
             diff = _flag_differences(previous, stored)
             if diff:
-                lines = "\n".join(f"  --{k}: stored {a!r}, now {b!r}"
-                                  for k, (a, b) in diff.items())
+                lines = "\n".join(
+                    f"  --{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items()
+                )
                 raise RecipeError(
                     f"--output_dir={out} holds a run with different flags:\n"
                     f"{lines}\nRerun with the same flags to resume it, pass "
                     f"--overwrite to discard it, or choose another "
-                    f"--output_dir.")
+                    f"--output_dir."
+                )
             print(f"Resuming the run in {out}.")
     os.makedirs(out, exist_ok=True)
     with open(path, "w") as f:
@@ -69,8 +79,11 @@ def _flag_differences(previous, stored, flag_values=FLAGS):
     diff = {}
     for name in sorted(set(previous) | set(stored)):
         now = stored.get(name)
-        if name not in previous and name in flag_values and (
-                now == flag_values[name].default):
+        if (
+            name not in previous
+            and name in flag_values
+            and (now == flag_values[name].default)
+        ):
             continue
         if previous.get(name) != now:
             diff[name] = (previous.get(name), now)
@@ -92,4 +105,3 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
-

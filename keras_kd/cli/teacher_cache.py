@@ -29,11 +29,13 @@ def check_cacheable(terms, soft_labels):
     if soft_labels:
         raise RecipeError(
             f"--teacher_cache records teacher networks, but --method="
-            f"{FLAGS.method} has none (soft labels); drop --teacher_cache.")
+            f"{FLAGS.method} has none (soft labels); drop --teacher_cache."
+        )
     if FLAGS.augment_on_device:
         raise RecipeError(
             "--teacher_cache replays the recorded crop + flip in the input "
-            "pipeline; drop --augment_on_device.")
+            "pipeline; drop --augment_on_device."
+        )
     live = offline.live_teacher_terms(terms)
     if live:
         raise RecipeError(
@@ -41,7 +43,8 @@ def check_cacheable(terms, soft_labels):
             f"read teacher features or views, which are not recorded (only "
             f"the teachers' logits are); run them with a live teacher (drop "
             f"--teacher_cache) or use logit methods only (e.g. kd, dkd, "
-            f"kd+ls, ctkd).")
+            f"kd+ls, ctkd)."
+        )
 
 
 def cache_augmentation(cfg, data):
@@ -50,10 +53,8 @@ def cache_augmentation(cfg, data):
     from keras_kd import offline
 
     if cfg["augment"]:
-        return offline.CropFlip(padding=4, flip=True,
-                                normalize=(data.mean, data.std))
-    return offline.CropFlip(padding=0, flip=False,
-                            normalize=(data.mean, data.std))
+        return offline.CropFlip(padding=4, flip=True, normalize=(data.mean, data.std))
+    return offline.CropFlip(padding=0, flip=False, normalize=(data.mean, data.std))
 
 
 _SHARD_SIZE = 4096
@@ -72,7 +73,8 @@ def check_record(path, data, augmentation, cfg, seed, num_teachers):
         if os.path.isdir(path) and os.listdir(path):
             raise RecipeError(
                 f"--teacher_cache={path} is not empty and holds no record "
-                f"(no manifest.json). Choose an empty or new folder.")
+                f"(no manifest.json). Choose an empty or new folder."
+            )
         return None
     wanted = {
         "teachers": stored.get("teachers"),  # Checked once they exist.
@@ -80,10 +82,13 @@ def check_record(path, data, augmentation, cfg, seed, num_teachers):
         "augmentation": augmentation.get_config(),
         "seed": int(seed),
         "epochs": int(cfg["epochs"]),
-        "storage": {"format": "logits_float16", "top_k": None,
-                    "temperature": None,
-                    "ensemble": "per_teacher" if num_teachers > 1 else "mean",
-                    "shard_size": _SHARD_SIZE},
+        "storage": {
+            "format": "logits_float16",
+            "top_k": None,
+            "temperature": None,
+            "ensemble": "per_teacher" if num_teachers > 1 else "mean",
+            "shard_size": _SHARD_SIZE,
+        },
     }
     _refuse(path, stored, wanted)
     return stored
@@ -97,14 +102,17 @@ def _refuse(path, stored, wanted):
         return
     values = "".join(
         f"; {key}: recorded {stored.get(key)}, now {wanted[key]}"
-        for key in ("seed", "epochs") if stored.get(key) != wanted[key])
+        for key in ("seed", "epochs")
+        if stored.get(key) != wanted[key]
+    )
     raise RecipeError(
         f"--teacher_cache={path} holds a record made with other "
         f"{', '.join(different)} than this run{values}. The record must "
         f"match the teachers' weights, --seed, the student's data "
         f"(--dataset, --train_limit), --augment and --epochs: rerun with "
         f"the flags it was recorded with, choose another --teacher_cache, "
-        f"or pass --overwrite_teacher_cache to record it again.")
+        f"or pass --overwrite_teacher_cache to record it again."
+    )
 
 
 def record_teachers(teachers, data, augmentation, cfg, seed, path):
@@ -116,7 +124,6 @@ def record_teachers(teachers, data, augmentation, cfg, seed, path):
     the fields that differ, unless `--overwrite_teacher_cache`.
     """
     from keras_kd import offline
-    from keras_kd.offline import manifest as manifest_lib
     from keras_kd.offline.record import describe
 
     options = {"per_teacher": len(teachers) > 1}
@@ -126,24 +133,44 @@ def record_teachers(teachers, data, augmentation, cfg, seed, path):
     if stored is not None:
         try:
             wanted = describe(
-                teachers, data, augmentation, cfg["epochs"], seed, None, 4.0,
-                None, options["per_teacher"], _SHARD_SIZE)
+                teachers,
+                data,
+                augmentation,
+                cfg["epochs"],
+                seed,
+                None,
+                4.0,
+                None,
+                options["per_teacher"],
+                _SHARD_SIZE,
+            )
         except ValueError as e:
             raise RecipeError(f"--teacher_cache={path}: {e}") from None
         _refuse(path, stored, wanted)
     reused = stored is not None and stored["complete"]
     if reused:
-        print(f"[teacher_cache] reusing the record at {path} "
-              f"({stored['epochs']} epochs).")
+        print(
+            f"[teacher_cache] reusing the record at {path} ({stored['epochs']} epochs)."
+        )
     else:
         what = "resuming" if stored is not None else "recording"
-        print(f"[teacher_cache] {what} the teachers' logits on "
-              f"{cfg['epochs']} epochs of {len(data[0])} images at {path}.")
+        print(
+            f"[teacher_cache] {what} the teachers' logits on "
+            f"{cfg['epochs']} epochs of {len(data[0])} images at {path}."
+        )
     try:
         offline.ensure_record(
-            teachers, data, augmentation, cfg["epochs"], path, seed,
-            overwrite=FLAGS.overwrite_teacher_cache, shard_size=_SHARD_SIZE,
-            verbose=min(FLAGS.verbose, 1), **options)
+            teachers,
+            data,
+            augmentation,
+            cfg["epochs"],
+            path,
+            seed,
+            overwrite=FLAGS.overwrite_teacher_cache,
+            shard_size=_SHARD_SIZE,
+            verbose=min(FLAGS.verbose, 1),
+            **options,
+        )
     except ValueError as e:
         raise RecipeError(f"--teacher_cache={path}: {e}") from None
     return reused
@@ -165,15 +192,23 @@ def replay_batches(x, y, cfg, path):
 
     def batches(first_epoch, steps):
         ds = offline.dataset(
-            x, y, cfg["batch_size"], record=path, epochs=cfg["epochs"],
-            drop_remainder=cfg["replicas"] > 1, initial_epoch=first_epoch)
-        expected = offline.steps_per_epoch(len(x), cfg["batch_size"],
-                                           cfg["replicas"] > 1)
+            x,
+            y,
+            cfg["batch_size"],
+            record=path,
+            epochs=cfg["epochs"],
+            drop_remainder=cfg["replicas"] > 1,
+            initial_epoch=first_epoch,
+        )
+        expected = offline.steps_per_epoch(
+            len(x), cfg["batch_size"], cfg["replicas"] > 1
+        )
         if expected != steps:
             raise RecipeError(
                 f"--teacher_cache: the replay has {expected} batches per "
                 f"epoch, training expects {steps}; use a --batch_size that "
-                f"fits the {len(x)} training images.")
+                f"fits the {len(x)} training images."
+            )
         return ds
 
     return batches

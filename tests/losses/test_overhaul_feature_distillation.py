@@ -209,7 +209,6 @@ def test_ofd_config_round_trip():
     assert restored.margins == [[[-1.0, -0.5], [-0.2]]]
 
 
-@pytest.mark.multi_backend
 def test_ofd_preset_trains_connectors_not_the_teacher(digits):
     x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(0)

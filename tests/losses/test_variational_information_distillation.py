@@ -132,7 +132,6 @@ def test_vid_config_round_trip():
     assert restored.init_pred_var == 3.0 and restored.name == "vid"
 
 
-@pytest.mark.multi_backend
 def test_vid_trains_regressors_and_variances_not_the_teacher(digits):
     x_train, _, y_train, _ = digits
     keras.utils.set_random_seed(0)

@@ -6,8 +6,6 @@ import pytest
 
 import keras_kd as kd
 
-pytestmark = pytest.mark.multi_backend
-
 
 def _fitnets_term(teacher, student, **overrides):
     kwargs = kd.presets.build("fitnets", teacher, student, **overrides)
