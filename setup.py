@@ -28,8 +28,17 @@ setup(
         ],
     },
     extras_require={
-        "dev": ["pytest>=8", "jax[cpu]>=0.4.30", "matplotlib>=3.7"],
+        "dev": [
+            "pytest>=8",
+            "jax[cpu]>=0.4.30",
+            "matplotlib>=3.7",
+            "ruff==0.17.6",
+            "keras-hub==0.32.0",
+        ],
         "cv": ["keras-cv"],
+        # keras_hub models (e.g. GPT2CausalLM) as teachers and students;
+        # this version keeps the pinned TensorFlow and Keras.
+        "hub": ["keras-hub==0.32.0"],
         # The PyTorch backend (KERAS_BACKEND=torch). Pinned exactly: this
         # build is the CPU one; other versions pull a multi-GB CUDA build.
         "torch": ["torch==2.13.0"],

@@ -252,7 +252,9 @@ def accuracy(work, log):
                 keras.optimizers.Adam(3e-3), loss=_ce(), metrics=["accuracy"]
             )
             distiller.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0)
-            acc = distiller.evaluate(x_test, y_test, verbose=0)[-1]
+            acc = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)[
+                "accuracy"
+            ]
             results[name].append(float(acc))
             log(f"seed {seed} {name}: {acc:.4f}")
     return {

@@ -1,8 +1,7 @@
-import math
-
 import keras
 from keras import ops
 
+from keras_kd import _distiller_checks as checks
 from keras_kd import callbacks as callbacks_lib
 from keras_kd import model_outputs
 from keras_kd import side_inputs
@@ -11,11 +10,9 @@ from keras_kd._compat import MultiWorkerFitMixin
 from keras_kd._compat import compiled_loss
 from keras_kd._compat import scale_loss_for_distribution
 from keras_kd._compat import unscale_loss_for_distribution
-from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.base import class_indices
-from keras_kd.losses.keras_adapter import KerasDistillationLoss
+from keras_kd.losses.base import weighted_mean
 from keras_kd.offline.recorded_teacher import RecordedTeacher
-from keras_kd.soft_label_teacher import SoftLabelTeacher
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -30,7 +27,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     Per training step the
     student runs once and yields its logits and every feature the terms
     read; each teacher runs once, in inference mode, outside the gradient.
-    `evaluate` and `predict` run the student alone.
+    `predict` runs the student alone; `evaluate` too with
+    `evaluate_teacher=False`.
 
     Args:
         teacher: a trained `keras.Model`, a `kd.SoftLabelTeacher`, or a list
@@ -54,9 +52,28 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             to 1 (default equal).
         stop_on_nonfinite_loss: whether `fit` adds a
             `kd.callbacks.StopOnNonFiniteLoss` (stops on a NaN/Inf term).
+        evaluate_teacher: whether `evaluate` (and so `fit`'s validation)
+            also runs the teachers and reports every loss below, with
+            `loss` the total, as `keras.distillation` does; this costs one
+            teacher forward pass per evaluation batch. `False`: the student
+            alone (`loss` is its compiled loss). `None` (default): `True`
+            unless a teacher or term reads batch entries that evaluation
+            data lack (`kd.offline.RecordedTeacher`, CRD's example index) or
+            a term expands views (DLKD).
 
-    Every term is reported as its own metric (named after the term), beside
-    `student_loss` and `total_loss`.
+    Reported metrics: `student_loss`, `distillation_loss` (`Σ_i w_i ·
+    term_i`, before the `1 − student_loss_weight` factor, as in
+    `keras.distillation`), `total_loss`, and every term under its own name
+    (parts of multi-part terms as `<term>_<part>`), beside the compiled
+    metrics, which always measure the student's logits.
+
+    Models may be unbuilt (e.g. subclassed and never called): they are built
+    on the first batch, and the checks run then.
+
+    Sample weights: the student loss keeps Keras' reduction; each term is
+    reduced by `kd.losses.base.weighted_mean`, so with sequence logits
+    `(batch, length, classes)` and a `(batch, length)` padding mask as
+    `sample_weight`, a per-token term is its mean over the real tokens.
 
     Example:
 
@@ -86,17 +103,18 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         weighting="convex",
         augmentation=None,
         stop_on_nonfinite_loss=True,
+        evaluate_teacher=None,
         name="distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        teachers = _as_list(teacher)
-        self._validate_models(teachers, student)
-        terms = self._validate_distillation_losses(distillation_losses)
-        loss_weights = self._validate_loss_weights(distillation_loss_weights, terms)
-        self._validate_student_loss_weight(student_loss_weight, weighting)
-        teacher_weights = self._validate_teacher_weights(teacher_weights, teachers)
-        view_terms = self._validate_view_terms(terms)
+        teachers = checks.as_list(teacher)
+        checks.models(teachers, student)
+        terms = checks.distillation_losses(distillation_losses)
+        loss_weights = checks.loss_weights(distillation_loss_weights, terms)
+        checks.student_loss_weight(student_loss_weight, weighting)
+        teacher_weights = checks.teacher_weights(teacher_weights, teachers)
+        view_terms = checks.view_terms(terms)
 
         self.stop_on_nonfinite_loss = bool(stop_on_nonfinite_loss)
         self.teacher = teacher
@@ -104,7 +122,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         for model in teachers:
             model.trainable = False
         self.distillation_losses = terms
-        self.distillation_loss_weights = [float(w) for w in loss_weights]
+        self.distillation_loss_weights = loss_weights
         self.student_loss_weight = float(student_loss_weight)
         self.weighting = weighting
         self.augmentation = augmentation
@@ -112,90 +130,20 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         self._teachers = teachers
         self._view_terms = view_terms
         self._num_views = view_terms[0].num_views if view_terms else 1
+        self.evaluate_teacher = evaluate_teacher
+        self._evaluate_teacher = checks.evaluate_teacher(
+            evaluate_teacher, self.side_input_names, view_terms
+        )
+        self._evaluating = False
+        self._taps_built = False
         self._create_trackers()
-        self._build_taps_and_terms()
-
-    def _validate_models(self, teachers, student):
-        """Validates the teachers' and the student's types."""
-        if not teachers:
-            raise ValueError("`teacher` is an empty list; give at least one.")
-        for model in teachers:
-            if not isinstance(model, (keras.Model, SoftLabelTeacher, RecordedTeacher)):
-                raise ValueError(
-                    f"Each teacher must be a keras.Model, a "
-                    f"kd.SoftLabelTeacher or a kd.offline.RecordedTeacher, "
-                    f"got {type(model).__name__}."
-                )
-        if not isinstance(student, keras.Model):
-            raise ValueError(
-                f"`student` must be a keras.Model, got {type(student).__name__}."
-            )
-
-    def _validate_distillation_losses(self, distillation_losses):
-        """Returns the terms, `keras.distillation` losses wrapped."""
-        if distillation_losses is None or distillation_losses == []:
-            raise ValueError(
-                "`distillation_losses` is empty; give at least one term, e.g. "
-                "kd.losses.LogitsDistillation()."
-            )
-        return [
-            term if isinstance(term, DistillationTerm) else KerasDistillationLoss(term)
-            for term in _as_list(distillation_losses)
-        ]
-
-    def _validate_loss_weights(self, distillation_loss_weights, terms):
-        """Returns one weight per term (default 1.0 each)."""
-        if distillation_loss_weights is None:
-            distillation_loss_weights = [1.0] * len(terms)
-        if len(distillation_loss_weights) != len(terms):
-            raise ValueError(
-                f"Got {len(distillation_loss_weights)} "
-                f"distillation_loss_weights for {len(terms)} "
-                f"distillation_losses; give one weight per term."
-            )
-        return distillation_loss_weights
-
-    def _validate_student_loss_weight(self, student_loss_weight, weighting):
-        """Validates `weighting` and the range it allows the weight."""
-        if weighting not in ("convex", "additive"):
-            raise ValueError(
-                f"weighting must be 'convex' or 'additive', got {weighting!r}."
-            )
-        upper = 1.0 if weighting == "convex" else math.inf
-        if (
-            not isinstance(student_loss_weight, (int, float))
-            or not 0.0 <= student_loss_weight <= upper
-        ):
-            raise ValueError(
-                f"student_loss_weight must be a number in [0, {upper:g}] with "
-                f"weighting='{weighting}', got {student_loss_weight!r}."
-            )
-
-    def _validate_teacher_weights(self, teacher_weights, teachers):
-        """Returns the teacher weights normalised to sum to 1."""
-        if teacher_weights is None:
-            teacher_weights = [1.0] * len(teachers)
-        if len(teacher_weights) != len(teachers) or min(teacher_weights) <= 0:
-            raise ValueError(
-                f"teacher_weights must hold one positive weight per teacher "
-                f"({len(teachers)} teachers), got {list(teacher_weights)}."
-            )
-        total_weight = float(sum(teacher_weights))
-        return [float(w) / total_weight for w in teacher_weights]
-
-    def _validate_view_terms(self, terms):
-        """Returns the terms that expand the batch into views (at most one)."""
-        view_terms = [term for term in terms if term.num_views > 1]
-        if len(view_terms) > 1:
-            raise ValueError(
-                f"Only one term may expand the batch into views; got "
-                f"{[term.name for term in view_terms]}."
-            )
-        return view_terms
+        if not any(_unbuilt(model) for model in teachers + [student]):
+            self._build_taps_and_terms()
 
     def _create_trackers(self):
         """One tracker per term (repeated names get a suffix) and one per
-        component of multi-part terms, beside the student and total loss."""
+        component of multi-part terms, beside the student, distillation and
+        total loss."""
         terms = self.distillation_losses
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         names = [term.name for term in terms]
@@ -211,8 +159,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             ]
             for name, term in zip(names, terms)
         ]
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
-        self._tracker_names = {"student_loss", "total_loss"} | {
+        self._tracker_names = {"student_loss", "distillation_loss", "total_loss"} | {
             tracker.name for trackers in self.term_trackers for tracker in trackers
         }
 
@@ -236,7 +185,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         student_names = sorted(
             {n for term in self.distillation_losses for n in term.student_layer_names}
         )
-        self._check_input_shapes()
+        checks.input_shapes(self.student, self._teachers, self._view_terms)
         for model in self._teachers:
             if isinstance(model, RecordedTeacher):
                 model.check_terms(self.distillation_losses, self.augmentation)
@@ -262,30 +211,17 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         for term in self.distillation_losses:
             if not term.built:  # Terms loaded from a .keras file are built.
                 term.build(teacher_shapes, student_shapes)
+        self._taps_built = True
         self.built = True
 
-    def _check_input_shapes(self):
-        student_shape = model_outputs.input_shape(self.student)
-        if student_shape:
-            # A symbolic pass raises a view term's input errors (e.g.
-            # rotations of non-square images) before training.
-            for term in self._view_terms:
-                term.transform_inputs(keras.KerasTensor(student_shape))
-        for model in self._teachers:
-            teacher_shape = model_outputs.input_shape(model)
-            if (
-                student_shape
-                and teacher_shape
-                and any(
-                    s is not None and t is not None and s != t
-                    for s, t in zip(student_shape[1:], teacher_shape[1:])
-                )
-            ):
-                raise ValueError(
-                    f"Teacher '{model.name}' takes inputs of shape "
-                    f"{teacher_shape} but the student takes {student_shape}; "
-                    f"both run on the same batch, so they must agree."
-                )
+    def _build_models(self, inputs):
+        """Builds unbuilt teachers and student on the first batch (as
+        `keras.distillation` does), then the taps and terms, with the
+        checks a built model gets at construction."""
+        for model in self._teachers + [self.student]:
+            if _unbuilt(model):
+                model(inputs, training=False)
+        self._build_taps_and_terms()
 
     # Each backend's `train_step` (TensorFlow, JAX, torch) calls `call`, then
     # `compute_loss`, then `compute_metrics`. Overriding those three keeps one
@@ -293,15 +229,18 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     # gradient, optimizer, loss-scaling and distribution logic.
     def call(self, inputs, training=None):
         inputs = self._model_inputs(inputs, training)
-        if not training:
+        if not self._taps_built:
+            self._build_models(inputs)
+        if not training and not (self._evaluating and self._evaluate_teacher):
             outputs = self.student(inputs, training=training)
             return outputs["logits"] if isinstance(outputs, dict) else outputs
-        # Views first, so each view is augmented independently.
-        for term in self._view_terms:
-            inputs = term.transform_inputs(inputs, training=True)
-        if self.augmentation is not None:
-            inputs = self.augmentation(inputs, training=True)
-        student_outputs = self._student_tap(inputs, training=True)
+        if training:
+            # Views first, so each view is augmented independently.
+            for term in self._view_terms:
+                inputs = term.transform_inputs(inputs, training=True)
+            if self.augmentation is not None:
+                inputs = self.augmentation(inputs, training=True)
+        student_outputs = self._student_tap(inputs, training=bool(training))
         teacher_outputs = [
             None
             if tap is None
@@ -315,7 +254,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        if not _is_training_output(y_pred):
+        if not _is_distillation_output(y_pred):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         student_outputs = y_pred["student"]
         teacher_outputs = self._teacher_outputs(x, y, y_pred["teachers"])
@@ -344,13 +283,16 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             distillation_loss = distillation_loss + weight * self._reduce(
                 value, sample_weight
             )
-        if self.weighting == "convex":
-            distillation_loss = (1.0 - self.student_loss_weight) * distillation_loss
-        total_loss = self.student_loss_weight * student_loss + distillation_loss
+        scale = 1.0 - self.student_loss_weight if self.weighting == "convex" else 1.0
+        total_loss = self.student_loss_weight * student_loss + scale * distillation_loss
         for loss in self.losses:
             total_loss = total_loss + ops.cast(ops.sum(loss), "float32")
-        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
-        self.total_loss_tracker.update_state(total_loss, sample_weight=batch_size)
+        for tracker, value in (
+            (self.student_loss_tracker, student_loss),
+            (self.distillation_loss_tracker, distillation_loss),
+            (self.total_loss_tracker, total_loss),
+        ):
+            tracker.update_state(value, sample_weight=batch_size)
         return scale_loss_for_distribution(total_loss)
 
     def _teacher_outputs(self, x, y, tapped):
@@ -397,11 +339,11 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         )
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        training = _is_training_output(y_pred)
-        if training:
+        distilling = _is_distillation_output(y_pred)
+        if distilling:
             y_pred = self._labelled_logits(y_pred["student"])
         results = super().compute_metrics(x, y, y_pred, sample_weight)
-        if not training:
+        if not distilling:  # The student alone: no loss terms to report.
             results = {k: v for k, v in results.items() if k not in self._tracker_names}
         return results
 
@@ -432,15 +374,11 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         return ops.tile(class_indices(y), [self._num_views])
 
     def _reduce(self, value, sample_weight):
-        value = ops.cast(value, "float32")
-        if len(value.shape) == 0:
-            return value
-        if sample_weight is not None:
-            weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-            if self._num_views > 1:
-                weights = ops.tile(weights, [self._num_views])
-            value = value * weights
-        return ops.mean(value)
+        """A term's value as a scalar (`kd.losses.base.weighted_mean`), the
+        weights repeated for each view."""
+        if sample_weight is not None and self._num_views > 1:
+            sample_weight = ops.concatenate([sample_weight] * self._num_views, 0)
+        return weighted_mean(value, sample_weight)
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Compiles with the student's supervised `loss` (required when
@@ -490,6 +428,17 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             )
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
+    def evaluate(self, *args, **kwargs):
+        """`keras.Model.evaluate`. With `evaluate_teacher` (see the class),
+        the teachers run too and every loss is reported as in training
+        (`loss` is the total); otherwise the student alone is measured.
+        `fit(validation_data=...)` evaluates through this method."""
+        self._evaluating = True
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._evaluating = False
+
     def get_config(self):
         config = super().get_config()
         serialize = keras.saving.serialize_keras_object
@@ -511,6 +460,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 "weighting": self.weighting,
                 "augmentation": serialize(self.augmentation),
                 "stop_on_nonfinite_loss": self.stop_on_nonfinite_loss,
+                "evaluate_teacher": self.evaluate_teacher,
             }
         )
         return config
@@ -533,9 +483,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         return cls(**config)
 
 
-def _as_list(value):
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+def _unbuilt(model):
+    return isinstance(model, keras.Model) and not model.built
 
 
-def _is_training_output(y_pred):
+def _is_distillation_output(y_pred):
     return isinstance(y_pred, dict) and set(y_pred) == {"student", "teachers"}

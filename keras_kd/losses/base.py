@@ -10,8 +10,10 @@ class DistillationTerm(keras.layers.Layer):
     A term names the layers it reads (`teacher_layer_names`,
     `student_layer_names`; the final outputs are always available as
     `"logits"`), is built once from their shapes before training, and returns
-    a float32 loss: one value per sample (shape `(batch,)`, so the Distiller
-    can apply `sample_weight`) or a scalar for batch-level terms.
+    a float32 loss: one value per sample (shape `(batch,)`), per token
+    (`(batch, length)` for sequence logits `(batch, length, classes)`), so
+    the Distiller can apply `sample_weight` (see `weighted_mean`), or a
+    scalar for batch-level terms.
 
     Terms are layers, so they may own trainable weights (aligners, heads)
     that are optimised together with the student and are not part of it.
@@ -151,6 +153,52 @@ def check_standardizable(term, teacher_outputs_shape):
             f"z-score has no meaning. Use standardize=False with a label "
             f"teacher, or a trained teacher model."
         )
+
+
+def weighted_mean(value, sample_weight=None):
+    """A term's value reduced to a float32 scalar under `sample_weight`.
+
+    - A scalar (a batch-level term) is returned as is.
+    - Per-sample values `(batch,)`: `mean(w · value)`, Keras' reduction
+      (`"sum_over_batch_size"`, as for the student loss). Per-token weights
+      `(batch, length)` count as each sample's mean weight.
+    - Per-token values `(batch, length, ...)` (sequence logits): the mean
+      over real tokens, `Σ w · value / Σ w` (TRL's and torchtune's
+      reduction), with `w` of shape `(batch,)` or `(batch, length)`
+      broadcast over the value; a fully padded row contributes nothing and
+      an all-padding batch gives 0.
+
+    Without weights, the plain mean.
+
+    Example:
+
+    ```python
+    kl = kd.losses.LogitsDistillation()(  # (batch, length) for (B, T, V)
+        [{"logits": z_t}], {"logits": z_s}, teacher_weights=[1.0])
+    loss = weighted_mean(kl, padding_mask)  # mean over real tokens
+    ```
+    """
+    value = ops.cast(value, "float32")
+    rank = len(value.shape)
+    if rank == 0:
+        return value
+    if sample_weight is None:
+        return ops.mean(value)
+    weights = ops.cast(sample_weight, "float32")
+    if rank == 1:
+        if len(weights.shape) > 1:
+            weights = ops.mean(
+                ops.reshape(weights, (ops.shape(weights)[0], -1)), axis=-1
+            )
+        return ops.mean(value * weights)
+    while len(weights.shape) < rank:
+        weights = ops.expand_dims(weights, -1)
+    weights = weights * ops.ones_like(value)
+    # `where`, not a product alone: a padded position's value never
+    # reaches the sum, even if it is not finite.
+    total = ops.sum(ops.where(weights != 0, weights * value, 0.0))
+    count = ops.sum(weights)
+    return ops.where(count > 0, total / ops.where(count > 0, count, 1.0), 0.0)
 
 
 def per_sample_mean(x):

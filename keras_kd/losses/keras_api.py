@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_kd import model_outputs
+from keras_kd.losses.base import weighted_mean
 
 
 class KerasLossAPI:
@@ -13,8 +14,9 @@ class KerasLossAPI:
     code calling those loss objects directly switches by changing the
     import. Arguments mean what they mean in `keras.distillation`: a tensor,
     or a nested structure of tensors (the same for teacher and student);
-    `compute_loss` returns the sum over the structure of each pair's batch
-    mean. The class implements `_check_pair(teacher_shape, student_shape)`.
+    `compute_loss` returns the sum over the structure of each pair's
+    (weighted) batch mean. The class implements
+    `_check_pair(teacher_shape, student_shape)`.
 
     Example:
 
@@ -25,10 +27,15 @@ class KerasLossAPI:
     ```
     """
 
-    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+    def compute_loss(
+        self, teacher_outputs, student_outputs, sample_weight=None, **kwargs
+    ):
         """The term's batch mean for each (teacher, student) pair, summed.
 
-        `**kwargs` are accepted and ignored, as in `keras.distillation`.
+        `sample_weight`, `(batch,)` or `(batch, length)` for sequence
+        outputs, weighs it as `kd.losses.base.weighted_mean` says (per
+        token: the mean over real tokens). Other `**kwargs` are accepted and
+        ignored, as in `keras.distillation`.
         """
         self.validate_outputs(teacher_outputs, student_outputs)
         teacher_key, student_key = self._keys()
@@ -39,7 +46,7 @@ class KerasLossAPI:
                 {student_key: student},
                 teacher_weights=[1.0],
             )
-            return ops.mean(ops.cast(value, "float32"))
+            return weighted_mean(value, sample_weight)
 
         values = keras.tree.map_structure(pair_loss, teacher_outputs, student_outputs)
         return ops.sum(ops.stack(keras.tree.flatten(values)))
