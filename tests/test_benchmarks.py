@@ -28,6 +28,7 @@ def throughput():
     return _load("throughput")
 
 
+@pytest.mark.slow
 def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
     configs = ["keras_logits_feature", "kd_logits_feature", "torch_kd"]
     try:

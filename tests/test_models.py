@@ -152,6 +152,7 @@ def test_mixed_bfloat16_keeps_float32_logits():
     assert tuple(logits.shape) == (2, 10)
 
 
+@pytest.mark.slow  # An accuracy claim after 4 epochs.
 def test_digits_teacher_trains():
     keras.utils.set_random_seed(0)
     (x, y), (x_test, y_test), info = data.load("digits")

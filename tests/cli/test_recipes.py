@@ -76,6 +76,7 @@ def distill_run(tmp_path_factory):
     return out, args, result
 
 
+@pytest.mark.slow
 def test_distill_defaults_end_to_end(distill_run, digits_split):
     out, _, result = distill_run
     _, _, x_test, y_test = digits_split
@@ -115,6 +116,7 @@ def test_distill_defaults_end_to_end(distill_run, digits_split):
     assert read_json(os.path.join(out, "flags.json"))["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_other_flags_are_refused(distill_run):
     out, args, _ = distill_run
     results_path = os.path.join(out, "results.json")

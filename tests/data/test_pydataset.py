@@ -190,6 +190,7 @@ def _fit(tmp_path, stop_after=None):
     ), model
 
 
+@pytest.mark.slow  # Also run by CI's TF-free step (no_tensorflow).
 def test_fit_resumable_numpy_pipeline_resumes(tmp_path):
     result, full = _fit(tmp_path / "full")
     assert result["epochs"] == 4
