@@ -33,6 +33,7 @@ setup(
             "jax[cpu]>=0.4.30",
             "matplotlib>=3.7",
             "ruff==0.17.6",
+            "pytest-xdist>=3.5",
             "keras-hub==0.32.0",
         ],
         "cv": ["keras-cv"],

@@ -37,8 +37,10 @@ def trained_teacher(digits, request):
         teacher.load_weights(path)
         return teacher
     teacher.fit(x_train, y_train, epochs=15, batch_size=64, verbose=0)
-    if path:
-        teacher.save_weights(path)
+    if path:  # Written whole, then renamed: pytest-xdist workers share it.
+        partial = f"{path}.{os.getpid()}.weights.h5"
+        teacher.save_weights(partial)
+        os.replace(partial, path)
     return teacher
 
 

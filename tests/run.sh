@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command: TensorFlow backend (default) for everything
-# but the slow tests, then the multi-backend tests on JAX.
+# but the slow tests, then the multi-backend tests on JAX. Two pytest-xdist
+# workers, each test module on one worker (module fixtures run once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pytest -q -m "not slow" "$@"
-KERAS_BACKEND=jax python -m pytest -q -m "multi_backend and not slow" "$@"
+python -m pytest -q -n 2 --dist loadfile -m "not slow" "$@"
+KERAS_BACKEND=jax python -m pytest -q -n 2 --dist loadfile \
+    -m "multi_backend and not slow" "$@"
