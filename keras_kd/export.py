@@ -38,6 +38,7 @@ import numpy as np
 from keras import tree
 
 from keras_kd import _compat
+from keras_kd import tflite
 
 FORMATS = ("saved_model", "tflite")
 TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_range", "int8")
@@ -213,16 +214,22 @@ def _export_checked_tflite(
     path = os.path.join(output_dir, f"model{suffix}.tflite")
     mixed = _mixed_precision_layers(model)
     with _float32_compute(mixed):
-        _export_tflite(model, path, quantization, inputs)
+        tflite.convert(
+            model,
+            path,
+            quantization,
+            inputs,
+            min(NUM_CALIBRATION_SAMPLES, _num_samples(inputs)),
+        )
         tflite_reference = _keras_outputs(model, inputs) if mixed else reference
-    outputs = _run_tflite(path, inputs)
+    outputs = tflite.run(path, inputs)
     entry = {
         "path": path,
         "size_bytes": os.path.getsize(path),
         "quantization": quantization,
     }
     if quantization is not None:
-        entry["quantized_tensors"] = _quantized_tensor_count(path)
+        entry["quantized_tensors"] = tflite.quantized_tensor_count(path)
         _warn_if_unquantized(entry["quantized_tensors"], quantization, path)
     if quantization in (None, "float16"):
         default = FLOAT32_RTOL if quantization is None else FLOAT16_RTOL
@@ -375,95 +382,6 @@ def _run_saved_model(path, inputs):
     return {
         k: np.concatenate([b[k] for b in batches]).astype("float32") for k in batches[0]
     }
-
-
-def _converter_kwargs(quantization, inputs):
-    import tensorflow as tf
-
-    if quantization is None:
-        # Builtin ops only: the artefact must run on a plain LiteRT runtime.
-        return {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
-    kwargs = {"optimizations": [tf.lite.Optimize.DEFAULT]}
-    if quantization == "float16":
-        kwargs["target_spec"] = {
-            "supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS],
-            "supported_types": [tf.float16],
-        }
-    elif quantization == "dynamic_range":
-        kwargs["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
-    else:  # int8
-        count = min(NUM_CALIBRATION_SAMPLES, _num_samples(inputs))
-
-        def representative_dataset():
-            for i in range(count):
-                sample = tree.map_structure(lambda x: x[i : i + 1], inputs)
-                yield sample if isinstance(sample, dict) else tree.flatten(sample)
-
-        kwargs["representative_dataset"] = representative_dataset
-        kwargs["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}
-    return kwargs
-
-
-def _export_tflite(model, path, quantization, inputs):
-    kwargs = _converter_kwargs(quantization, inputs)
-    try:
-        model.export(path, format="litert", verbose=False, **kwargs)
-    except Exception as e:
-        hint = (
-            " Full-integer quantisation needs an int8 kernel for every op; "
-            "try tflite_quantization='dynamic_range'."
-            if quantization == "int8"
-            else ""
-        )
-        raise RuntimeError(
-            f"TFLite conversion of model {model.name!r} failed "
-            f"(tflite_quantization={quantization!r}): {e}.{hint}"
-        ) from e
-
-
-def _interpreter(path):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    with warnings.catch_warnings():
-        # tf.lite.Interpreter warns that it moves to ai_edge_litert.
-        warnings.simplefilter("ignore")
-        return Interpreter(model_path=path)
-
-
-def _quantized_tensor_count(path):
-    details = _interpreter(path).get_tensor_details()
-    return sum(d["dtype"] in (np.int8, np.float16) for d in details)
-
-
-def _run_tflite(path, inputs):
-    interpreter = _interpreter(path)
-    signatures = interpreter.get_signature_list()
-    key = (
-        "serving_default" if "serving_default" in signatures else next(iter(signatures))
-    )
-    names = signatures[key]["inputs"]
-    runner = interpreter.get_signature_runner(key)
-    if isinstance(inputs, dict):
-        if sorted(inputs) != sorted(names):
-            raise ValueError(
-                f"sample_inputs keys {sorted(inputs)} do not match the TFLite "
-                f"model's inputs {sorted(names)}."
-            )
-        feed = inputs
-    else:
-        flat = tree.flatten(inputs)
-        if len(flat) != len(names):
-            raise ValueError(
-                f"The TFLite model has {len(names)} inputs {names}; pass "
-                f"sample_inputs as a dict keyed by these names."
-            )
-        feed = dict(zip(names, flat))
-    outputs = runner(**feed)
-    return {k: np.asarray(v, dtype="float32") for k, v in outputs.items()}
 
 
 def _max_abs_diff(reference, outputs):

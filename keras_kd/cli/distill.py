@@ -1,22 +1,20 @@
 """`distill` and `reffakd`: teacher(s), the student alone and distilled."""
 
-import ast
 import os
 import time
 
 import numpy as np
 
 import keras_kd as kd
-from keras_kd import presets
 from keras_kd.cli import flags as cli_flags
+from keras_kd.cli import methods as method_flags
 from keras_kd.cli import teacher_cache
+from keras_kd.cli import teachers as teachers_lib
 from keras_kd.cli.common import FLAGS
 from keras_kd.cli.common import RecipeError
 from keras_kd.cli.common import augmentation_layer
 from keras_kd.cli.common import build_student
 from keras_kd.cli.common import load_data
-from keras_kd.cli.common import num_outputs
-from keras_kd.cli.common import resolve_model
 from keras_kd.cli.common import run
 from keras_kd.cli.common import seed_all
 from keras_kd.cli.common import student_data
@@ -33,198 +31,6 @@ from keras_kd.cli.report import table_row
 from keras_kd.cli.run_dir import prepare_output_dir
 from keras_kd.cli.run_dir import run_flags
 from keras_kd.cli.run_dir import write_results
-
-
-def resolve_method(spec):
-    """`--method`, e.g. `'kd+fa'`, → its `Preset`s (`kd.presets.parse`; a
-    registered joined name such as `kd+ls` stays whole)."""
-    try:
-        return presets.parse(spec)
-    except ValueError as e:
-        raise _method_error(spec, e) from None
-
-
-def _method_error(spec, error):
-    """The RecipeError for `presets.parse(spec)`'s `error`."""
-    parts = set(presets.names()).union(*(name.split("+") for name in presets.names()))
-    unknown = [n.strip() for n in spec.split("+") if n.strip() not in parts]
-    if unknown or not spec.strip():
-        return RecipeError(
-            f"Unknown method {'+'.join(unknown) or spec!r} in "
-            f"--method={spec}. Available: {', '.join(presets.names())}, or "
-            f"several joined by '+', e.g. --method=kd+fa."
-        )
-    if "Unknown preset" in str(error):
-        return RecipeError(f"Unknown method in --method={spec}: {error}")
-    return RecipeError(f"--method={spec}: {error}")
-
-
-def resolve_teachers(specs, data, seed):
-    """Builds or loads the teachers; returns `[(spec, model, loaded)]`."""
-    teachers = []
-    for i, spec in enumerate(specs):
-        seed_all(seed + 100 + i)
-        model, loaded = resolve_model(
-            spec, data.info["num_classes"], data.info["input_shape"], "teacher", 0.0
-        )  # Decayed by the optimizer.
-        teachers.append((spec, model, loaded))
-    return teachers
-
-
-def train_or_evaluate_teachers(teachers, data, cfg, defaults, seed):
-    """Trains the zoo teachers (phase `teacher_<i>`), evaluates loaded ones.
-
-    Each zoo teacher trains at its own protocol learning rate
-    (`learning_rate(cfg, its name)`: 0.05 for a ResNet teacher of a
-    MobileNetV2 student under the CIFAR protocol), not the student's."""
-    results = []
-    teacher_cfg = dict(cfg, epochs=cfg["teacher_epochs"])
-    for i, (spec, model, loaded) in enumerate(teachers):
-        if loaded:
-            results.append(_evaluate_teacher(spec, model, data))
-            continue
-        model.trainable = True
-        lr = learning_rate(cfg, spec, defaults)
-        result = train_plain(
-            f"teacher_{i}", model, data, data.x, data.y, teacher_cfg, lr, seed + 100 + i
-        )
-        result["lr"] = lr
-        model.trainable = False
-        path = os.path.join(FLAGS.output_dir, f"teacher_{i}.keras")
-        model.save(path)
-        result["saved_to"] = path
-        results.append(result)
-    return results
-
-
-def _evaluate_teacher(spec, model, data):
-    """The test accuracy of a loaded teacher, as a phase result."""
-    import keras
-
-    model.compile(
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    _, accuracy = model.evaluate(
-        data.normalize(data.x_test), data.y_test, batch_size=256, verbose=0
-    )
-    return {
-        "last_epoch_test_accuracy": accuracy,
-        "best_epoch_test_accuracy": accuracy,
-        "best_epoch": None,
-        "loaded_from": spec,
-    }
-
-
-def _ce_weight(method_names, defaults):
-    """`--ce_weight`, else the protocol's for kd alone, else `None` (the
-    preset's: 1 - reffakd_alpha for reffakd, 1 for the others)."""
-    if FLAGS.ce_weight is not None:
-        if FLAGS.ce_weight < 0:
-            raise RecipeError(f"--ce_weight must be >= 0, got {FLAGS.ce_weight}.")
-        return FLAGS.ce_weight
-    if method_names == ["kd"]:
-        return defaults["kd_ce_weight"]
-    return None
-
-
-def preset_hyperparameters(method_names, defaults, protocol_weights=True):
-    """The presets' hyper-parameters set by flags or by the protocol.
-
-    A preset's hyper-parameter named like a method flag takes the flag's
-    value (training flags such as `--momentum` are not read); an unset
-    `kd_temperature`/`kd_weight` at Hinton KD's default (the `kd` preset's:
-    so in kd, fa, afd, rtk, ctkd, not kd+ls's weight 9), or `<name>_weight`
-    with `protocol_weights`, takes the protocol's; then `--hparam` values;
-    else the preset's default.
-    """
-    hinton = presets.get("kd").defaults
-    values = {}
-    for name in method_names:
-        for key, default in presets.get(name).defaults.items():
-            value = (
-                None if key in cli_flags.TRAINING_FLAGS else getattr(FLAGS, key, None)
-            )
-            if value is None and key in hinton and hinton[key] == default:
-                value = defaults[key]
-            elif value is None and protocol_weights and key.endswith("_weight"):
-                value = defaults.get("term_weights", {}).get(key[:-7])
-            if value is not None:
-                values[key] = value
-    values.update(parse_hparams(getattr(FLAGS, "hparam", None) or []))
-    return values
-
-
-def parse_hparams(specs):
-    """`["beta=6", "schedule=linear"]` → `{"beta": 6, "schedule": "linear"}`.
-
-    Values are Python literals (numbers, True/False, None, lists, quoted
-    strings); a bare word is a string (`true`/`false`/`none` in any case
-    are the bool and None).
-    """
-    values = {}
-    for spec in specs:
-        name, sep, text = spec.partition("=")
-        name, text = name.strip(), text.strip()
-        if not sep or not name.isidentifier() or not text:
-            raise RecipeError(
-                f"--hparam={spec}: expected name=value, e.g. --hparam=beta=6."
-            )
-        if name in values:
-            raise RecipeError(f"--hparam={name} is given twice.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            if not text.isidentifier():
-                raise RecipeError(
-                    f"--hparam={spec}: {text!r} is not a Python literal "
-                    f"(number, True/False, None, list, 'string') or a bare "
-                    f"word."
-                ) from None
-            value = {"true": True, "false": False, "none": None}.get(text.lower(), text)
-        values[name] = value
-    return values
-
-
-def data_hyperparameters(method_names, hyperparameters, num_examples):
-    """Sets `num_data` (CRD's memory bank rows) to the training-set size."""
-    if not any("num_data" in presets.get(n).defaults for n in method_names):
-        return
-    given = hyperparameters.get("num_data")
-    if given is not None and given != num_examples:
-        raise RecipeError(
-            f"--hparam=num_data={given}, but the student trains on "
-            f"{num_examples} images: num_data is one memory row per "
-            f"training image and is set from the data; drop it."
-        )
-    hyperparameters["num_data"] = num_examples
-
-
-def build_terms(spec, teachers, student, hyperparameters, context):
-    """`kd.presets.build`, its errors as RecipeErrors naming `context`."""
-    if getattr(FLAGS, "hparam", None):
-        context += " " + " ".join(f"--hparam={h}" for h in FLAGS.hparam)
-    try:
-        return presets.build(spec, teachers, student, **hyperparameters)
-    except (ValueError, TypeError) as e:
-        raise RecipeError(f"{context}: {e}") from None
-
-
-def _teacher_weights(count):
-    if not FLAGS.teacher_weights:
-        return None
-    try:
-        weights = [float(w) for w in FLAGS.teacher_weights]
-    except ValueError:
-        raise RecipeError(
-            f"--teacher_weights must be numbers, got {FLAGS.teacher_weights}."
-        ) from None
-    if len(weights) != count or min(weights) <= 0:
-        raise RecipeError(
-            f"--teacher_weights needs one positive weight per teacher "
-            f"({count}), got {weights}."
-        )
-    return weights
 
 
 def _soft_label_table(data, x, y, cfg, seed):
@@ -269,40 +75,6 @@ def _soft_label_table(data, x, y, cfg, seed):
     return reffakd.soft_label_table(similarity), cost
 
 
-def _teacher_specs(methods, defaults):
-    """`--teacher` (else the protocol's, repeated up to the methods' minimum
-    count); none for soft labels."""
-    min_teachers = max(m.min_teachers for m in methods)
-    specs = FLAGS.teacher or list(defaults["teacher"])
-    if methods[0].teacher == "soft_labels":
-        if FLAGS.teacher:
-            raise RecipeError(
-                "--method=reffakd uses no teacher network; drop --teacher."
-            )
-        return []
-    if len(specs) < min_teachers:
-        if FLAGS.teacher:
-            raise RecipeError(
-                f"--method={FLAGS.method} needs at least {min_teachers} "
-                f"teachers; give them as --teacher=a,b."
-            )
-        specs = specs * min_teachers
-    return specs
-
-
-def _check_teacher_outputs(teachers, methods, num_classes):
-    """Refuses a teacher with other classes unless every method allows it."""
-    for spec, model, _ in teachers:
-        classes = num_outputs(model)
-        if classes != num_classes and not all(
-            m.num_classes_may_differ for m in methods
-        ):
-            raise RecipeError(
-                f"--teacher={spec} has {classes} outputs but "
-                f"--dataset={FLAGS.dataset} has {num_classes} classes."
-            )
-
-
 def _first_value(hyperparameters, key):
     """`key` in the first preset's `hyperparameters` that has it, or None."""
     return next(
@@ -324,16 +96,16 @@ class _Distillation:
         self.start = time.perf_counter()
         self.recipe = recipe
         self.cfg, self.defaults = resolve_protocol()
-        self.methods = resolve_method(FLAGS.method)
+        self.methods = method_flags.resolve_method(FLAGS.method)
         self.method_names = [m.name for m in self.methods]
         self.formats = check_export_flags()
         self.soft_labels = self.methods[0].teacher == "soft_labels"
         self.seed = FLAGS.seed
         self.data = load_data(self.cfg)
         self.x, self.y = student_data(self.data, self.cfg)
-        self.specs = _teacher_specs(self.methods, self.defaults)
-        self.teachers = resolve_teachers(self.specs, self.data, self.seed)
-        _check_teacher_outputs(
+        self.specs = teachers_lib.teacher_specs(self.methods, self.defaults)
+        self.teachers = teachers_lib.resolve_teachers(self.specs, self.data, self.seed)
+        teachers_lib.check_teacher_outputs(
             self.teachers, self.methods, self.data.info["num_classes"]
         )
         self.student_name = FLAGS.student or self.defaults["student"]
@@ -358,8 +130,8 @@ class _Distillation:
         """The presets' terms with the hyper-parameters of flags, protocol
         and `--hparam`; records the values each preset is built with."""
         names = self.method_names
-        hyperparameters = preset_hyperparameters(names, self.defaults)
-        data_hyperparameters(names, hyperparameters, len(self.x))
+        hyperparameters = method_flags.preset_hyperparameters(names, self.defaults)
+        method_flags.data_hyperparameters(names, hyperparameters, len(self.x))
         # DLKD augments its four rotated views itself (one flip per image, a
         # crop per view, black padding), so the distilled phase then gets no
         # host or device crop/flip: docs/methods.md §11, DLKD.
@@ -369,7 +141,7 @@ class _Distillation:
                 dlkd_crop_padding=4,
                 dlkd_pad_value=[float(v) for v in -self.data.mean / self.data.std],
             )
-        ce_weight = _ce_weight(names, self.defaults)
+        ce_weight = method_flags.ce_weight(names, self.defaults)
         if ce_weight is not None:
             hyperparameters["student_loss_weight"] = ce_weight
         if self.soft_labels:
@@ -378,7 +150,7 @@ class _Distillation:
             self.teacher_models = [kd.SoftLabelTeacher(uniform)]
         else:
             self.teacher_models = [m for _, m, _ in self.teachers]
-        self.kwargs = build_terms(
+        self.kwargs = method_flags.build_terms(
             "+".join(names),
             self.teacher_models,
             self.student,
@@ -402,7 +174,7 @@ class _Distillation:
 
     def _build_distiller(self):
         """The Distiller; with `--teacher_cache`, the record checked."""
-        self.teacher_weights = _teacher_weights(len(self.teachers))
+        self.teacher_weights = teachers_lib.teacher_weights(len(self.teachers))
         self.augmentation = (
             None if self.views_augment else augmentation_layer(self.cfg, self.seed)
         )
@@ -451,7 +223,7 @@ class _Distillation:
             self.student_name,
             self.specs,
         )
-        self.teacher_results = train_or_evaluate_teachers(
+        self.teacher_results = teachers_lib.train_or_evaluate_teachers(
             self.teachers, self.data, self.cfg, self.defaults, self.seed
         )
         self.reffakd_cost = self._fit_soft_labels() if self.soft_labels else None

@@ -15,10 +15,8 @@ from keras_kd.cli.common import run
 from keras_kd.cli.common import seed_all
 from keras_kd.cli.common import train_phase
 from keras_kd.cli.common import train_plain
-from keras_kd.cli.distill import build_terms
-from keras_kd.cli.distill import preset_hyperparameters
-from keras_kd.cli.distill import resolve_teachers
-from keras_kd.cli.distill import train_or_evaluate_teachers
+from keras_kd.cli.methods import build_terms
+from keras_kd.cli.methods import preset_hyperparameters
 from keras_kd.cli.protocols import learning_rate
 from keras_kd.cli.protocols import resolve_protocol
 from keras_kd.cli.report import check_export_flags
@@ -30,6 +28,8 @@ from keras_kd.cli.report import table_row
 from keras_kd.cli.run_dir import prepare_output_dir
 from keras_kd.cli.run_dir import run_flags
 from keras_kd.cli.run_dir import write_results
+from keras_kd.cli.teachers import resolve_teachers
+from keras_kd.cli.teachers import train_or_evaluate_teachers
 from keras_kd.training import Data
 
 _BASELINES = ("scratch", "finetune", "subset_kd")

@@ -22,7 +22,7 @@ from test_recipes import run_in_process
 
 from keras_kd import data as kd_data
 from keras_kd.cli.common import RecipeError
-from keras_kd.cli.distill import parse_hparams
+from keras_kd.cli.methods import parse_hparams
 
 FAST = ["--epochs=2", "--nobaseline", "--export="]
 
