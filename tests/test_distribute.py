@@ -150,6 +150,7 @@ def test_mirrored_two_replicas_match_one_device(tmp_path):
     r = run_worker("mirrored", tmp_path)
     assert r["replicas"] == 2
     assert r["metric_names"] == [
+        "distillation_loss",
         "logits_distillation",
         "loss",
         "projection",
