@@ -25,7 +25,7 @@ import os
 import time
 
 import numpy as np
-import throughput as tp
+import throughput_rows as tp
 
 import keras_kd as kd
 

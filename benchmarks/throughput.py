@@ -24,7 +24,8 @@ shared machine hit all rows alike. Ratios are taken within each repeat and
 their median reported. Peak memory per configuration: host RSS sampled every
 10 ms while it runs (all configurations live in one process, so the growth
 during its warm-up is also recorded), and device memory in use (JAX
-`memory_stats`, TensorFlow `get_memory_info`) on accelerators.
+`memory_stats`, TensorFlow `get_memory_info`) on accelerators. The rows
+are built in `throughput_rows.py`; this file times and reports them.
 
 Usage (reduced CPU defaults: batch 64, 3 steps):
 
@@ -49,54 +50,20 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 import report_files  # noqa: E402
-import torch_twins  # noqa: E402
 from memory_sampler import MemorySampler  # noqa: E402
 from memory_sampler import host_rss_bytes  # noqa: E402
+from throughput_rows import ALL_CONFIGS  # noqa: E402
+from throughput_rows import CLOCKS  # noqa: E402
+from throughput_rows import DESCRIPTIONS  # noqa: E402
+from throughput_rows import KD_CONFIGS  # noqa: E402
+from throughput_rows import LIVE_TEACHER  # noqa: E402
+from throughput_rows import build_runner  # noqa: E402
+from throughput_rows import make_data  # noqa: E402
+from throughput_rows import same_shape_layer  # noqa: E402
+from throughput_rows import use_clock  # noqa: E402
 
 import keras_kd as kd  # noqa: E402
 from keras_kd import machine  # noqa: E402
-
-TEMPERATURE = 4.0
-KD_CONFIGS = (
-    "kd_logits",
-    "kd_logits_feature",
-    "kd_fa",
-    "kd_at",
-    "kd_afd",
-    "kd_rtk",
-    "kd_skd",
-    "kd_dlkd",
-    "kd_reffakd",
-)
-ALL_CONFIGS = (
-    (
-        "student",
-        "teacher_forward",
-        "keras_logits",
-        "keras_logits_feature",
-    )
-    + KD_CONFIGS
-    + ("torch_kd",)
-)
-DESCRIPTIONS = {
-    "student": "student alone (fit, CE)",
-    "teacher_forward": "teacher forward alone (predict)",
-    "fused_limit": "fused limit 1/(1/r_student + 1/r_teacher)",
-    "keras_logits": "keras.distillation: logits KD",
-    "keras_logits_feature": "keras.distillation: logits + feature KD",
-    "kd_logits": "kd: logits KD",
-    "kd_logits_feature": "kd: logits + feature KD",
-    "kd_fa": "kd: logits + FeatureAlignment (non-linear)",
-    "kd_at": "kd: logits + AT (every stage)",
-    "kd_afd": "kd: logits + AFD (every block)",
-    "kd_rtk": "kd: logits + RTK (every block)",
-    "kd_skd": "kd: SKD, linear alignment at every stage, no logits",
-    "kd_dlkd": "kd: DLKD (4 rotated views)",
-    "kd_reffakd": "kd: ReffAKD soft-label table (no teacher net)",
-    "torch_kd": "PyTorch eager KD loop",
-}
-# Configurations that run a teacher network each step (the 0.9x target).
-LIVE_TEACHER = set(KD_CONFIGS) - {"kd_reffakd"}
 
 FLAGS = flags.FLAGS
 
@@ -145,152 +112,6 @@ def define_flags():
     )
 
 
-# Configurations.
-
-
-def make_data(batch_size, steps, input_shape, num_classes, seed):
-    """Standardised random images and labels: throughput does not depend on
-    pixel values, and in-memory arrays work on every backend."""
-    rng = np.random.default_rng(seed)
-    n = batch_size * steps
-    x = rng.normal(size=(n, *input_shape)).astype("float32")
-    y = rng.integers(0, num_classes, size=(n,)).astype("int32")
-    return x, y
-
-
-def same_shape_layer(teacher, student, preferred=None):
-    """The last zoo stage whose output shape is equal in both models."""
-    names = [preferred] if preferred else kd.models.stage_layer_names(student)
-    for name in reversed(names):
-        try:
-            t, s = teacher.get_layer(name), student.get_layer(name)
-        except ValueError:
-            continue
-        if tuple(t.output.shape) == tuple(s.output.shape):
-            return name
-    return None
-
-
-def _optimizer():
-    # A small step keeps random-data runs finite (a NaN loss stops
-    # kd.Distiller.fit); the update costs the same at any learning rate.
-    return keras.optimizers.SGD(1e-4, momentum=0.9)
-
-
-def _ce():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def _kd_terms(config, teacher, student, feature_layer):
-    """The `kd.Distiller` keyword arguments of one configuration, from
-    `kd.presets` with the papers' defaults (SKD's stages at weight 1)."""
-    presets = {
-        "kd_logits": ("kd", {}),
-        "kd_logits_feature": ("kd", {}),
-        "kd_fa": ("fa", {}),
-        "kd_at": ("kd+at", {}),
-        "kd_afd": ("afd", {}),
-        "kd_rtk": ("rtk", {}),
-        "kd_skd": ("skd", {"skd_weight": 1.0}),
-        "kd_dlkd": ("dlkd", {}),
-    }
-    if config not in presets:
-        raise ValueError(f"Unknown configuration '{config}'.")
-    name, overrides = presets[config]
-    if name != "dlkd":  # DLKD has no logits KD term.
-        overrides = {"kd_temperature": TEMPERATURE, **overrides}
-    kwargs = kd.presets.build(name, teacher, student, **overrides)
-    if config == "kd_logits_feature":
-        kwargs["distillation_losses"].append(
-            kd.losses.FeatureDistillation(feature_layer, feature_layer)
-        )
-        kwargs["distillation_loss_weights"].append(0.9)
-    return kwargs
-
-
-# Row timers; `run_benchmark(clock=...)` picks one.
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock = [time.perf_counter]
-
-
-class KerasRunner:
-    """Times `fit` (training rows) or `predict` (the teacher row)."""
-
-    def __init__(self, model, predict=False):
-        self.model = model
-        self.predict = predict
-
-    def __call__(self, x, y, batch_size):
-        start = _clock[0]()
-        if self.predict:
-            self.model.predict(x, batch_size=batch_size, verbose=0)
-        else:
-            self.model.fit(
-                x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0
-            )
-        return _clock[0]() - start
-
-
-def build_runner(config, teacher, make_student, feature_layer, num_classes):
-    """A callable timing one pass over the data, or a skip reason (str)."""
-    if config == "teacher_forward":
-        return KerasRunner(teacher, predict=True)
-    if config == "torch_kd":
-        return build_torch_runner(teacher, make_student())
-    student = make_student()
-    if config == "student":
-        model = student
-    elif config.startswith("keras_"):
-        losses = [keras.distillation.LogitsDistillation(TEMPERATURE)]
-        if config == "keras_logits_feature":
-            if feature_layer is None:
-                return "no same-shape layer in teacher and student"
-            losses.append(
-                keras.distillation.FeatureDistillation(
-                    "mse", feature_layer, feature_layer
-                )
-            )
-        model = keras.distillation.Distiller(
-            teacher, student, losses, [1.0] * len(losses), student_loss_weight=0.1
-        )
-    elif config == "kd_reffakd":
-        rng = np.random.default_rng(0)
-        similarity = np.eye(num_classes) + 0.1 * rng.random((num_classes, num_classes))
-        table = kd.reffakd.soft_label_table(similarity)
-        model = kd.Distiller(
-            kd.SoftLabelTeacher(table),
-            student,
-            kd.losses.LogitsDistillation(TEMPERATURE),
-            student_loss_weight=0.1,
-        )
-    else:
-        if config == "kd_dlkd" and not hasattr(kd.losses, "DualLevelDistillation"):
-            return "kd.losses.DualLevelDistillation is not in this version"
-        if config == "kd_logits_feature" and feature_layer is None:
-            return "no same-shape layer in teacher and student"
-        model = kd.Distiller(
-            teacher, student, **_kd_terms(config, teacher, student, feature_layer)
-        )
-    model.compile(optimizer=_optimizer(), loss=_ce())
-    return KerasRunner(model)
-
-
-# PyTorch.
-
-
-def torch_installed():
-    return torch_twins.torch_installed()
-
-
-def build_torch_runner(teacher, student):
-    """The PyTorch row's runner (timed with this module's clock)."""
-    if not torch_installed():
-        return "PyTorch is not installed"
-    return torch_twins.build_torch_runner(
-        teacher, student, clock=lambda: _clock[0](), temperature=TEMPERATURE
-    )
-
-
 # Measurement.
 
 
@@ -315,9 +136,7 @@ def run_benchmark(
     """Runs the benchmark and returns its results as a dict (see module
     docstring); writes `throughput_<backend>_<device>_<date>.{json,md}` to
     `output_dir` when given."""
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be one of {list(CLOCKS)}, got {clock!r}.")
-    _clock[0] = CLOCKS[clock]
+    use_clock(clock)
     kind = machine.device_kind()
     batch_size = batch_size or (64 if kind == "cpu" else 128)
     steps = steps or (3 if kind == "cpu" else 50)

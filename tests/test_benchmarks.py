@@ -28,8 +28,17 @@ def throughput():
     return _load("throughput")
 
 
+@pytest.fixture(scope="module")
+def throughput_rows(throughput):
+    # The module the loaded throughput.py imports (its folder is on sys.path
+    # once throughput.py is loaded): the runners run_benchmark builds.
+    return importlib.import_module("throughput_rows")
+
+
 @pytest.mark.slow
-def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
+def test_throughput_writes_a_well_formed_table_and_json(
+    throughput, throughput_rows, tmp_path
+):
     configs = ["keras_logits_feature", "kd_logits_feature", "torch_kd"]
     try:
         result = throughput.run_benchmark(
@@ -64,7 +73,7 @@ def test_throughput_writes_a_well_formed_table_and_json(throughput, tmp_path):
     # test_torch_row_says_why_it_is_skipped for both cases).
     assert rows["torch_kd"]["skipped"] == (
         "PyTorch twins exist for the zoo's CIFAR ResNets only"
-        if throughput.torch_installed()
+        if throughput_rows.torch_installed()
         else "PyTorch is not installed"
     )
     timed = [r for r in rows.values() if "skipped" not in r]
@@ -113,15 +122,15 @@ def test_throughput_rejects_unknown_configurations(throughput):
 
 
 @pytest.mark.parametrize("torch", ["installed", "absent"])
-def test_torch_row_says_why_it_is_skipped(throughput, monkeypatch, torch):
+def test_torch_row_says_why_it_is_skipped(throughput_rows, monkeypatch, torch):
     if torch == "installed":
         pytest.importorskip("torch", reason="needs PyTorch installed")
     else:
-        monkeypatch.setattr(throughput, "torch_installed", lambda: False)
+        monkeypatch.setattr(throughput_rows, "torch_installed", lambda: False)
     import keras_kd as kd
 
     cnn = kd.models.get("digits_cnn_large", num_classes=10)
-    reason = throughput.build_torch_runner(cnn, cnn)
+    reason = throughput_rows.build_torch_runner(cnn, cnn)
     assert reason == (
         "PyTorch twins exist for the zoo's CIFAR ResNets only"
         if torch == "installed"
@@ -129,7 +138,7 @@ def test_torch_row_says_why_it_is_skipped(throughput, monkeypatch, torch):
     )
 
 
-def test_torch_twins_match_the_keras_zoo(throughput):
+def test_torch_twins_match_the_keras_zoo(throughput_rows):
     """The PyTorch row trains the same networks: same trainable sizes, and
     one KD step runs."""
     torch = pytest.importorskip("torch")
@@ -137,10 +146,10 @@ def test_torch_twins_match_the_keras_zoo(throughput):
 
     for name in ("resnet8x4", "resnet20"):
         model = kd.models.get(name, num_classes=10, input_shape=(8, 8, 3))
-        twin = throughput.torch_twins._torch_resnet(name, 10)
+        twin = throughput_rows.torch_twins._torch_resnet(name, 10)
         expected = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         assert sum(p.numel() for p in twin.parameters()) == expected
-    twins = throughput.torch_twins
+    twins = throughput_rows.torch_twins
     runner = twins.TorchRunner(
         twins._torch_resnet("resnet20", 10),
         twins._torch_resnet("resnet8x4", 10),
@@ -165,6 +174,11 @@ def accuracy():
 @pytest.fixture(scope="module")
 def accuracy_report():
     return _load("accuracy_report")
+
+
+@pytest.fixture(scope="module")
+def accuracy_data():
+    return _load("accuracy_data")
 
 
 def _runs():
@@ -252,7 +266,7 @@ def test_accuracy_report_plots_when_matplotlib_is_installed(
 
 
 def test_fashion_subset_and_its_validation_split_are_stratified_and_disjoint(
-    accuracy, tmp_path
+    accuracy_data, tmp_path
 ):
     rng = np.random.default_rng(0)
     source = tmp_path / "source"
@@ -266,7 +280,9 @@ def test_fashion_subset_and_its_validation_split_are_stratified_and_disjoint(
         y = np.arange(n) % 4
         np.savez(source / f"{split}.npz", x=x, y=y)
         data[split] = (x, y)
-    out, out_val = accuracy.fashion_subset(str(source), str(tmp_path / "work"), 40, 20)
+    out, out_val = accuracy_data.fashion_subset(
+        str(source), str(tmp_path / "work"), 40, 20
+    )
 
     def rows(images, split):
         x, _ = data[split]

@@ -128,7 +128,8 @@ class _Distillation:
 
     def _build_terms(self):
         """The presets' terms with the hyper-parameters of flags, protocol
-        and `--hparam`; records the values each preset is built with."""
+        and `--hparam`, epoch schedules scaled to `--epochs`; records the
+        values each preset is built with."""
         names = self.method_names
         hyperparameters = method_flags.preset_hyperparameters(names, self.defaults)
         method_flags.data_hyperparameters(names, hyperparameters, len(self.x))
@@ -156,11 +157,12 @@ class _Distillation:
             self.student,
             hyperparameters,
             f"--method={FLAGS.method}",
+            self.cfg["epochs"],
         )
         self.hyperparameters = hyperparameters
         self.used_hyperparameters = {
             m.name: m.hyperparameters(
-                self.teacher_models, self.student, hyperparameters
+                self.teacher_models, self.student, hyperparameters, self.cfg["epochs"]
             )
             for m in self.methods
         }

@@ -236,7 +236,9 @@ def define_method_flags(default_method="kd"):
         "A preset hyper-parameter as name=value (repeatable), e.g. "
         "--hparam=beta=6 --hparam=warmup_epochs=5 for dkd; the value is a "
         "Python literal (number, True/False, None, list, quoted string) or "
-        "a bare word taken as a string. Overrides the per-method flags; "
+        "a bare word taken as a string. Overrides the per-method flags, and "
+        "the epoch schedules (warmup_epochs, lambda_epochs: the official "
+        "value × --epochs/240, rounded, at least 1); "
         "every preset's hyper-parameters are listed in its docs/methods "
         "page and in kd.presets.get(name).defaults.",
     )

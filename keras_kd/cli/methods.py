@@ -116,11 +116,12 @@ def data_hyperparameters(method_names, hyperparameters, num_examples):
     hyperparameters["num_data"] = num_examples
 
 
-def build_terms(spec, teachers, student, hyperparameters, context):
-    """`kd.presets.build`, its errors as RecipeErrors naming `context`."""
+def build_terms(spec, teachers, student, hyperparameters, context, epochs):
+    """`kd.presets.build` for a run of `epochs` (its epoch schedules
+    scaled), its errors as RecipeErrors naming `context`."""
     if getattr(FLAGS, "hparam", None):
         context += " " + " ".join(f"--hparam={h}" for h in FLAGS.hparam)
     try:
-        return presets.build(spec, teachers, student, **hyperparameters)
+        return presets.build(spec, teachers, student, epochs=epochs, **hyperparameters)
     except (ValueError, TypeError) as e:
         raise RecipeError(f"{context}: {e}") from None

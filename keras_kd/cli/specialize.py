@@ -141,6 +141,7 @@ class _Specialization:
             self.student,
             preset_hyperparameters(["skd"], self.defaults, protocol_weights=False),
             "SKD",
+            self.cfg["epochs"],
         )
         self.terms = {
             term.name: (term, weight)

@@ -27,6 +27,7 @@ CTKD_DEFAULTS = {
     "models/temp_global.py, scripts/run_cifar_distill.sh (-r 0.1 -a 0.9)",
     defaults={**CTKD_DEFAULTS, "kd_weight": 0.9},
     student_loss_weight=0.1,
+    epoch_schedules=("lambda_epochs",),
 )
 def ctkd(teachers, student, kd_weight, **options):
     """One `CurriculumTemperatureDistillation` term with weight 0.9."""

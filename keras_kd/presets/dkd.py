@@ -25,6 +25,7 @@ DKD_BETA = {
     defaults={"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 20},
     pair_defaults={pair: {"beta": beta} for pair, beta in DKD_BETA.items()},
     student_loss_weight=1.0,
+    epoch_schedules=("warmup_epochs",),
 )
 def dkd(teachers, student, alpha, beta, temperature, warmup_epochs):
     """One `DecoupledDistillation` term with weight 1 (α, β inside)."""

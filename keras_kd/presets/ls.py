@@ -90,6 +90,7 @@ def kd_ls(teachers, student, temperature, kd_weight):
         for pair, (t, w, beta) in DKD_LS.items()
     },
     student_loss_weight=1.0,
+    epoch_schedules=("warmup_epochs",),
 )
 def dkd_ls(teachers, student, alpha, beta, temperature, warmup_epochs, kd_weight):
     """`DecoupledDistillation(standardize=True)` with weight `kd_weight`
@@ -117,6 +118,7 @@ def dkd_ls(teachers, student, alpha, beta, temperature, warmup_epochs, kd_weight
     "(-r 0.1 -a 9), CTKD/distiller_zoo/KD.py",
     defaults={**CTKD_DEFAULTS, "kd_weight": 9.0},
     student_loss_weight=0.1,
+    epoch_schedules=("lambda_epochs",),
 )
 def ctkd_ls(teachers, student, kd_weight, **options):
     """`CurriculumTemperatureDistillation(standardize=True)`, weight 9."""

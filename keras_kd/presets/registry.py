@@ -17,8 +17,13 @@ distiller = kd.Distiller(teacher, student, **kwargs)
 
 import dataclasses
 import inspect
+import numbers
 
 _PRESETS = {}
+
+# The epochs of the official protocol (RepDistiller, mdistiller, CTKD on
+# CIFAR-100) that the presets' epoch-count defaults belong to.
+OFFICIAL_EPOCHS = 240
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +40,20 @@ class Preset:
     teacher: str = "model"
     min_teachers: int = 1
     num_classes_may_differ: bool = False
+    epoch_schedules: tuple = ()
 
-    def hyperparameters(self, teachers, student, overrides):
-        """`defaults`, then the teacher/student pair's, then `overrides`."""
+    def hyperparameters(self, teachers, student, overrides, epochs=None):
+        """`defaults`, then the teacher/student pair's, then the epoch
+        schedules scaled to `epochs` (see `build`), then `overrides`."""
         values = dict(self.defaults)
         teacher_name = getattr(teachers[0], "name", None) if teachers else None
         values.update(
             self.pair_defaults.get((teacher_name, getattr(student, "name", None)), {})
         )
+        if epochs is not None:
+            check_epochs(epochs)
+            for key in self.epoch_schedules:
+                values[key] = scale_schedule(values[key], epochs)
         values.update({k: v for k, v in overrides.items() if k in values})
         return values
 
@@ -64,6 +75,7 @@ def register(
     teacher="model",
     min_teachers=1,
     num_classes_may_differ=False,
+    epoch_schedules=(),
 ):
     """Registers the decorated builder as the preset `name`.
 
@@ -84,6 +96,9 @@ def register(
         min_teachers: how many teachers the preset needs.
         num_classes_may_differ: whether the teacher may have other classes
             than the student.
+        epoch_schedules: the hyper-parameters that count epochs of the
+            official 240-epoch protocol (e.g. `("warmup_epochs",)`), which
+            `build(..., epochs=E)` scales to E.
 
     The builder takes `(teachers, student, **defaults)` (`teachers` a list)
     and returns `[(key, term, weight), ...]`; terms with the same key in a
@@ -95,6 +110,8 @@ def register(
         raise ValueError(
             f"`teacher` must be 'model' or 'soft_labels', got '{teacher}'."
         )
+
+    _check_schedules(name, defaults, epoch_schedules)
 
     def decorator(builder):
         signature = list(inspect.signature(builder).parameters.values())[2:]
@@ -122,10 +139,51 @@ def register(
             teacher,
             min_teachers,
             num_classes_may_differ,
+            tuple(epoch_schedules),
         )
         return builder
 
     return decorator
+
+
+def _check_schedules(name, defaults, epoch_schedules):
+    """`epoch_schedules` name integer defaults; no hyper-parameter is
+    called `epochs` (`build`'s own argument)."""
+    if "epochs" in defaults:
+        raise ValueError(
+            f"Preset '{name}': 'epochs' is `build`'s argument; name the "
+            f"hyper-parameter otherwise (e.g. 'warmup_epochs')."
+        )
+    for key in epoch_schedules:
+        value = defaults.get(key)
+        if not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(
+                f"Preset '{name}': epoch schedule '{key}' must be a "
+                f"hyper-parameter with an integer default >= 0, got {value!r}."
+            )
+
+
+def check_epochs(epochs):
+    """A ValueError unless `epochs` is a positive int."""
+    if (
+        isinstance(epochs, bool)
+        or not isinstance(epochs, numbers.Integral)
+        or epochs < 1
+    ):
+        raise ValueError(
+            f"`epochs` must be a positive int, the run's training epochs "
+            f"(e.g. epochs={OFFICIAL_EPOCHS}), got {epochs!r}; or leave it "
+            f"None to keep the official schedules."
+        )
+
+
+def scale_schedule(value, epochs):
+    """`value` epochs of the 240-epoch protocol for a run of `epochs`:
+    `value · epochs / 240`, rounded half up, at least 1 (0 stays 0)."""
+    if value == 0:
+        return 0
+    scaled = (2 * int(value) * int(epochs) + OFFICIAL_EPOCHS) // (2 * OFFICIAL_EPOCHS)
+    return max(1, scaled)
 
 
 def names():
@@ -166,16 +224,28 @@ def parse(spec):
     return presets
 
 
-def build(spec, teacher, student, **hyperparameters):
+def build(spec, teacher, student, *, epochs=None, **hyperparameters):
     """The keyword arguments of `kd.Distiller` for the preset(s) `spec`.
 
     Args:
         spec: a preset name, or several joined by '+' (e.g. `"kd+fa"`).
         teacher: a keras.Model (or `kd.SoftLabelTeacher`), or a list.
         student: the student keras.Model.
+        epochs: the run's training epochs, or None. The defaults that
+            count epochs of the official 240-epoch protocol (DKD's and
+            ReviewKD's `warmup_epochs` 20, CTKD's `lambda_epochs` 10) are
+            scaled by `epochs / 240`, rounded, at least 1; None keeps them.
         **hyperparameters: overrides of the presets' defaults; each goes to
-            every preset of `spec` that has it. `student_loss_weight`
-            overrides the cross-entropy weight.
+            every preset of `spec` that has it (an explicit schedule wins
+            over the scaled one). `student_loss_weight` overrides the
+            cross-entropy weight.
+
+    Example:
+
+    ```python
+    kd.presets.build("dkd", teacher, student, epochs=24)  # Warm-up 2 epochs.
+    kd.presets.build("dkd", teacher, student, epochs=24, warmup_epochs=5)
+    ```
 
     Returns:
         `{"distillation_losses", "distillation_loss_weights",
@@ -202,7 +272,7 @@ def build(spec, teacher, student, **hyperparameters):
         )
     terms = {}
     for preset in presets:
-        values = preset.hyperparameters(teachers, student, hyperparameters)
+        values = preset.hyperparameters(teachers, student, hyperparameters, epochs)
         for key, term, weight in preset.builder(teachers, student, **values):
             terms.setdefault(key, (term, weight))
         if ce_weight is None and len(presets) == 1:

@@ -36,6 +36,7 @@ def _preact(stage, blocks, names):
     defaults={"weight": 1.0, "warmup_epochs": 20, "mid_channels": None},
     pair_defaults={("resnet32x4", "resnet8x4"): {"weight": 5.0}},
     student_loss_weight=1.0,
+    epoch_schedules=("warmup_epochs",),
 )
 def _reviewkd(teachers, student, weight, warmup_epochs, mid_channels):
     """ReviewKD between the zoo stages (teacher pre-activation) + pooled."""

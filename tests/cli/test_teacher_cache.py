@@ -14,11 +14,11 @@ import time
 import keras
 import numpy as np
 import pytest
+from test_recipe_errors import run_in_process
 from test_recipes import ROOT
 from test_recipes import read_csv
 from test_recipes import read_json
 from test_recipes import recipe
-from test_recipes import run_in_process
 
 from keras_kd import data as kd_data
 from keras_kd.cli.common import RecipeError

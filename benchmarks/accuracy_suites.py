@@ -1,0 +1,149 @@
+"""The suites of `benchmarks/accuracy.py`: which methods and datasets a run
+covers, with the recipe flags of each dataset.
+
+`suite_datasets(suite)` reads accuracy.py's flags (`--datasets`,
+`--fashion_mnist`, `--tune`, `--cifar_dataset`, ...) and returns the
+datasets of the `cpu` or `cifar` suite, each a dict of its key, recipe
+flags (and validation flags), epochs, models and a note; it writes the
+held-out and subset data folders under `--work_dir` when they are needed.
+`TUNE_FLAGS` and `tune_grid` are the term weights `--tune` sweeps.
+"""
+
+from absl import app
+from absl import flags
+from accuracy_data import digits_heldout
+from accuracy_data import fashion_subset
+
+from keras_kd import presets
+from keras_kd.cli.protocols import PROTOCOLS
+
+FLAGS = flags.FLAGS
+
+
+def default_methods():
+    return presets.names()
+
+
+def suite_datasets(suite):
+    """`[(key, recipe flags, teacher, student, note), ...]` of a suite."""
+    digits = PROTOCOLS["digits"]
+    # The batch size is pinned so that every run of a suite uses the same
+    # one even if the recipes' defaults change meanwhile.
+    digits_batch = f"--batch_size={digits['batch_size']}"
+    if suite == "cpu":
+        unknown = set(FLAGS.datasets) - {"digits", "fashion_mnist"}
+        if unknown:
+            raise app.UsageError(f"Unknown --datasets {sorted(unknown)}.")
+        digits_data = {
+            "key": "digits",
+            "flags": ["--dataset=digits", "--protocol=digits", digits_batch],
+            "epochs": FLAGS.epochs or digits["epochs"],
+            "teacher_epochs": FLAGS.teacher_epochs or digits["teacher_epochs"],
+            "teacher": "digits_cnn_large",
+            "student": "digits_cnn_small",
+            "protocol_epochs": [digits["epochs"], digits["teacher_epochs"]],
+            "note": "scikit-learn digits, 1347 train / 450 test; student on "
+            "the first 100 training images (recipes' digits "
+            "protocol)",
+        }
+        if FLAGS.tune:
+            # Held out: a stratified validation split of the training
+            # images decides every weight; test only reports.
+            path, val_path = digits_heldout(FLAGS.work_dir, FLAGS.digits_val)
+            digits_data.update(
+                key="digits_heldout",
+                flags=[f"--dataset=npz:{path}", "--protocol=digits", digits_batch],
+                val_flags=[f"--dataset=npz:{val_path}"],
+                validation={
+                    "images": FLAGS.digits_val,
+                    "stratified": True,
+                    "seed": 0,
+                    "from": "the 1347 training images",
+                },
+                note=f"scikit-learn digits, {1347 - FLAGS.digits_val} train "
+                f"({FLAGS.digits_val} more carved out, stratified, as "
+                f"validation) / 450 test; students on the first 100 "
+                f"training images (recipes' digits protocol)",
+            )
+        datasets = [digits_data] if "digits" in FLAGS.datasets else []
+        if FLAGS.fashion_mnist and "fashion_mnist" in FLAGS.datasets:
+            path, val_path = fashion_subset(
+                FLAGS.fashion_mnist,
+                FLAGS.work_dir,
+                FLAGS.fashion_train,
+                FLAGS.fashion_val,
+            )
+            datasets.append(
+                {
+                    "key": f"fashion_mnist_{FLAGS.fashion_train}",
+                    "flags": [
+                        f"--dataset=npz:{path}",
+                        "--protocol=digits",
+                        f"--batch_size={FLAGS.fashion_batch_size}",
+                        "--train_limit=0",
+                        "--reffakd_diagonal=0.008",
+                    ],
+                    "val_flags": [f"--dataset=npz:{val_path}"],
+                    "epochs": FLAGS.fashion_epochs,
+                    "teacher_epochs": FLAGS.fashion_teacher_epochs,
+                    "teacher": "fashion_cnn_large",
+                    "student": "fashion_cnn_small",
+                    "validation": {
+                        "images": FLAGS.fashion_val,
+                        "stratified": True,
+                        "seed": 0,
+                        "from": "Fashion-MNIST training images "
+                        "outside the training subset",
+                    },
+                    "note": f"Fashion-MNIST (exact data), a class-stratified "
+                    f"subset of {FLAGS.fashion_train} of the 60,000 "
+                    f"training images (seed 0), all 10,000 test images; "
+                    f"teacher and students on the whole subset; digits "
+                    f"protocol (Adam 3e-3, no augmentation), batch "
+                    f"{FLAGS.fashion_batch_size}",
+                }
+            )
+        return datasets
+    if not FLAGS.cifar_dataset:
+        raise app.UsageError("--suite=cifar needs --cifar_dataset.")
+    cifar = PROTOCOLS["cifar"]
+    extra = [
+        f"--dataset={FLAGS.cifar_dataset}",
+        "--protocol=cifar",
+        f"--batch_size={cifar['batch_size']}",
+    ]
+    if FLAGS.data_dir:
+        extra.append(f"--data_dir={FLAGS.data_dir}")
+    epochs = FLAGS.epochs or cifar["epochs"]
+    return [
+        {
+            "key": f"{FLAGS.cifar_dataset}_{t}_{s}".replace(":", "_").replace("/", "_"),
+            "flags": extra,
+            "epochs": epochs,
+            "teacher_epochs": FLAGS.teacher_epochs or epochs,
+            "teacher": t,
+            "student": s,
+            "protocol_epochs": [cifar["epochs"], cifar["teacher_epochs"]],
+            "note": f"docs/methods.md §6 protocol, {epochs} epochs (240 published)",
+        }
+        for t, s in (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"))
+    ]
+
+
+# The term weight each --tune sweep varies: the recipes' flag and its
+# grid, the protocol's weight times 0.1, 1 and 10.
+TUNE_FLAGS = {
+    "fitnets": "fitnets_weight",
+    "at": "at_weight",
+    "fa": "fa_weight",
+    "skd": "skd_weight",
+    "afd": "afd_weight",
+    "rtk": "afd_weight",
+}
+
+
+def tune_grid(method):
+    weight = PROTOCOLS["digits"]["term_weights"].get(method)
+    if weight is None:
+        weight = presets.get(method).defaults[TUNE_FLAGS[method]]
+    return [weight * f for f in (0.1, 1.0, 10.0)]
