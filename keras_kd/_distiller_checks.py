@@ -15,6 +15,7 @@ import math
 import keras
 
 from keras_kd import model_outputs
+from keras_kd.losses.base import SEQUENCE_TERMS
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
 from keras_kd.offline.recorded_teacher import RecordedTeacher
@@ -143,6 +144,25 @@ def input_shapes(student, teachers, views):
                 f"{teacher_shape} but the student takes {student_shape}; "
                 f"both run on the same batch, so they must agree."
             )
+
+
+def sequence_logits(terms, student_shapes):
+    """Refuses sequence logits `(batch, length, classes)` to the terms that
+    read the logits but give no per-token values (`reads_sequences`)."""
+    shape = tuple(student_shapes["logits"])
+    if len(shape) != 3:
+        return
+    for term in terms:
+        names = set(term.teacher_layer_names) | set(term.student_layer_names)
+        if term.reads_sequences or not (term.uses_logits or "logits" in names):
+            continue
+        raise ValueError(
+            f"{type(term).__name__} (term '{term.name}') compares whole "
+            f"samples, but the logits have shape {shape}: one score vector "
+            f"per token of a sequence, which it cannot read. Terms that give "
+            f"one value per token: {SEQUENCE_TERMS}. Use one of them on the "
+            f"logits, or give {type(term).__name__} a (batch, features) layer."
+        )
 
 
 def as_list(value):

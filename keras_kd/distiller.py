@@ -73,7 +73,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     Sample weights: the student loss keeps Keras' reduction; each term is
     reduced by `kd.losses.base.weighted_mean`, so with sequence logits
     `(batch, length, classes)` and a `(batch, length)` padding mask as
-    `sample_weight`, a per-token term is its mean over the real tokens.
+    `sample_weight`, a per-token term (one with `reads_sequences`) is its
+    mean over the real tokens. Other terms refuse sequence logits when
+    built and a per-token `sample_weight` in the first step.
 
     Example:
 
@@ -208,6 +210,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             teacher_shapes,
             student_shapes,
         )
+        checks.sequence_logits(self.distillation_losses, student_shapes)
         for term in self.distillation_losses:
             if not term.built:  # Terms loaded from a .keras file are built.
                 term.build(teacher_shapes, student_shapes)
@@ -257,7 +260,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         if not _is_distillation_output(y_pred):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         student_outputs = y_pred["student"]
-        teacher_outputs = self._teacher_outputs(x, y, y_pred["teachers"])
+        teacher_outputs = self._teacher_outputs(
+            x, y, y_pred["teachers"], student_outputs["logits"].shape
+        )
         student_loss = self._student_loss(y, student_outputs, sample_weight)
         # Trackers are weighted by batch size like Keras' own `loss`, so the
         # epoch means of `loss` and `total_loss` agree.
@@ -276,13 +281,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             parts = [value[part] for part in term.component_names]
             if parts:
                 value = sum(parts)
-            for tracker, part in zip(trackers, [value] + parts):
-                tracker.update_state(
-                    self._reduce(part, sample_weight), sample_weight=batch_size
-                )
-            distillation_loss = distillation_loss + weight * self._reduce(
-                value, sample_weight
-            )
+            reduced = [self._reduce(v, sample_weight, term) for v in [value] + parts]
+            for tracker, part in zip(trackers, reduced):
+                tracker.update_state(part, sample_weight=batch_size)
+            distillation_loss = distillation_loss + weight * reduced[0]
         scale = 1.0 - self.student_loss_weight if self.weighting == "convex" else 1.0
         total_loss = self.student_loss_weight * student_loss + scale * distillation_loss
         for loss in self.losses:
@@ -295,15 +297,16 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             tracker.update_state(value, sample_weight=batch_size)
         return scale_loss_for_distribution(total_loss)
 
-    def _teacher_outputs(self, x, y, tapped):
+    def _teacher_outputs(self, x, y, tapped, logits_shape):
         """Each teacher's outputs: its tap's, or those it reads off the batch
-        (a `RecordedTeacher`) or off the labels (a `SoftLabelTeacher`)."""
+        (a `RecordedTeacher`) or off the labels (a `SoftLabelTeacher`, one
+        per token for sequence logits)."""
         return [
             outputs
             if outputs is not None
             else model({name: x[name] for name in model.side_inputs})
             if isinstance(model, RecordedTeacher)
-            else model(self._view_labels(y))
+            else model(self._view_labels(y, logits_shape))
             for model, outputs in zip(self._teachers, tapped)
         ]
 
@@ -370,15 +373,16 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             return logits
         return logits[: ops.shape(logits)[0] // self._num_views]
 
-    def _view_labels(self, y):
-        return ops.tile(class_indices(y), [self._num_views])
+    def _view_labels(self, y, logits_shape):
+        labels = class_indices(y, logits_shape, "A kd.SoftLabelTeacher")
+        return ops.concatenate([labels] * self._num_views, 0)
 
-    def _reduce(self, value, sample_weight):
+    def _reduce(self, value, sample_weight, term):
         """A term's value as a scalar (`kd.losses.base.weighted_mean`), the
         weights repeated for each view."""
         if sample_weight is not None and self._num_views > 1:
             sample_weight = ops.concatenate([sample_weight] * self._num_views, 0)
-        return weighted_mean(value, sample_weight)
+        return weighted_mean(value, sample_weight, term.name)
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Compiles with the student's supervised `loss` (required when

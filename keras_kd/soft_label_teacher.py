@@ -44,7 +44,11 @@ class SoftLabelTeacher(keras.layers.Layer):
         )
 
     def call(self, labels):
-        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        """`{"probabilities": table[labels]}` for class indices of shape
+        `(batch,)`, `(batch, 1)` or `(batch, length)` (one row per token)."""
+        labels = ops.cast(labels, "int32")
+        if len(labels.shape) != 2 or labels.shape[-1] == 1:
+            labels = ops.reshape(labels, (-1,))
         return {"probabilities": ops.take(self.table, labels, axis=0)}
 
     def get_config(self):

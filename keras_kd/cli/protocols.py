@@ -10,6 +10,17 @@
   epochs (150/180/210 of 240), batch 64, coupled L2 weight decay 5e-4,
   random crop (4-pixel padding) and horizontal flip, per-channel
   normalisation; each method's paper weights (the presets' defaults).
+- `fashion` (28x28 grayscale Fashion-MNIST, chosen by name): the `cifar`
+  recipe at Fashion-MNIST's size: SGD momentum 0.9, lr 0.05 ×0.1 at 50/75%
+  of 20 epochs, batch 128, L2 5e-4, crop (4-pixel padding) + flip,
+  per-channel normalisation, fashion_cnn_large (30 epochs) →
+  fashion_cnn_small on all training images, KD `0.1·CE + 0.9·KD` at T=4,
+  the presets' weights.
+
+A protocol's `teacher_epochs` of None means the student's epochs (`cifar`);
+the step schedule's fractions apply to the teachers' own epochs.
+
+Example: `recipes/distill.py --protocol=fashion --dataset=npz:PATH`.
 """
 
 from keras_kd.cli.common import FLAGS
@@ -43,7 +54,7 @@ PROTOCOLS = {
         "lr": 0.05,
         "momentum": 0.9,
         "epochs": 240,
-        "teacher_epochs": 240,
+        "teacher_epochs": None,  # --epochs.
         "batch_size": 64,
         "weight_decay": 5e-4,
         "lr_decay_fractions": [150 / 240, 180 / 240, 210 / 240],
@@ -55,6 +66,26 @@ PROTOCOLS = {
         "kd_temperature": 4.0,
         "kd_weight": 0.9,
         "kd_ce_weight": 0.1,
+    },
+    "fashion": {
+        "optimizer": "sgd",
+        # Provisional epochs and lr: to be set from validation runs.
+        "lr": 0.05,
+        "momentum": 0.9,
+        "epochs": 20,
+        "teacher_epochs": 30,
+        "batch_size": 128,
+        "weight_decay": 5e-4,
+        "lr_decay_fractions": [0.5, 0.75],
+        "augment": True,
+        "normalize": "channel",
+        "teacher": ["fashion_cnn_large"],
+        "student": "fashion_cnn_small",
+        "train_limit": 0,
+        "kd_temperature": 4.0,
+        "kd_weight": 0.9,
+        "kd_ce_weight": 0.1,
+        # No term_weights: the presets' (paper, CIFAR) weights.
     },
 }
 
@@ -81,14 +112,7 @@ def resolve_protocol():
         "train_limit",
     ):
         cfg[name] = pick(name)
-    teacher_epochs = getattr(FLAGS, "teacher_epochs", None)
-    cfg["teacher_epochs"] = (
-        teacher_epochs
-        if teacher_epochs is not None
-        else defaults["teacher_epochs"]
-        if protocol == "digits"
-        else cfg["epochs"]
-    )
+    cfg["teacher_epochs"] = _teacher_epochs(cfg["epochs"], defaults)
     cfg["normalize"] = defaults["normalize"]
     cfg["replicas"] = 1
     if STRATEGY[0] is not None:
@@ -96,17 +120,22 @@ def resolve_protocol():
 
         cfg["replicas"] = distribute.num_replicas(STRATEGY[0])
         cfg["batch_size"] *= cfg["replicas"]
-    if FLAGS.lr_decay_epochs is None:
-        cfg["lr_decay_epochs"] = [
-            int(round(f * cfg["epochs"])) for f in defaults["lr_decay_fractions"]
-        ]
-    else:
-        try:
-            cfg["lr_decay_epochs"] = sorted(int(e) for e in FLAGS.lr_decay_epochs)
-        except ValueError:
-            raise RecipeError(
-                f"--lr_decay_epochs must be integers, got {FLAGS.lr_decay_epochs}."
-            ) from None
+    cfg["lr_decay_epochs"] = _decay_epochs(cfg["epochs"], defaults)
+    cfg["teacher_lr_decay_epochs"] = _decay_epochs(cfg["teacher_epochs"], defaults)
+    _check(cfg)
+    return cfg, defaults
+
+
+def _teacher_epochs(epochs, defaults):
+    """`--teacher_epochs`, else the protocol's, else (None) `epochs`."""
+    value = getattr(FLAGS, "teacher_epochs", None)
+    if value is None:
+        value = defaults["teacher_epochs"]
+    return epochs if value is None else value
+
+
+def _check(cfg):
+    """Refuses out-of-range settings, e.g. `--epochs=0`."""
     for name, low in (
         ("epochs", 1),
         ("batch_size", 1),
@@ -117,7 +146,19 @@ def resolve_protocol():
             raise RecipeError(f"--{name} must be at least {low}, got {cfg[name]}.")
     if cfg["weight_decay"] < 0:
         raise RecipeError(f"--weight_decay must be >= 0, got {cfg['weight_decay']}.")
-    return cfg, defaults
+
+
+def _decay_epochs(epochs, defaults):
+    """`--lr_decay_epochs`, else the protocol's fractions of `epochs`:
+    `[0.5, 0.75]` of 20 → `[10, 15]`."""
+    if FLAGS.lr_decay_epochs is None:
+        return [int(round(f * epochs)) for f in defaults["lr_decay_fractions"]]
+    try:
+        return sorted(int(e) for e in FLAGS.lr_decay_epochs)
+    except ValueError:
+        raise RecipeError(
+            f"--lr_decay_epochs must be integers, got {FLAGS.lr_decay_epochs}."
+        ) from None
 
 
 def learning_rate(cfg, student_name, defaults):

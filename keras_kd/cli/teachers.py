@@ -29,9 +29,14 @@ def train_or_evaluate_teachers(teachers, data, cfg, defaults, seed):
 
     Each zoo teacher trains at its own protocol learning rate
     (`learning_rate(cfg, its name)`: 0.05 for a ResNet teacher of a
-    MobileNetV2 student under the CIFAR protocol), not the student's."""
+    MobileNetV2 student under the CIFAR protocol), not the student's, for
+    `cfg["teacher_epochs"]` with the schedule of those epochs."""
     results = []
-    teacher_cfg = dict(cfg, epochs=cfg["teacher_epochs"])
+    teacher_cfg = dict(
+        cfg,
+        epochs=cfg["teacher_epochs"],
+        lr_decay_epochs=cfg["teacher_lr_decay_epochs"],
+    )
     for i, (spec, model, loaded) in enumerate(teachers):
         if loaded:
             results.append(_evaluate_teacher(spec, model, data))

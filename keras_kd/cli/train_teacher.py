@@ -78,6 +78,6 @@ def main():
         None,
         "Zoo model name (see keras_kd.models.MODELS) or a "
         ".keras path to fine-tune. Protocol default: digits_cnn_large "
-        "(digits), resnet32x4 (cifar).",
+        "(digits), resnet32x4 (cifar), fashion_cnn_large (fashion).",
     )
     run(train_teacher_main)

@@ -11,9 +11,10 @@ class DistillationTerm(keras.layers.Layer):
     `student_layer_names`; the final outputs are always available as
     `"logits"`), is built once from their shapes before training, and returns
     a float32 loss: one value per sample (shape `(batch,)`), per token
-    (`(batch, length)` for sequence logits `(batch, length, classes)`), so
-    the Distiller can apply `sample_weight` (see `weighted_mean`), or a
-    scalar for batch-level terms.
+    (`(batch, length)` for sequence logits `(batch, length, classes)`, in
+    terms that set `reads_sequences`), so the Distiller can apply
+    `sample_weight` (see `weighted_mean`), or a scalar for batch-level
+    terms.
 
     Terms are layers, so they may own trainable weights (aligners, heads)
     that are optimised together with the student and are not part of it.
@@ -45,6 +46,10 @@ class DistillationTerm(keras.layers.Layer):
     #: Whether the term compares class scores, so teachers and student must
     #: share the label space.
     uses_logits = False
+    #: Whether the term reads sequence logits or features `(batch, length,
+    #: ...)` and gives one value per token, so a `(batch, length)`
+    #: `sample_weight` applies. Other terms refuse sequence logits.
+    reads_sequences = False
     #: How many views of each image `transform_inputs` produces.
     num_views = 1
     #: Names of the weighted parts of a multi-part term. When set, `call`
@@ -117,17 +122,49 @@ def tempered_kl(target, student_output, temperature):
     return (t * t) * kl_divergence(target, ops.log_softmax(z_s / t, axis=-1))
 
 
-def class_indices(labels):
-    """int32 class indices `(batch,)` of sparse, `(batch, 1)` or one-hot
-    labels."""
+def class_indices(labels, logits_shape=None, owner="This term"):
+    """int32 class indices of sparse, `(..., 1)` or one-hot labels.
+
+    Without `logits_shape`: one per sample, `(batch,)`. With the shape of
+    the logits the labels go with: that shape without the class axis,
+    `(batch,)` for `(batch, classes)` and `(batch, length)` for sequence
+    logits `(batch, length, classes)`; labels of another shape (one per
+    token for per-sample logits, or the reverse) raise a ValueError that
+    names `owner`.
+    """
     labels = ops.convert_to_tensor(labels)
-    if len(labels.shape) == 2 and labels.shape[-1] != 1:
-        labels = ops.argmax(labels, axis=-1)
-    return ops.cast(ops.reshape(labels, (-1,)), "int32")
+    if logits_shape is None:
+        if len(labels.shape) == 2 and labels.shape[-1] != 1:
+            labels = ops.argmax(labels, axis=-1)
+        return ops.cast(ops.reshape(labels, (-1,)), "int32")
+    logits_shape, given = tuple(logits_shape), tuple(labels.shape)
+    rank, shape = len(logits_shape), given
+    if len(shape) == rank and shape[-1] == 1:
+        labels, shape = ops.squeeze(labels, -1), shape[:-1]
+    elif len(shape) == rank and (
+        None in (shape[-1], logits_shape[-1]) or shape[-1] == logits_shape[-1]
+    ):  # One-hot.
+        labels, shape = ops.argmax(labels, axis=-1), shape[:-1]
+    lengths = {shape[1:2], logits_shape[1:2]} if rank == 3 else set()
+    if len(shape) != rank - 1 or len(lengths - {(None,)}) > 1:
+        want = (
+            "one label per token: (batch, length) class indices or "
+            "(batch, length, classes) one-hot"
+            if rank == 3
+            else "one label per sample: (batch,) class indices or "
+            "(batch, classes) one-hot"
+        )
+        raise ValueError(
+            f"{owner} got labels of shape {given} for logits of shape "
+            f"{logits_shape}; it needs {want}. Give `y` that matches the "
+            f"model's output (per-token labels only for sequence logits)."
+        )
+    return ops.cast(labels, "int32")
 
 
 def standardize_logits(logits):
-    """Z-scores logits per sample over the class axis, in float32.
+    """Z-scores logits over the class axis (per sample, or per token of
+    sequence logits), in float32.
 
     `(z − mean(z)) / (1e-7 + std(z))` with the unbiased standard deviation
     (divisor `C − 1`), as the logit standardization code (Sun et al., CVPR
@@ -155,20 +192,29 @@ def check_standardizable(term, teacher_outputs_shape):
         )
 
 
-def weighted_mean(value, sample_weight=None):
+#: The terms that give one value per token on sequence inputs.
+SEQUENCE_TERMS = (
+    "LogitsDistillation, DecoupledDistillation, "
+    "CurriculumTemperatureDistillation, SubsetLogitsDistillation, "
+    "FeatureDistillation and wrapped keras.distillation losses"
+)
+
+
+def weighted_mean(value, sample_weight=None, name=None):
     """A term's value reduced to a float32 scalar under `sample_weight`.
 
     - A scalar (a batch-level term) is returned as is.
     - Per-sample values `(batch,)`: `mean(w · value)`, Keras' reduction
-      (`"sum_over_batch_size"`, as for the student loss). Per-token weights
-      `(batch, length)` count as each sample's mean weight.
+      (`"sum_over_batch_size"`, as for the student loss).
     - Per-token values `(batch, length, ...)` (sequence logits): the mean
       over real tokens, `Σ w · value / Σ w` (TRL's and torchtune's
       reduction), with `w` of shape `(batch,)` or `(batch, length)`
       broadcast over the value; a fully padded row contributes nothing and
       an all-padding batch gives 0.
 
-    Without weights, the plain mean.
+    Per-token weights `(batch, length)` for a scalar or per-sample value
+    raise a ValueError naming the term (`name`). Without weights, the plain
+    mean.
 
     Example:
 
@@ -180,17 +226,22 @@ def weighted_mean(value, sample_weight=None):
     """
     value = ops.cast(value, "float32")
     rank = len(value.shape)
+    if sample_weight is None:
+        return value if rank == 0 else ops.mean(value)
+    weights = ops.cast(sample_weight, "float32")
+    if rank < 2 and any(size != 1 for size in weights.shape[1:]):
+        raise ValueError(
+            f"{f'Term {name!r}' if name else 'The term'} gives "
+            f"{'one value per sample' if rank else 'one value per batch'}, "
+            f"but sample_weight has shape {tuple(weights.shape)}, one "
+            f"weight per token. A padding mask needs terms that give one "
+            f"value per token on sequence inputs (batch, length, ...): "
+            f"{SEQUENCE_TERMS}. Use those, or give weights of shape (batch,)."
+        )
     if rank == 0:
         return value
-    if sample_weight is None:
-        return ops.mean(value)
-    weights = ops.cast(sample_weight, "float32")
     if rank == 1:
-        if len(weights.shape) > 1:
-            weights = ops.mean(
-                ops.reshape(weights, (ops.shape(weights)[0], -1)), axis=-1
-            )
-        return ops.mean(value * weights)
+        return ops.mean(value * ops.reshape(weights, (-1,)))
     while len(weights.shape) < rank:
         weights = ops.expand_dims(weights, -1)
     weights = weights * ops.ones_like(value)
@@ -205,6 +256,19 @@ def per_sample_mean(x):
     """Mean over every axis but the batch axis, in float32."""
     x = ops.cast(x, "float32")
     return ops.mean(ops.reshape(x, (ops.shape(x)[0], -1)), axis=-1)
+
+
+def sample_or_token_mean(x, sequence):
+    """One float32 value per sample (the mean over every axis but the
+    batch axis) or, with `sequence` (inputs `(batch, length, ...)`), per
+    token (the mean over every axis but the first two)."""
+    x = ops.cast(x, "float32")
+    if len(x.shape) == 0:
+        return x
+    if not sequence or len(x.shape) < 2:
+        return per_sample_mean(x)
+    shape = ops.shape(x)
+    return ops.mean(ops.reshape(x, (shape[0], shape[1], -1)), axis=-1)
 
 
 def flat_features(outputs, name):

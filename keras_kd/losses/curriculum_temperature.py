@@ -24,8 +24,9 @@ class CurriculumTemperatureDistillation(DistillationTerm):
     """CTKD (Li et al., AAAI 2023): KD with a learnable, adversarial
     temperature.
 
-    Per sample `T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))` (Hinton KD, in
-    float32) with `T = t_min + t_scale · sigmoid(GRL_λ(θ))`. The term owns
+    Per sample (per token for sequence logits `(batch, length, classes)`)
+    `T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))` (Hinton KD, in float32)
+    with `T = t_min + t_scale · sigmoid(GRL_λ(θ))`. The term owns
     `θ` (trainable, optimised with the student); the gradient reversal
     layer makes `θ` *maximise* the loss, scaled by `λ`, while the student
     minimises it. `λ` follows a curriculum over epochs
@@ -36,8 +37,8 @@ class CurriculumTemperatureDistillation(DistillationTerm):
 
     `mode="global"` (the default, and the only variant in the official
     code) learns one temperature; `mode="instance"` predicts one per
-    sample with a 2-layer MLP on the concatenated teacher and student
-    logits. `current_temperature()` reads the learned temperature.
+    sample (or token) with a 2-layer MLP on the concatenated teacher and
+    student logits. `current_temperature()` reads the learned temperature.
 
     Args:
         mode: `"global"` or `"instance"`.
@@ -47,8 +48,8 @@ class CurriculumTemperatureDistillation(DistillationTerm):
         lambda_start, lambda_end, lambda_epochs: the curriculum of `λ`.
         schedule: `"cosine"` or `"linear"`.
         hidden_units: width of the instance-wise MLP.
-        standardize: z-score both models' logits per sample first (logit
-            standardization, Sun et al., CVPR 2024).
+        standardize: z-score both models' logits over the class axis
+            first (logit standardization, Sun et al., CVPR 2024).
 
     Example:
 
@@ -61,6 +62,7 @@ class CurriculumTemperatureDistillation(DistillationTerm):
     """
 
     uses_logits = True
+    reads_sequences = True
 
     def __init__(
         self,
@@ -119,7 +121,7 @@ class CurriculumTemperatureDistillation(DistillationTerm):
                 name="theta",
             )
         else:
-            classes = student_outputs_shape["logits"][-1]
+            *leading, classes = student_outputs_shape["logits"]
             self.mlp = keras.Sequential(
                 [
                     keras.layers.Dense(self.hidden_units, activation="relu"),
@@ -127,7 +129,7 @@ class CurriculumTemperatureDistillation(DistillationTerm):
                 ],
                 name="temperature_mlp",
             )
-            self.mlp.build((None, 2 * classes))
+            self.mlp.build((*leading, 2 * classes))  # (batch, [length,] 2C)
 
     def on_epoch_begin(self, epoch):
         self.epoch.assign(float(epoch))
@@ -143,7 +145,8 @@ class CurriculumTemperatureDistillation(DistillationTerm):
         return self.lambda_start + (self.lambda_end - self.lambda_start) * progress
 
     def temperature(self, z_t, z_s):
-        """`T` of the batch: shape `()` (global) or `(batch, 1)` (instance)."""
+        """`T` of the batch: shape `()` (global) or `(batch, [length,] 1)`
+        (instance)."""
         if self.mode == "global":
             raw = ops.convert_to_tensor(self.theta)
         else:
@@ -160,7 +163,7 @@ class CurriculumTemperatureDistillation(DistillationTerm):
             w * ops.softmax(z / t, axis=-1) for w, z in zip(teacher_weights, z_ts)
         )
         kl = kl_divergence(target, ops.log_softmax(z_s / t, axis=-1))
-        return ops.reshape(t * t, (-1,)) * kl
+        return (t * t if self.mode == "global" else ops.squeeze(t * t, -1)) * kl
 
     def current_temperature(self, teacher_logits=None, student_logits=None):
         """The global temperature now (or the instance temperatures of the

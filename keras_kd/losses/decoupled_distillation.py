@@ -25,7 +25,10 @@ class DecoupledDistillation(DistillationTerm):
     `fit(initial_epoch=...)` continues the warm-up. The parts are reported
     as `<name>_tckd` and `<name>_nckd` (warm-up included). With several
     teachers both targets are the teachers' weighted means; a
-    `kd.SoftLabelTeacher`'s rows are used as `p_t`.
+    `kd.SoftLabelTeacher`'s rows are used as `p_t`. Sequence logits
+    `(batch, length, classes)` with labels `(batch, length)` give one value
+    per token (`kd.Distiller` averages them over the real tokens of a
+    padding-mask `sample_weight`); labels of another shape raise.
 
     Args:
         alpha: weight `α` of TCKD.
@@ -33,8 +36,9 @@ class DecoupledDistillation(DistillationTerm):
             or 2 by pair; see the `"dkd"` preset).
         temperature: `T`.
         warmup_epochs: epochs of the linear warm-up (0: none).
-        standardize: z-score both models' logits per sample before the
-            temperature (logit standardization, Sun et al., CVPR 2024).
+        standardize: z-score both models' logits over the class axis
+            before the temperature (logit standardization, Sun et al.,
+            CVPR 2024).
 
     Example:
 
@@ -46,6 +50,7 @@ class DecoupledDistillation(DistillationTerm):
     """
 
     uses_logits = True
+    reads_sequences = True
     component_names = ("tckd", "nckd")
 
     def __init__(
@@ -98,8 +103,9 @@ class DecoupledDistillation(DistillationTerm):
             )
         t = self.temperature
         z_s = self._prepare(student_outputs["logits"])
-        # Boolean `(batch, classes)` mask of each sample's label.
-        gt = ops.one_hot(class_indices(labels), ops.shape(z_s)[-1]) > 0.5
+        # Boolean `(batch, [length,] classes)` mask of each label.
+        indices = class_indices(labels, z_s.shape, "DecoupledDistillation")
+        gt = ops.one_hot(indices, ops.shape(z_s)[-1]) > 0.5
         # Student: log p_g and log(1 − p_g) from log-sum-exps (stable where
         # p_g saturates), and the non-target log-softmax.
         log_all = ops.logsumexp(z_s / t, axis=-1)

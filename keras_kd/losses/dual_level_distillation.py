@@ -299,7 +299,10 @@ class DualLevelDistillation(DistillationTerm):
             self.correlation_temperature,
         )
 
-        view_labels = ops.tile(class_indices(labels), [self.num_views])
+        logits = student_outputs.get("logits")
+        shape = None if logits is None else logits.shape
+        labels = class_indices(labels, shape, "DualLevelDistillation")
+        view_labels = ops.tile(labels, [self.num_views])
         embeddings = ops.concatenate(
             [
                 l2_normalize(self.student_embedding(f_s)),

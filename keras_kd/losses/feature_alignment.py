@@ -81,7 +81,8 @@ def make_aligner(student_shape, teacher_shape, kind="nonlinear", name=None):
             f"Cannot align a student feature of shape {student_shape} with a "
             f"teacher feature of shape {teacher_shape}: both must be feature "
             f"maps (batch, H, W, C) or both vectors (batch, C). Pick layers "
-            f"of the same kind."
+            f"of the same kind (for sequence features (batch, length, C) of "
+            f"one shape, kd.losses.FeatureDistillation compares each token)."
         )
     channels = teacher_shape[-1]
     stack = []

@@ -2,7 +2,7 @@ import keras
 from keras import ops
 
 from keras_kd.losses.base import DistillationTerm
-from keras_kd.losses.base import per_sample_mean
+from keras_kd.losses.base import sample_or_token_mean
 from keras_kd.losses.keras_api import KerasLossAPI
 
 _LOSSES = ("mse", "mae", "cosine")
@@ -16,7 +16,9 @@ class FeatureDistillation(KerasLossAPI, DistillationTerm):
     weights, so the two layers must have identical shapes (use
     `FeatureAlignment` otherwise). `None` names mean the final outputs.
     `loss` is `"mse"`, `"mae"` or `"cosine"` (1 − cosine similarity of the
-    flattened features). Like Keras' loss object it has
+    flattened features), per sample; sequence features `(batch, length,
+    features)` give one value per token (cosine over the feature axis, as
+    Keras' `"cosine_similarity"`). Like Keras' loss object it has
     `compute_loss(teacher_features, student_features)` (equal to Keras'
     for `"mse"` and `"mae"`), `validate_outputs` and
     `validate_model_compatibility`.
@@ -27,6 +29,8 @@ class FeatureDistillation(KerasLossAPI, DistillationTerm):
     term = kd.losses.FeatureDistillation("stage3", "stage3", loss="mse")
     ```
     """
+
+    reads_sequences = True
 
     def __init__(
         self, teacher_layer_name=None, student_layer_name=None, loss="mse", **kwargs
@@ -69,13 +73,15 @@ class FeatureDistillation(KerasLossAPI, DistillationTerm):
         return total
 
     def _distance(self, f_t, f_s):
+        sequence = len(f_s.shape) == 3
         if self.loss == "mse":
-            return per_sample_mean(ops.square(f_s - f_t))
+            return sample_or_token_mean(ops.square(f_s - f_t), sequence)
         if self.loss == "mae":
-            return per_sample_mean(ops.abs(f_s - f_t))
-        batch = ops.shape(f_s)[0]
-        f_s = ops.normalize(ops.reshape(f_s, (batch, -1)), axis=-1)
-        f_t = ops.normalize(ops.reshape(f_t, (batch, -1)), axis=-1)
+            return sample_or_token_mean(ops.abs(f_s - f_t), sequence)
+        if not sequence:
+            batch = ops.shape(f_s)[0]
+            f_s, f_t = ops.reshape(f_s, (batch, -1)), ops.reshape(f_t, (batch, -1))
+        f_s, f_t = ops.normalize(f_s, axis=-1), ops.normalize(f_t, axis=-1)
         return 1.0 - ops.sum(f_s * f_t, axis=-1)
 
     def get_config(self):

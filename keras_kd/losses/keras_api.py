@@ -46,7 +46,7 @@ class KerasLossAPI:
                 {student_key: student},
                 teacher_weights=[1.0],
             )
-            return weighted_mean(value, sample_weight)
+            return weighted_mean(value, sample_weight, self.name)
 
         values = keras.tree.map_structure(pair_loss, teacher_outputs, student_outputs)
         return ops.sum(ops.stack(keras.tree.flatten(values)))

@@ -35,8 +35,9 @@ class LogitsDistillation(KerasLossAPI, DistillationTerm):
     `validate_outputs` and `validate_model_compatibility`.
 
     With `standardize=True` (logit standardization, Sun et al., CVPR 2024)
-    teacher and student logits are z-scored per sample
-    (`kd.losses.base.standardize_logits`) before the temperature; the
+    teacher and student logits are z-scored over the class axis, per sample
+    or per token (`kd.losses.base.standardize_logits`) before the
+    temperature; the
     official CIFAR-100 setting is `temperature=2` with weight 9
     (preset `"kd+ls"`). A label teacher's probabilities cannot be
     standardized; that combination raises at build time.
@@ -52,6 +53,7 @@ class LogitsDistillation(KerasLossAPI, DistillationTerm):
     """
 
     uses_logits = True
+    reads_sequences = True
 
     def __init__(
         self, temperature=4.0, loss="kl_divergence", standardize=False, **kwargs

@@ -16,7 +16,8 @@ class SubsetLogitsDistillation(DistillationTerm):
     `softmax(z_t[:, S] / T)`; per sample
     `T² · KL(softmax(z_t[:, S]/T) ‖ softmax(z_s/T))`, in float32. With
     several teachers the target is the weighted mean of their restricted
-    distributions.
+    distributions. Sequence logits `(batch, length, classes)` give one
+    value per token.
 
     The Distiller checks before training that there is one index per
     student class and that every index is a class of each teacher.
@@ -26,8 +27,9 @@ class SubsetLogitsDistillation(DistillationTerm):
             student's label order (e.g. `mapping.original_ids` from
             `kd.data.class_subset`).
         temperature: `T`.
-        standardize: z-score the teacher's restricted logits `z_t[:, S]`
-            and the student's logits per sample before the temperature
+        standardize: z-score the teacher's restricted logits `z_t[..., S]`
+            and the student's logits over the class axis before the
+            temperature
             (logit standardization, Sun et al., CVPR 2024).
 
     Example:
@@ -41,6 +43,7 @@ class SubsetLogitsDistillation(DistillationTerm):
     """
 
     uses_logits = True
+    reads_sequences = True
 
     def __init__(self, class_indices, temperature=4.0, standardize=False, **kwargs):
         super().__init__(**kwargs)
