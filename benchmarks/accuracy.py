@@ -24,9 +24,9 @@ Suites (defined in `accuracy_suites.py`):
   and, with `--fashion_mnist=PATH`, Fashion-MNIST: a class-stratified
   subset of the training images (20,000 by default), the whole test split
   and a stratified validation split carved from the other training images,
-  written to `--work_dir` (never into the repository). `--tune` chooses
-  the term weights on the validation split (digits: held-out training
-  images) before the reported runs.
+  written to `--work_dir` (never into the repository), with the digits
+  or (`--fashion_protocol=fashion`) the converged protocol. `--tune` picks
+  term weights on the validation split (digits: held-out training images).
 - `cifar`: docs/methods.md §6 (SGD 0.05, ×0.1 at 62.5/75/87.5% of the epochs,
   batch 64, coupled L2 5e-4, crop+flip) for resnet32x4 → resnet8x4 and
   wrn_40_2 → wrn_16_2 on `--cifar_dataset` (e.g. `cifar100` with
@@ -37,7 +37,8 @@ Usage:
 
 ```
 python benchmarks/accuracy.py --suite=cpu --datasets=fashion_mnist \
-    --fashion_mnist=../shared/data/fashion_mnist --seeds=0,1,2
+    --fashion_mnist=../shared/data/fashion_mnist --seeds=0,1,2 \
+    --fashion_protocol=fashion --fashion_train=60000
 python benchmarks/accuracy.py --suite=cpu --datasets=digits --tune \
     --methods=kd,fitnets,at --seeds=0,1,2
 python benchmarks/accuracy.py --suite=cifar --cifar_dataset=cifar100 \
@@ -123,8 +124,17 @@ def define_flags():
         "training images the subset leaves out (from the subset when it "
         "takes all 60,000); used for every choice (--tune), never test.",
     )
-    flags.DEFINE_integer("fashion_epochs", 2, "Fashion-MNIST student epochs.")
-    flags.DEFINE_integer("fashion_teacher_epochs", 3, "Fashion-MNIST teacher epochs.")
+    flags.DEFINE_enum(
+        "fashion_protocol",
+        "digits",
+        ["digits", "fashion"],
+        "Fashion-MNIST: the recipes' protocol: digits (Adam 3e-3, no "
+        "augmentation, --fashion_batch_size; unset --fashion_epochs, "
+        "--fashion_teacher_epochs: 2, 3) or fashion (converged; unset: its "
+        "epochs; its batch size; keras_kd.cli.protocols).",
+    )
+    flags.DEFINE_integer("fashion_epochs", None, "Fashion-MNIST student epochs.")
+    flags.DEFINE_integer("fashion_teacher_epochs", None, "Fashion teacher epochs.")
     flags.DEFINE_integer(
         "fashion_batch_size", 128, "Fashion-MNIST batch size (digits protocol, Adam)."
     )
@@ -307,7 +317,7 @@ def tune_dataset(dataset, methods, seeds, log):
             continue
         flag = TUNE_FLAGS[method]
         scores = {}
-        for weight in tune_grid(method):
+        for weight in tune_grid(method, dataset.get("protocol", "digits")):
             runs = run_dataset(
                 dataset,
                 [method],

@@ -1,8 +1,9 @@
 """The tables, plots and merges of `benchmarks/accuracy.py`'s reports.
 
 A report is the suite's JSON (see accuracy.py); `write_report` writes its
-markdown table (mean ± std over seeds, the difference to KD) and its plot
-(one colour per method, the teacher as a reference line).
+markdown table (mean ± std over seeds, the difference to KD unpaired, and
+to KD and the student alone paired by seed: `paired_differences`) and its
+plot (one colour per method, the teacher as a reference line).
 
 Example:
 
@@ -94,8 +95,11 @@ def format_markdown(report):
             ]
         lines += [
             "| method | last-epoch acc % | best-epoch acc % | Δ last vs kd "
-            "(points) | runs | train s / run | images/s (recipes' timer) |",
-            "|---|---|---|---|---|---|---|",
+            "(points, unpaired) | Δ last vs kd, paired by seed (points, "
+            "mean ± sample std) | Δ last vs student alone, paired by seed "
+            "(points, mean ± sample std) | runs | train s / run | images/s "
+            "(recipes' timer) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         kd_row = next(
             (r for r in dataset["summary"] if r["method"] == "kd" and "last" in r), None
@@ -113,6 +117,8 @@ def format_markdown(report):
             lines.append(
                 f"| {row['method']} | {pm('last', 100)} | {pm('best', 100)} "
                 f"| {_versus(row, kd_row)} "
+                f"| {_paired_cell(dataset['runs'], row['method'], 'kd')} "
+                f"| {_paired_cell(dataset['runs'], row['method'], 'student')} "
                 f"| {runs} | {pm('train_seconds', 1, '.0f')} | "
                 f"{pm('images_per_second', 1, '.0f')} |"
             )
@@ -138,6 +144,44 @@ def _versus(row, kd_row):
         "above" if diff > noise else "below" if -diff > noise else ("within noise")
     )
     return f"{diff:+.2f} ({verdict})"
+
+
+def paired_differences(runs, method, reference):
+    """Per seed, `method`'s last-epoch accuracy minus `reference`'s (same
+    seed, both finished): `(mean, sample std (ddof=1; None for one seed),
+    seeds above, seeds below, seeds paired)`, or None with no pair.
+
+    Example: kd 0.80, 0.82; fitnets 0.81, 0.85 → `(0.02, 0.01414, 2, 0, 2)`.
+    """
+
+    def last(name):
+        # A later run of the same seed (a merged, resumed suite) wins.
+        return {
+            r["seed"]: r["last"] for r in runs if r["method"] == name and "last" in r
+        }
+
+    mine, theirs = last(method), last(reference)
+    diffs = np.array([mine[s] - theirs[s] for s in sorted(mine) if s in theirs])
+    if not len(diffs):
+        return None
+    std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None
+    above, below = int((diffs > 0).sum()), int((diffs < 0).sum())
+    return float(np.mean(diffs)), std, above, below, len(diffs)
+
+
+def _paired_cell(runs, method, reference):
+    """`paired_differences` in points, e.g. "+0.42 ± 0.10 (3/3 above)": the
+    seeds agreeing in sign with the mean. Not for the reference itself, the
+    teacher or the class-subset rows (another task)."""
+    if method in (reference, "teacher") or method.startswith("subset:"):
+        return "–"
+    paired = paired_differences(runs, method, reference)
+    if paired is None:
+        return "–"
+    mean, std, above, below, n = paired
+    spread = "" if std is None else f" ± {100 * std:.2f}"
+    agree = f"{below}/{n} below" if mean < 0 else f"{above}/{n} above"
+    return f"{100 * mean:+.2f}{spread} ({agree})"
 
 
 def _colours(names, plt):

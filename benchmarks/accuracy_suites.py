@@ -2,10 +2,11 @@
 covers, with the recipe flags of each dataset.
 
 `suite_datasets(suite)` reads accuracy.py's flags (`--datasets`,
-`--fashion_mnist`, `--tune`, `--cifar_dataset`, ...) and returns the
-datasets of the `cpu` or `cifar` suite, each a dict of its key, recipe
-flags (and validation flags), epochs, models and a note; it writes the
-held-out and subset data folders under `--work_dir` when they are needed.
+`--fashion_mnist`, `--fashion_protocol`, `--tune`, `--cifar_dataset`, ...)
+and returns the datasets of the `cpu` or `cifar` suite, each a dict of its
+key, recipe flags (and validation flags), epochs, models and a note; it
+writes the held-out and subset data folders under `--work_dir` when they
+are needed.
 `TUNE_FLAGS` and `tune_grid` are the term weights `--tune` sweeps.
 """
 
@@ -41,6 +42,7 @@ def suite_datasets(suite):
             "teacher_epochs": FLAGS.teacher_epochs or digits["teacher_epochs"],
             "teacher": "digits_cnn_large",
             "student": "digits_cnn_small",
+            "protocol": "digits",
             "protocol_epochs": [digits["epochs"], digits["teacher_epochs"]],
             "note": "scikit-learn digits, 1347 train / 450 test; student on "
             "the first 100 training images (recipes' digits "
@@ -67,42 +69,7 @@ def suite_datasets(suite):
             )
         datasets = [digits_data] if "digits" in FLAGS.datasets else []
         if FLAGS.fashion_mnist and "fashion_mnist" in FLAGS.datasets:
-            path, val_path = fashion_subset(
-                FLAGS.fashion_mnist,
-                FLAGS.work_dir,
-                FLAGS.fashion_train,
-                FLAGS.fashion_val,
-            )
-            datasets.append(
-                {
-                    "key": f"fashion_mnist_{FLAGS.fashion_train}",
-                    "flags": [
-                        f"--dataset=npz:{path}",
-                        "--protocol=digits",
-                        f"--batch_size={FLAGS.fashion_batch_size}",
-                        "--train_limit=0",
-                        "--reffakd_diagonal=0.008",
-                    ],
-                    "val_flags": [f"--dataset=npz:{val_path}"],
-                    "epochs": FLAGS.fashion_epochs,
-                    "teacher_epochs": FLAGS.fashion_teacher_epochs,
-                    "teacher": "fashion_cnn_large",
-                    "student": "fashion_cnn_small",
-                    "validation": {
-                        "images": FLAGS.fashion_val,
-                        "stratified": True,
-                        "seed": 0,
-                        "from": "Fashion-MNIST training images "
-                        "outside the training subset",
-                    },
-                    "note": f"Fashion-MNIST (exact data), a class-stratified "
-                    f"subset of {FLAGS.fashion_train} of the 60,000 "
-                    f"training images (seed 0), all 10,000 test images; "
-                    f"teacher and students on the whole subset; digits "
-                    f"protocol (Adam 3e-3, no augmentation), batch "
-                    f"{FLAGS.fashion_batch_size}",
-                }
-            )
+            datasets.append(fashion_dataset())
         return datasets
     if not FLAGS.cifar_dataset:
         raise app.UsageError("--suite=cifar needs --cifar_dataset.")
@@ -123,11 +90,88 @@ def suite_datasets(suite):
             "teacher_epochs": FLAGS.teacher_epochs or epochs,
             "teacher": t,
             "student": s,
-            "protocol_epochs": [cifar["epochs"], cifar["teacher_epochs"]],
+            "protocol": "cifar",
+            "protocol_epochs": [cifar["epochs"], cifar["epochs"]],
             "note": f"docs/methods.md §6 protocol, {epochs} epochs (240 published)",
         }
         for t, s in (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"))
     ]
+
+
+def fashion_dataset():
+    """The Fashion-MNIST entry of the cpu suite (`--fashion_protocol`)."""
+    path, val_path = fashion_subset(
+        FLAGS.fashion_mnist, FLAGS.work_dir, FLAGS.fashion_train, FLAGS.fashion_val
+    )
+    entry = {
+        "val_flags": [f"--dataset=npz:{val_path}"],
+        "teacher": "fashion_cnn_large",
+        "student": "fashion_cnn_small",
+        "validation": {
+            "images": FLAGS.fashion_val,
+            "stratified": True,
+            "seed": 0,
+            "from": "Fashion-MNIST training images outside the training subset",
+        },
+    }
+    if FLAGS.fashion_protocol == "fashion":
+        return dict(entry, **_fashion_converged(path))
+    epochs, teacher_epochs = FLAGS.fashion_epochs, FLAGS.fashion_teacher_epochs
+    return dict(
+        entry,
+        key=f"fashion_mnist_{FLAGS.fashion_train}",
+        flags=[
+            f"--dataset=npz:{path}",
+            "--protocol=digits",
+            f"--batch_size={FLAGS.fashion_batch_size}",
+            "--train_limit=0",
+            "--reffakd_diagonal=0.008",
+        ],
+        epochs=2 if epochs is None else epochs,
+        teacher_epochs=3 if teacher_epochs is None else teacher_epochs,
+        protocol="digits",
+        note=f"Fashion-MNIST (exact data), a class-stratified subset of "
+        f"{FLAGS.fashion_train} of the 60,000 training images (seed 0), all "
+        f"10,000 test images; teacher and students on the whole subset; "
+        f"digits protocol (Adam 3e-3, no augmentation), batch "
+        f"{FLAGS.fashion_batch_size}",
+    )
+
+
+def _fashion_converged(path):
+    """The settings of `--fashion_protocol=fashion`: the recipes' `fashion`
+    protocol, its batch size pinned, its epochs unless the flags give them."""
+    fashion = PROTOCOLS["fashion"]
+    epochs, teacher_epochs = FLAGS.fashion_epochs, FLAGS.fashion_teacher_epochs
+    train = FLAGS.fashion_train
+    images = (
+        f"all 60,000 training images less the {FLAGS.fashion_val} of the "
+        f"validation split ({60000 - FLAGS.fashion_val:,})"
+        if train >= 60000
+        else f"a class-stratified subset of {train} of the 60,000 training "
+        f"images (seed 0)"
+    )
+    return {
+        "key": f"fashion_mnist_converged_{train}",
+        "flags": [
+            f"--dataset=npz:{path}",
+            "--protocol=fashion",
+            f"--batch_size={fashion['batch_size']}",
+            "--train_limit=0",
+            "--reffakd_diagonal=0.008",
+        ],
+        "epochs": fashion["epochs"] if epochs is None else epochs,
+        "teacher_epochs": (
+            fashion["teacher_epochs"] if teacher_epochs is None else teacher_epochs
+        ),
+        "protocol": "fashion",
+        "protocol_epochs": [fashion["epochs"], fashion["teacher_epochs"]],
+        "note": f"Fashion-MNIST (exact data), {images}, all 10,000 test "
+        f"images; teacher and students on all of them; recipes' fashion "
+        f"protocol (SGD 0.05 momentum 0.9, ×0.1 at 50/75% of the epochs, "
+        f"batch {fashion['batch_size']}, L2 5e-4, crop+flip, per-channel "
+        f"normalisation, KD 0.1·CE + 0.9·KD at T=4, the presets' weights)",
+    }
 
 
 # The term weight each --tune sweep varies: the recipes' flag and its
@@ -142,8 +186,10 @@ TUNE_FLAGS = {
 }
 
 
-def tune_grid(method):
-    weight = PROTOCOLS["digits"]["term_weights"].get(method)
+def tune_grid(method, protocol="digits"):
+    """The protocol's weight of `method` (else the preset's) × 0.1, 1, 10:
+    `tune_grid("fitnets")` → `[1.0, 10.0, 100.0]`."""
+    weight = PROTOCOLS[protocol].get("term_weights", {}).get(method)
     if weight is None:
         weight = presets.get(method).defaults[TUNE_FLAGS[method]]
     return [weight * f for f in (0.1, 1.0, 10.0)]

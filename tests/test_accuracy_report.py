@@ -1,0 +1,176 @@
+"""benchmarks/accuracy_report.py's paired differences and the suite's
+converged Fashion-MNIST entry, on hand-computed numbers (no training)."""
+
+import glob
+import importlib.util
+import json
+import os
+
+import pytest
+from absl import flags as absl_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(
+        f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def report():
+    return _load("accuracy_report")
+
+
+# Last-epoch accuracy per seed. Paired differences, by hand:
+# fitnets − kd: +0.3, +0.4, +0.5 points → mean +0.40, sample std 0.10;
+# fitnets − student: +2.3, +1.4, +3.5 → mean +2.40, sample std
+#   sqrt((0.01 + 1 + 1.21) / 2) = 1.0536 (population std would be 0.86);
+# at − kd: −1.0, +0.2, −0.4 → mean −0.40, sample std 0.60 (population
+#   0.49), 2 of 3 below; kd − student: +2, +1, +3 → +2.00 ± 1.00.
+LAST = {
+    "kd": (0.800, 0.810, 0.820),
+    "student": (0.780, 0.800, 0.790),
+    "teacher": (0.900, 0.910, 0.920),
+    "fitnets": (0.803, 0.814, 0.825),
+    "at": (0.790, 0.812, 0.816),
+    "subset: skd": (0.950, 0.960, 0.970),
+}
+
+
+def _runs():
+    runs = [
+        {"method": m, "seed": s, "last": v, "best": v}
+        for m, values in LAST.items()
+        for s, v in enumerate(values)
+    ]
+    # Seed 3: kd failed, so fitnets' seed 3 has no pair and is left out.
+    runs.append({"method": "kd", "seed": 3, "failed": "boom", "command": ""})
+    runs.append({"method": "fitnets", "seed": 3, "last": 0.99, "best": 0.99})
+    return runs
+
+
+def test_paired_differences_by_hand(report):
+    mean, std, above, below, n = report.paired_differences(_runs(), "fitnets", "kd")
+    assert (mean, std) == pytest.approx((0.004, 0.001))
+    assert (above, below, n) == (3, 0, 3)
+    mean, std, above, below, n = report.paired_differences(_runs(), "at", "kd")
+    assert (mean, std) == pytest.approx((-0.004, 0.006))  # ddof=1.
+    assert (above, below, n) == (1, 2, 3)
+    assert report.paired_differences(_runs(), "fitnets", "nobody") is None
+
+
+def _table(runs, report):
+    dataset = {
+        "key": "d",
+        "teacher": "t",
+        "student": "s",
+        "note": "n",
+        "epochs": 5,
+        "teacher_epochs": 5,
+        "runs": runs,
+        "summary": report.summarize(runs),
+    }
+    full = {
+        "suite": "cpu",
+        "date": "2026-01-01T00:00:00+00:00",
+        "machine": {"host": "h", "platform": "p", "cpu_count": 2, "device": "cpu"},
+        "backend": "tensorflow",
+        "command": "cmd",
+        "seeds": [0, 1, 2],
+        "datasets": [dataset],
+    }
+    table = report.format_markdown(full)
+    cells = {
+        row.split(" | ")[0][2:]: row.split(" | ")
+        for row in table.splitlines()
+        if row.startswith("| ")
+    }
+    return table, cells
+
+
+def test_table_has_paired_columns_vs_kd_and_the_student_alone(report):
+    table, cells = _table(_runs(), report)
+    assert "vs kd, paired by seed (points, mean ± sample std)" in table
+    # Columns: method, last, best, unpaired, paired vs kd, vs student, ...
+    assert cells["fitnets"][4:6] == [
+        "+0.40 ± 0.10 (3/3 above)",
+        "+2.40 ± 1.05 (3/3 above)",
+    ]
+    assert cells["at"][4] == "-0.40 ± 0.60 (2/3 below)"
+    assert cells["kd"][4:6] == ["–", "+2.00 ± 1.00 (3/3 above)"]
+    assert cells["student"][4:6] == ["-2.00 ± 1.00 (3/3 below)", "–"]
+    for name in ("teacher", "subset: skd"):
+        assert cells[name][3:6] == ["–", "–", "–"]
+
+
+def test_one_seed_has_no_spread(report):
+    runs = [r for r in _runs() if r["seed"] == 0]
+    _, cells = _table(runs, report)
+    assert cells["fitnets"][4] == "+0.30 (1/1 above)"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(glob.glob(os.path.join(ROOT, "benchmarks/results/accuracy_*.json")))
+)
+def test_earlier_reports_render_again(report, path):
+    with open(path) as f:
+        earlier = json.load(f)
+    table = report.format_markdown(earlier)
+    kd = next(line for line in table.splitlines() if line.startswith("| kd |"))
+    assert "above)" in kd or "below)" in kd  # Paired vs the student alone.
+
+
+@pytest.fixture
+def suites(tmp_path):
+    """accuracy.py's flags, defined and parsed for `args`, and its suites
+    module; removed afterwards."""
+    defined = set(absl_flags.FLAGS)
+    accuracy = _load("accuracy")
+    accuracy.define_flags()
+
+    def parse(*args):
+        absl_flags.FLAGS.unparse_flags()
+        absl_flags.FLAGS(["accuracy.py", f"--work_dir={tmp_path}", *args])
+        return accuracy
+
+    yield parse
+    for flag in set(absl_flags.FLAGS) - defined:
+        delattr(absl_flags.FLAGS, flag)
+    absl_flags.FLAGS.unparse_flags()
+
+
+def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
+    args = ["--datasets=fashion_mnist", "--fashion_mnist=/src", "--fashion_val=5000"]
+    accuracy = suites(*args)
+    suites_module = importlib.import_module("accuracy_suites")
+    monkeypatch.setattr(suites_module, "fashion_subset", lambda *a: ("/train", "/val"))
+    (digits,) = suites_module.suite_datasets("cpu")
+    assert digits["key"] == "fashion_mnist_20000"
+    assert "--protocol=digits" in digits["flags"]
+    assert "--batch_size=128" in digits["flags"]
+    assert (digits["epochs"], digits["teacher_epochs"]) == (2, 3)
+    suites(*args, "--fashion_protocol=fashion", "--fashion_train=60000")
+    (fashion,) = suites_module.suite_datasets("cpu")
+    assert fashion["key"] == "fashion_mnist_converged_60000"
+    assert fashion["flags"][:3] == [
+        "--dataset=npz:/train",
+        "--protocol=fashion",
+        "--batch_size=128",
+    ]
+    assert fashion["val_flags"] == ["--dataset=npz:/val"]
+    assert (fashion["epochs"], fashion["teacher_epochs"]) == (20, 30)
+    assert "all 60,000 training images less the 5000" in fashion["note"]
+    assert "(55,000)" in fashion["note"]
+    suites(*args, "--fashion_protocol=fashion", "--fashion_epochs=7")
+    (fashion,) = suites_module.suite_datasets("cpu")
+    assert (fashion["epochs"], fashion["teacher_epochs"]) == (7, 30)
+    # --tune sweeps the presets' weights (no protocol term_weights).
+    fitnets = accuracy.presets.get("fitnets").defaults["fitnets_weight"]
+    assert suites_module.tune_grid("fitnets", "fashion") == pytest.approx(
+        [0.1 * fitnets, fitnets, 10 * fitnets]
+    )
