@@ -181,6 +181,16 @@ def check_optional_writers():
         print(f"Warning: {training.TENSORBOARD_MISSING}", file=sys.stderr)
 
 
+def jit_compile():
+    """`--jit_compile`, or by default XLA on JAX only (its uncompiled steps
+    run op by op; TensorFlow's graphs and PyTorch run well without)."""
+    import keras
+
+    if FLAGS.jit_compile is not None:
+        return FLAGS.jit_compile
+    return keras.backend.backend() == "jax"
+
+
 def train_phase(name, model, data, x, y, cfg, lr, seed, host_augment, batches=None):
     """`training.fit_resumable` with the run's flags, in `--output_dir`."""
     return training.fit_resumable(
@@ -193,7 +203,7 @@ def train_phase(name, model, data, x, y, cfg, lr, seed, host_augment, batches=No
         FLAGS.output_dir,
         seed=seed,
         host_augment=host_augment,
-        jit_compile=FLAGS.jit_compile,
+        jit_compile=jit_compile(),
         verbose=FLAGS.verbose,
         tensorboard=TENSORBOARD[0],
         batches=batches,

@@ -155,7 +155,12 @@ def _define_execution_flags():
         "dtype policy of the student(s); teachers stay float32 and losses "
         "are computed in float32.",
     )
-    flags.DEFINE_bool("jit_compile", False, "Compile train steps with XLA.")
+    flags.DEFINE_bool(
+        "jit_compile",
+        None,
+        "Compile train steps with XLA (default: on for JAX, whose steps "
+        "otherwise run op by op; off on TensorFlow and PyTorch).",
+    )
     flags.DEFINE_integer("seed", 0, "Random seed (models, data order).")
     flags.DEFINE_list(
         "export",
