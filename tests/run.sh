@@ -7,6 +7,6 @@
 # run once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pytest -q -n 2 --dist loadfile -m "not slow" "$@"
-KERAS_BACKEND=jax python -m pytest -q -n 2 --dist loadfile \
+python -m pytest -q -n 2 --dist loadfile --durations=15 -m "not slow" "$@"
+KERAS_BACKEND=jax python -m pytest -q -n 2 --dist loadfile --durations=15 \
     -m "multi_backend and not slow" tests/test_*.py tests/data tests/offline "$@"
