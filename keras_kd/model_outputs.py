@@ -1,10 +1,13 @@
 """What keras_kd reads from teacher and student models.
 
 A "tap" runs a model once and returns `{"logits": ..., name: feature}`:
-functional and Sequential models expose every layer by name; a subclassed
-model returns either its logits (enough for logit-only terms) or a dict of
-named outputs. A teacher whose head is a softmax is tapped for its
-log-probabilities, which tempered softmaxes treat as logits exactly:
+functional and Sequential models expose every layer by name, including
+the layers of functional models nested in them (a keras_hub task's
+backbone: `"transformer_layer_1"`, or `"gpt2_backbone/transformer_layer_1"`
+when the bare name is ambiguous); a subclassed model returns either its
+logits (enough for logit-only terms) or a dict of named outputs. A
+teacher whose head is a softmax is tapped for its log-probabilities,
+which tempered softmaxes treat as logits exactly:
 `softmax(log p / T) = p^(1/T) / Σ p^(1/T)`.
 
 Example:
@@ -61,9 +64,7 @@ def tap(model, layer_names, role):
                 f"The {role} model '{model.name}' has {len(outputs)} outputs; "
                 f"keras_kd expects one (the logits)."
             )
-        _check_names(
-            features, [layer.name for layer in model.layers], role, model, "layer"
-        )
+        layers = find_layers(model, features, role)
         logits = outputs[0]
         head = softmax_layer(model)
         if role == "teacher" and head is not None:
@@ -76,8 +77,11 @@ def tap(model, layer_names, role):
                 ops.maximum(ops.cast(logits, "float32"), PROBABILITY_FLOOR)
             )
         tapped = {"logits": logits}
-        tapped.update({name: model.get_layer(name).output for name in features})
-        tapped_model = keras.Model(model.inputs, tapped, name=f"{model.name}_tap")
+        tapped.update(
+            {name: _layer_output(layers[name], role, model) for name in features}
+        )
+        nested = [n for n in features if layers[n] not in model.layers]
+        tapped_model = _tap_model(model, tapped, role, nested)
         return tapped_model, {name: tuple(t.shape) for name, t in tapped.items()}
     # A subclassed model: its logits, or a dict of named outputs.
     input_shape = (model.get_build_config() or {}).get("input_shape")
@@ -97,6 +101,72 @@ def tap(model, layer_names, role):
         )
     _check_names(features, list(spec), role, model, "output")
     return model, {name: tuple(t.shape) for name, t in spec.items()}
+
+
+def find_layers(model, names, role="model"):
+    """`{name: layer}` for layer names of a functional or Sequential model.
+
+    A name is a layer of the model itself, a path through nested functional
+    models (`"backbone/transformer_layer_1"`), or the bare name of one
+    layer of a nested model (`"transformer_layer_1"`) when no other layer
+    has it. Raises a ValueError for a missing or ambiguous name.
+    """
+    paths = list(_nested_layers(model))
+    found = {}
+    for name in names:
+        matches = [layer for path, layer in paths if path == name]
+        if not matches:
+            matches = [layer for path, layer in paths if path.split("/")[-1] == name]
+        if len(matches) > 1:
+            options = [p for p, _ in paths if p.split("/")[-1] == name]
+            raise ValueError(
+                f"The {role} model '{model.name}' has several layers named "
+                f"{name!r}, in nested models: {options}. Give the path of "
+                f"the one to read."
+            )
+        if matches:
+            found[name] = matches[0]
+    missing = [name for name in names if name not in found]
+    _check_names(missing, [layer.name for layer in model.layers], role, model, "layer")
+    return found
+
+
+def _nested_layers(model, prefix=""):
+    """`(path, layer)` for a model's layers and, depth first, those of the
+    functional models nested in it (`"outer/inner"` paths)."""
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        yield path, layer
+        if isinstance(layer, keras.Model) and _symbolic_outputs(layer):
+            yield from _nested_layers(layer, f"{path}/")
+
+
+def _layer_output(layer, role, model):
+    try:
+        return layer.output
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"Layer '{layer.name}' of the {role} model '{model.name}' is "
+            f"called more than once (or never), so it has no single output "
+            f"to read. Pick a layer called once, e.g. the one after it."
+        ) from None
+
+
+def _tap_model(model, tapped, role, nested):
+    """The functional model of the tapped outputs; `nested` names the
+    layers read inside nested models, which may be out of reach."""
+    try:
+        return keras.Model(model.inputs, tapped, name=f"{model.name}_tap")
+    except ValueError as e:
+        if not nested:
+            raise
+        raise ValueError(
+            f"The layers {nested} of nested models of the {role} model "
+            f"'{model.name}' are not reachable from its inputs: a nested "
+            f"model's layer can be read only when the nested model is "
+            f"called on the outer model's own inputs (as keras_hub tasks "
+            f"call their backbone). Read a layer of the model itself. ({e})"
+        ) from None
 
 
 def softmax_layer(model):

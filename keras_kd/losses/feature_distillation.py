@@ -10,10 +10,11 @@ _LOSSES = ("mse", "mae", "cosine")
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class FeatureDistillation(KerasLossAPI, DistillationTerm):
-    """Distance between same-shape teacher and student features.
+    """Distance between teacher and student features, optionally through a
+    learned projection of the student's last axis.
 
-    The `keras.distillation.FeatureDistillation` counterpart: no trainable
-    weights, so the two layers must have identical shapes (use
+    The `keras.distillation.FeatureDistillation` counterpart: by default no
+    trainable weights, so the two layers must have identical shapes (use
     `FeatureAlignment` otherwise). `None` names mean the final outputs.
     `loss` is `"mse"`, `"mae"` or `"cosine"` (1 − cosine similarity of the
     flattened features), per sample; sequence features `(batch, length,
@@ -23,17 +24,34 @@ class FeatureDistillation(KerasLossAPI, DistillationTerm):
     for `"mse"` and `"mae"`), `validate_outputs` and
     `validate_model_compatibility`.
 
+    `projection=True` aligns layers of different widths, e.g. the hidden
+    states `(batch, length, D_s)` and `(batch, length, D_t)` of two
+    transformers: a `Dense(D_t)` (kernel and bias, one per teacher) maps
+    the student's last axis before the distance, `d(f_s W + b, f_t)` per
+    token, masked by a `(batch, length)` `sample_weight` like the logit
+    terms. It is built with the term, trains with the student and is not
+    part of `distiller.student`; the other axes must match. Layers of a
+    keras_hub backbone are read by name (`"transformer_layer_1"`, see
+    `keras_kd.model_outputs.tap`; docs/methods.md §12).
+
     Example:
 
     ```python
     term = kd.losses.FeatureDistillation("stage3", "stage3", loss="mse")
+    hidden = kd.losses.FeatureDistillation(
+        "transformer_layer_3", "transformer_layer_1", projection=True)
     ```
     """
 
     reads_sequences = True
 
     def __init__(
-        self, teacher_layer_name=None, student_layer_name=None, loss="mse", **kwargs
+        self,
+        teacher_layer_name=None,
+        student_layer_name=None,
+        loss="mse",
+        projection=False,
+        **kwargs,
     ):
         if loss not in _LOSSES:
             raise ValueError(
@@ -47,29 +65,65 @@ class FeatureDistillation(KerasLossAPI, DistillationTerm):
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
         self.loss = loss
+        self.projection = bool(projection)
 
     def build(self, teacher_outputs_shape, student_outputs_shape):
         student_shape = tuple(student_outputs_shape[self.student_layer_names[0]])
-        for shapes in teacher_outputs_shape:
-            self._check_pair(tuple(shapes[self.teacher_layer_names[0]]), student_shape)
+        self.projections = []
+        for i, shapes in enumerate(teacher_outputs_shape):
+            teacher_shape = tuple(shapes[self.teacher_layer_names[0]])
+            self._check_pair(teacher_shape, student_shape)
+            if self.projection:
+                dense = keras.layers.Dense(
+                    teacher_shape[-1], dtype="float32", name=f"projection_{i}"
+                )
+                dense.build(student_shape)
+                self.projections.append(dense)
 
     def _check_pair(self, teacher_shape, student_shape):
+        if self.projection:
+            if not _same_sizes(teacher_shape[1:-1], student_shape[1:-1]):
+                raise ValueError(
+                    f"FeatureDistillation(projection=True) maps the last "
+                    f"axis only, so the other axes must match, but teacher "
+                    f"layer '{self.teacher_layer_names[0]}' has shape "
+                    f"{teacher_shape} and student layer "
+                    f"'{self.student_layer_names[0]}' has shape "
+                    f"{student_shape}. Use kd.losses.FeatureAlignment for "
+                    f"feature maps of different sizes."
+                )
+            return
         if teacher_shape[1:] != student_shape[1:]:
+            widths = teacher_shape[1:-1] == student_shape[1:-1]
             raise ValueError(
                 f"FeatureDistillation needs features of the same shape, "
                 f"but teacher layer '{self.teacher_layer_names[0]}' has "
                 f"shape {teacher_shape} and student layer "
                 f"'{self.student_layer_names[0]}' has shape "
-                f"{student_shape}. Use kd.losses.FeatureAlignment, which "
-                f"learns a mapping between different shapes."
+                f"{student_shape}. "
+                + (
+                    "Use kd.losses.FeatureAlignment, or give "
+                    "projection=True to learn a projection of the student's "
+                    "last axis (e.g. transformer hidden states)."
+                    if widths
+                    else "Use kd.losses.FeatureAlignment, which learns a "
+                    "mapping between different shapes."
+                )
             )
 
     def call(self, teacher_outputs, student_outputs, labels=None, teacher_weights=None):
         f_s = ops.cast(student_outputs[self.student_layer_names[0]], "float32")
+        if self.projection and not self.built:
+            raise ValueError(
+                "FeatureDistillation(projection=True) creates its projection "
+                "when built: use it in a kd.Distiller, or call "
+                "term.build(teacher_shapes, student_shapes) first."
+            )
         total = 0.0
-        for w, out in zip(teacher_weights, teacher_outputs):
+        for i, (w, out) in enumerate(zip(teacher_weights, teacher_outputs)):
             f_t = ops.cast(out[self.teacher_layer_names[0]], "float32")
-            total = total + w * self._distance(f_t, f_s)
+            mapped = self.projections[i](f_s) if self.projection else f_s
+            total = total + w * self._distance(f_t, mapped)
         return total
 
     def _distance(self, f_t, f_s):
@@ -90,4 +144,12 @@ class FeatureDistillation(KerasLossAPI, DistillationTerm):
             "teacher_layer_name": self.teacher_layer_name,
             "student_layer_name": self.student_layer_name,
             "loss": self.loss,
+            "projection": self.projection,
         }
+
+
+def _same_sizes(a, b):
+    """Whether two shapes agree where both sizes are known."""
+    return len(a) == len(b) and all(
+        x is None or y is None or x == y for x, y in zip(a, b)
+    )

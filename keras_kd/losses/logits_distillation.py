@@ -6,12 +6,17 @@ from keras_kd.losses.base import check_standardizable
 from keras_kd.losses.base import standardize_logits
 from keras_kd.losses.base import teacher_probabilities
 from keras_kd.losses.base import tempered_kl
+from keras_kd.losses.divergences import check_divergence
+from keras_kd.losses.divergences import generalized_jsd
+from keras_kd.losses.divergences import reverse_kl
+from keras_kd.losses.divergences import teacher_log_probabilities
 from keras_kd.losses.keras_api import KerasLossAPI
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class LogitsDistillation(KerasLossAPI, DistillationTerm):
-    """Hinton KD: `T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))` per sample.
+    """Hinton KD: `T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))` per sample;
+    reverse KL or GKD's generalized JSD with `divergence`.
 
     Computed in float32 whatever the models' dtype policy. With several
     teachers the target is the weighted mean of their tempered
@@ -42,6 +47,28 @@ class LogitsDistillation(KerasLossAPI, DistillationTerm):
     (preset `"kd+ls"`). A label teacher's probabilities cannot be
     standardized; that combination raises at build time.
 
+    `divergence` picks the divergence between `p_t = softmax(z_t/T)` and
+    `p_s = softmax(z_s/T)` (GKD, Agarwal et al., ICLR 2024, as in TRL's
+    `GKDTrainer.generalized_jsd_loss`), each times `T²` and per sample or
+    per token:
+
+    - `"kl"` (default): `KL(p_t ‖ p_s)`, the formula above.
+    - `"reverse_kl"`: `KL(p_s ‖ p_t)` (mode-seeking).
+    - `"jsd"`: `β·KL(p_t ‖ m) + (1−β)·KL(p_s ‖ m)` with
+      `m = β·p_t + (1−β)·p_s`, in log space (`log m` by `logsumexp`).
+      `beta` is the teacher's share of `m`, TRL's `beta`: `beta=0` is the
+      forward KL `KL(p_t ‖ p_s)` and `beta=1` the reverse KL
+      `KL(p_s ‖ p_t)`, as TRL defines the ends (the mixture formula itself
+      tends to 0 there, like `β·KL(p_t ‖ p_s)` and `(1−β)·KL(p_s ‖ p_t)`).
+
+    All three are times `T²` (TRL's loss has no `T²` and its trainer uses
+    `T = 1`, where the values agree), so `T` means what it means for
+    `"kl"` (docs/methods.md §12). With several teachers `p_t` is their
+    weighted mixture; a label teacher's probabilities are used as given, a
+    0 read as 1.2e-38 in the logs. `divergence` replaces the KL only: a
+    non-KL `loss` (e.g. `"mse"`) with a `divergence` other than `"kl"`
+    raises a ValueError. `beta` is read by `"jsd"` only.
+
     Example:
 
     ```python
@@ -49,6 +76,7 @@ class LogitsDistillation(KerasLossAPI, DistillationTerm):
                              kd.losses.LogitsDistillation(temperature=4.0),
                              student_loss_weight=0.1)
     mse_kd = kd.losses.LogitsDistillation(temperature=2.0, loss="mse")
+    gkd = kd.losses.LogitsDistillation(1.0, divergence="jsd", beta=0.5)
     ```
     """
 
@@ -56,7 +84,13 @@ class LogitsDistillation(KerasLossAPI, DistillationTerm):
     reads_sequences = True
 
     def __init__(
-        self, temperature=4.0, loss="kl_divergence", standardize=False, **kwargs
+        self,
+        temperature=4.0,
+        loss="kl_divergence",
+        standardize=False,
+        divergence="kl",
+        beta=0.5,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if temperature <= 0:
@@ -67,6 +101,9 @@ class LogitsDistillation(KerasLossAPI, DistillationTerm):
             loss = keras.losses.deserialize(loss)
         self.loss = loss
         self._loss_fn = _resolve_loss(loss)
+        check_divergence(divergence, beta, self._loss_fn is None, loss)
+        self.divergence = divergence
+        self.beta = float(beta)
 
     def build(self, teacher_outputs_shape, student_outputs_shape):
         check_standardizable(self, teacher_outputs_shape)
@@ -92,11 +129,20 @@ class LogitsDistillation(KerasLossAPI, DistillationTerm):
                 w * ops.cast(self._loss_fn(_tempered(out, t), z_s), "float32")
                 for w, out in zip(teacher_weights, teacher_outputs)
             )
-        target = sum(
-            w * teacher_probabilities(out, t)
-            for w, out in zip(teacher_weights, teacher_outputs)
+        forward = self.divergence == "kl" or (
+            self.divergence == "jsd" and self.beta == 0.0
         )
-        return tempered_kl(target, student_outputs, t)
+        if forward:
+            target = sum(
+                w * teacher_probabilities(out, t)
+                for w, out in zip(teacher_weights, teacher_outputs)
+            )
+            return tempered_kl(target, student_outputs, t)
+        log_p_t = teacher_log_probabilities(teacher_outputs, teacher_weights, t)
+        log_p_s = ops.log_softmax(_tempered(student_outputs, t), axis=-1)
+        if self.divergence == "reverse_kl" or self.beta == 1.0:
+            return (t * t) * reverse_kl(log_p_t, log_p_s)
+        return (t * t) * generalized_jsd(log_p_t, log_p_s, self.beta)
 
     def _check_pair(self, teacher_shape, student_shape):
         if teacher_shape[-1] != student_shape[-1]:
@@ -114,6 +160,8 @@ class LogitsDistillation(KerasLossAPI, DistillationTerm):
             "temperature": self.temperature,
             "loss": loss if isinstance(loss, str) else keras.losses.serialize(loss),
             "standardize": self.standardize,
+            "divergence": self.divergence,
+            "beta": self.beta,
         }
 
 
