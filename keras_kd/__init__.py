@@ -11,6 +11,7 @@ from keras_kd import optimizers
 from keras_kd import presets
 from keras_kd import reffakd
 from keras_kd import skd
+from keras_kd import teacher_inputs
 from keras_kd import training
 from keras_kd.distiller import Distiller
 from keras_kd.soft_label_teacher import SoftLabelTeacher

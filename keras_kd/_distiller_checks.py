@@ -15,6 +15,7 @@ import math
 import keras
 
 from keras_kd import model_outputs
+from keras_kd import teacher_inputs
 from keras_kd.losses.base import SEQUENCE_TERMS
 from keras_kd.losses.base import DistillationTerm
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
@@ -92,6 +93,21 @@ def teacher_weights(weights, teachers):
     return [float(w) / total_weight for w in weights]
 
 
+def supervised_loss(loss, weight, student):
+    """`compile`'s check: a supervised `loss` when `student_loss_weight`
+    is positive, one a softmax student can feed."""
+    if weight <= 0:
+        return
+    if loss is None:
+        raise ValueError(
+            f"compile() needs the student's supervised `loss` because "
+            f"student_loss_weight={weight}, e.g. "
+            f"loss=keras.losses.SparseCategoricalCrossentropy("
+            f"from_logits=True)."
+        )
+    model_outputs.check_student_head(student, [], loss)
+
+
 def view_terms(terms):
     """Returns the terms that expand the batch into views (at most one)."""
     found = [term for term in terms if term.num_views > 1]
@@ -120,30 +136,43 @@ def evaluate_teacher(value, side_input_names, views):
     return bool(value)
 
 
-def input_shapes(student, teachers, views):
-    """Refuses teachers whose input shape differs from the student's, and
-    runs a view term's input checks on the student's input shape."""
+def input_shapes(student, teachers, views, preprocessing):
+    """Refuses teachers whose input shape differs from what they are fed:
+    the student's inputs through their `teacher_preprocessing`; runs a view
+    term's input checks on the student's input shape."""
     student_shape = model_outputs.input_shape(student)
-    if student_shape:
-        # A symbolic pass raises a view term's input errors (e.g.
-        # rotations of non-square images) before training.
-        for term in views:
-            term.transform_inputs(keras.KerasTensor(student_shape))
-    for model in teachers:
+    if not student_shape:
+        return
+    # A symbolic pass raises a view term's input errors (e.g.
+    # rotations of non-square images) before training.
+    for term in views:
+        term.transform_inputs(keras.KerasTensor(student_shape))
+    for i, (model, transform) in enumerate(zip(teachers, preprocessing)):
         teacher_shape = model_outputs.input_shape(model)
-        if (
-            student_shape
-            and teacher_shape
-            and any(
-                s is not None and t is not None and s != t
-                for s, t in zip(student_shape[1:], teacher_shape[1:])
-            )
-        ):
+        fed = teacher_inputs.output_shape(transform, student_shape, i)
+        if not teacher_shape or not _differ(fed, teacher_shape):
+            continue
+        if transform is None:
             raise ValueError(
                 f"Teacher '{model.name}' takes inputs of shape "
                 f"{teacher_shape} but the student takes {student_shape}; "
-                f"both run on the same batch, so they must agree."
+                f"both run on the same batch, so they must agree, or give "
+                f"the teacher its own input transform with "
+                f"teacher_preprocessing (e.g. keras.layers.Resizing"
+                f"{tuple(teacher_shape[1:3])})."
             )
+        raise ValueError(
+            f"teacher_preprocessing[{i}] maps the student's inputs of shape "
+            f"{student_shape} to {fed}, but teacher '{model.name}' takes "
+            f"inputs of shape {teacher_shape}; make the transform's output "
+            f"match the teacher's input."
+        )
+
+
+def _differ(shape, other):
+    return len(shape) != len(other) or any(
+        s is not None and t is not None and s != t for s, t in zip(shape[1:], other[1:])
+    )
 
 
 def sequence_logits(terms, student_shapes):
@@ -167,3 +196,11 @@ def sequence_logits(terms, student_shapes):
 
 def as_list(value):
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def each(function, value):
+    """`function` of each item of a list or tuple (a list), or of `value`
+    (the teachers' and `teacher_preprocessing`'s (de)serialisation)."""
+    if isinstance(value, (list, tuple)):
+        return [function(item) for item in value]
+    return function(value)

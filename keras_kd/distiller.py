@@ -5,6 +5,7 @@ from keras_kd import _distiller_checks as checks
 from keras_kd import callbacks as callbacks_lib
 from keras_kd import model_outputs
 from keras_kd import side_inputs
+from keras_kd import teacher_inputs
 from keras_kd._compat import DotNotTrackScope
 from keras_kd._compat import MultiWorkerFitMixin
 from keras_kd._compat import compiled_loss
@@ -48,6 +49,12 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             applied to each training batch inside the compiled step, before
             teachers and student, so both see the same augmented images and
             the accelerator is not starved by a host pipeline.
+        teacher_preprocessing: each teacher's own input transform, applied
+            in the step to the (augmented) batch the student gets: a Keras
+            layer or model (`keras.layers.Resizing(224, 224)`,
+            `kd.teacher_inputs.unnormalize(mean, std)` for a teacher that
+            scales pixels itself), a list with one per teacher (None: the
+            student's inputs), or None. See `kd.teacher_inputs`.
         teacher_weights: one positive weight per teacher, normalised to sum
             to 1 (default equal).
         stop_on_nonfinite_loss: whether `fit` adds a
@@ -71,11 +78,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     on the first batch, and the checks run then.
 
     Sample weights: the student loss keeps Keras' reduction; each term is
-    reduced by `kd.losses.base.weighted_mean`, so with sequence logits
-    `(batch, length, classes)` and a `(batch, length)` padding mask as
-    `sample_weight`, a per-token term (one with `reads_sequences`) is its
-    mean over the real tokens. Other terms refuse sequence logits when
-    built and a per-token `sample_weight` in the first step.
+    reduced by `kd.losses.base.weighted_mean` (per-token terms: the mean
+    over real tokens of a `(batch, length)` mask; README.md).
 
     Example:
 
@@ -106,6 +110,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         augmentation=None,
         stop_on_nonfinite_loss=True,
         evaluate_teacher=None,
+        teacher_preprocessing=None,
         name="distiller",
         **kwargs,
     ):
@@ -128,6 +133,11 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         self.student_loss_weight = float(student_loss_weight)
         self.weighting = weighting
         self.augmentation = augmentation
+        self.teacher_preprocessing = teacher_preprocessing
+        with DotNotTrackScope():  # Tracked once, as given.
+            self._preprocessing = teacher_inputs.resolve(
+                teacher_preprocessing, teachers
+            )
         self.teacher_weights = teacher_weights
         self._teachers = teachers
         self._view_terms = view_terms
@@ -187,7 +197,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         student_names = sorted(
             {n for term in self.distillation_losses for n in term.student_layer_names}
         )
-        checks.input_shapes(self.student, self._teachers, self._view_terms)
+        checks.input_shapes(
+            self.student, self._teachers, self._view_terms, self._preprocessing
+        )
         for model in self._teachers:
             if isinstance(model, RecordedTeacher):
                 model.check_terms(self.distillation_losses, self.augmentation)
@@ -221,9 +233,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         """Builds unbuilt teachers and student on the first batch (as
         `keras.distillation` does), then the taps and terms, with the
         checks a built model gets at construction."""
-        for model in self._teachers + [self.student]:
+        fed = self._preprocessing + [None]  # The student: its inputs.
+        for model, transform in zip(self._teachers + [self.student], fed):
             if _unbuilt(model):
-                model(inputs, training=False)
+                model(teacher_inputs.apply(transform, inputs), training=False)
         self._build_taps_and_terms()
 
     # Each backend's `train_step` (TensorFlow, JAX, torch) calls `call`, then
@@ -248,9 +261,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             None
             if tap is None
             else keras.tree.map_structure(
-                ops.stop_gradient, tap(inputs, training=False)
+                ops.stop_gradient,
+                tap(teacher_inputs.apply(transform, inputs), training=False),
             )
-            for tap in self._teacher_taps
+            for tap, transform in zip(self._teacher_taps, self._preprocessing)
         ]
         return {"student": student_outputs, "teachers": teacher_outputs}
 
@@ -388,15 +402,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         """Compiles with the student's supervised `loss` (required when
         `student_loss_weight > 0`). A `mixed_float16` student gets a
         `LossScaleOptimizer` as in `keras.Model.compile`."""
-        if loss is None and self.student_loss_weight > 0:
-            raise ValueError(
-                f"compile() needs the student's supervised `loss` because "
-                f"student_loss_weight={self.student_loss_weight}, e.g. "
-                f"loss=keras.losses.SparseCategoricalCrossentropy("
-                f"from_logits=True)."
-            )
-        if self.student_loss_weight > 0:
-            model_outputs.check_student_head(self.student, [], loss)
+        checks.supervised_loss(loss, self.student_loss_weight, self.student)
         optimizer = keras.optimizers.get(optimizer)
         if self.student.dtype_policy.name == "mixed_float16" and not isinstance(
             optimizer, keras.optimizers.LossScaleOptimizer
@@ -416,9 +422,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         Each term's `on_epoch_begin(epoch)` is called before every epoch
         (from `initial_epoch` on, so a resumed run continues its schedules).
         """
+        x = args[0] if args else kwargs.get("x")
         if self.side_input_names:
-            x = args[0] if args else kwargs.get("x")
             self._check_side_inputs(side_inputs.batch_keys(x))
+        teacher_inputs.warn_if_normalised(self._teachers, self._preprocessing, x)
         callbacks = list(callbacks or []) + [
             callbacks_lib.TermEpochs(self.distillation_losses)
         ]
@@ -446,14 +453,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     def get_config(self):
         config = super().get_config()
         serialize = keras.saving.serialize_keras_object
-        teacher = (
-            [serialize(t) for t in self.teacher]
-            if isinstance(self.teacher, (list, tuple))
-            else serialize(self.teacher)
-        )
         config.update(
             {
-                "teacher": teacher,
+                "teacher": checks.each(serialize, self.teacher),
                 "student": serialize(self.student),
                 "distillation_losses": [
                     serialize(term) for term in self.distillation_losses
@@ -465,6 +467,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 "augmentation": serialize(self.augmentation),
                 "stop_on_nonfinite_loss": self.stop_on_nonfinite_loss,
                 "evaluate_teacher": self.evaluate_teacher,
+                "teacher_preprocessing": checks.each(
+                    serialize, self.teacher_preprocessing
+                ),
             }
         )
         return config
@@ -473,11 +478,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     def from_config(cls, config):
         config = dict(config)
         deserialize = keras.saving.deserialize_keras_object
-        teacher = config.pop("teacher")
-        config["teacher"] = (
-            [deserialize(t) for t in teacher]
-            if isinstance(teacher, list)
-            else deserialize(teacher)
+        config["teacher"] = checks.each(deserialize, config["teacher"])
+        config["teacher_preprocessing"] = checks.each(
+            deserialize, config.get("teacher_preprocessing")
         )
         config["student"] = deserialize(config["student"])
         config["augmentation"] = deserialize(config.get("augmentation"))

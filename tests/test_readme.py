@@ -40,6 +40,7 @@ def namespace():
             teacher, student, **kd.presets.build("kd", teacher, student)
         ),
         "student_3way": kd.models.get("resnet20", num_classes=3, **shape),
+        "pixel_teacher": pixel_teacher(),
         "x_train": x_uint8.astype("float32") / 255.0,
         "y_train": y,
         "x_val": x_uint8[:4].astype("float32") / 255.0,
@@ -50,6 +51,16 @@ def namespace():
         "x_uint8": x_uint8,
         "x_test_uint8": x_uint8[:8],
     }
+
+
+def pixel_teacher():
+    """A stand-in for a keras.applications teacher: 16×16, Rescaling(1/255)
+    first, a softmax head."""
+    inputs = keras.Input((16, 16, 1))
+    h = keras.layers.Rescaling(1 / 255)(inputs)
+    h = keras.layers.Conv2D(4, 3, activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h))
 
 
 def test_readme_has_the_examples():

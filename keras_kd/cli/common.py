@@ -90,9 +90,16 @@ def load_data(cfg):
 
 
 def resolve_model(
-    spec, num_classes, input_shape, role, weight_decay, dtype_policy="float32"
+    spec,
+    num_classes,
+    input_shape,
+    role,
+    weight_decay,
+    dtype_policy="float32",
+    any_size=False,
 ):
-    """A zoo model (untrained) or a loaded `.keras` model, checked.
+    """A zoo model (untrained) or a loaded `.keras` model, checked (with
+    `any_size`, a loaded model may take another height and width).
 
     Returns `(model, loaded)`.
     """
@@ -112,10 +119,11 @@ def resolve_model(
         shape = (
             tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
         )
-        if shape is not None and shape != tuple(input_shape):
+        if shape is not None and not _fits(shape, tuple(input_shape), any_size):
+            resized = " (it is resized to its height and width)" if any_size else ""
             raise RecipeError(
                 f"--{role}={spec} takes inputs of shape {shape}, but the "
-                f"dataset's images are {tuple(input_shape)}."
+                f"dataset's images are {tuple(input_shape)}{resized}."
             )
         return model, True
     if spec not in models.MODELS:
@@ -135,6 +143,14 @@ def resolve_model(
     finally:
         keras.config.set_dtype_policy(previous)
     return model, False
+
+
+def _fits(shape, image_shape, any_size):
+    """Whether a model's input shape takes the images (any height and width
+    with `any_size`, the channels the same)."""
+    if not any_size:
+        return shape == image_shape
+    return len(shape) == len(image_shape) and shape[-1] == image_shape[-1]
 
 
 def build_student(name, num_classes, input_shape, cfg, seed, what):

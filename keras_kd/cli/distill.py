@@ -104,16 +104,27 @@ class _Distillation:
         self.data = load_data(self.cfg)
         self.x, self.y = student_data(self.data, self.cfg)
         self.specs = teachers_lib.teacher_specs(self.methods, self.defaults)
-        self.teachers = teachers_lib.resolve_teachers(self.specs, self.data, self.seed)
+        self.teachers = teachers_lib.resolve_teachers(
+            self.specs, self.data, self.seed, any_size=True
+        )
         teachers_lib.check_teacher_outputs(
             self.teachers, self.methods, self.data.info["num_classes"]
         )
+        self.teacher_inputs = teachers_lib.teacher_preprocessing(
+            self.teachers, self.data
+        )
+        self.fed_to_teachers = teachers_lib.describe_inputs(self.teachers, self.data)
         self.student_name = FLAGS.student or self.defaults["student"]
         self.lr = learning_rate(self.cfg, self.student_name, self.defaults)
         self.student = self._new_student()
         self.baseline = self._new_student() if FLAGS.baseline else None
         self._build_terms()
         self._build_distiller()
+        # Before anything is written: a loaded teacher near chance stops here.
+        self.loaded_results = teachers_lib.evaluate_loaded_teachers(
+            self.teachers, self.data, self.teacher_inputs
+        )
+        teachers_lib.check_weak_teachers(self.teachers, self.loaded_results, self.data)
 
     def _new_student(self):
         """A fresh student (the same initial weights each call)."""
@@ -183,7 +194,9 @@ class _Distillation:
         self.host_augment = (
             self.cfg["augment"] and not self.augmentation and not self.views_augment
         )
-        self.distiller = self._distiller(self.teacher_models)
+        self.distiller = self._distiller(
+            self.teacher_models, self.teacher_inputs or None
+        )
         self.cache = getattr(FLAGS, "teacher_cache", None)
         if self.cache:
             teacher_cache.check_cacheable(
@@ -198,8 +211,9 @@ class _Distillation:
                 len(self.teachers),
             )
 
-    def _distiller(self, teachers):
-        """A `kd.Distiller` of the student from `teachers` and the terms."""
+    def _distiller(self, teachers, preprocessing=None):
+        """A `kd.Distiller` of the student from `teachers` (fed through
+        `preprocessing`) and the terms."""
         try:
             return kd.Distiller(
                 teachers,
@@ -207,6 +221,7 @@ class _Distillation:
                 **self.kwargs,
                 teacher_weights=self.teacher_weights,
                 augmentation=self.augmentation,
+                teacher_preprocessing=preprocessing,
             )
         except ValueError as e:
             raise RecipeError(f"--method={FLAGS.method}: {e}") from None
@@ -225,8 +240,14 @@ class _Distillation:
             self.student_name,
             self.specs,
         )
+        teachers_lib.print_inputs(self.fed_to_teachers)
         self.teacher_results = teachers_lib.train_or_evaluate_teachers(
-            self.teachers, self.data, self.cfg, self.defaults, self.seed
+            self.teachers,
+            self.data,
+            self.cfg,
+            self.defaults,
+            self.seed,
+            evaluated=self.loaded_results,
         )
         self.reffakd_cost = self._fit_soft_labels() if self.soft_labels else None
         batches, self.cache_report = (
@@ -246,8 +267,12 @@ class _Distillation:
     def _replay_cache(self):
         """Records the teachers' targets (unless reused); the Distiller then
         reads them. Returns `(batches, report)`."""
+        shape = self.data.info["input_shape"]
         reused = teacher_cache.record_teachers(
-            self.teacher_models,
+            [
+                kd.teacher_inputs.with_preprocessing(model, transform, shape)
+                for model, transform in zip(self.teacher_models, self.teacher_inputs)
+            ],
             (self.x, self.y),
             teacher_cache.cache_augmentation(self.cfg, self.data),
             self.cfg,
@@ -369,6 +394,7 @@ class _Distillation:
                 if k in self.hyperparameters
             },
             term_weights={k: w for k, (_, w) in self.terms.items()},
+            teacher_inputs=self.fed_to_teachers,
         )
 
     def _dataset(self):
@@ -395,6 +421,7 @@ def define_flags(default_method="kd", default_output_dir="runs/distill"):
     """The flags of `distill` (and, with other defaults, `reffakd`)."""
     cli_flags.define_common_flags(default_output_dir=default_output_dir)
     cli_flags.define_teacher_flags()
+    cli_flags.define_teacher_input_flags()
     cli_flags.define_student_flags()
     cli_flags.define_method_flags(default_method=default_method)
     cli_flags.define_teacher_cache_flags()

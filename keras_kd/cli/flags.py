@@ -213,6 +213,29 @@ def define_teacher_flags(multiple=True):
     TRAINING_FLAGS.update(set(FLAGS) - before)
 
 
+def define_teacher_input_flags():
+    """`--teacher_inputs` and `--allow_weak_teacher` (loaded teachers)."""
+    before = set(FLAGS)
+    flags.DEFINE_enum(
+        "teacher_inputs",
+        "auto",
+        ["auto", "raw", "normalized"],
+        "What a --teacher loaded from a file is fed: 'raw' (0..255 pixels, "
+        "the student's normalisation undone in the train step), "
+        "'normalized' (the student's inputs), 'auto' (raw when its graph "
+        "starts with a Rescaling or Normalization layer, else normalized). "
+        "A teacher of another input size is also resized to it.",
+    )
+    flags.DEFINE_bool(
+        "allow_weak_teacher",
+        False,
+        "Distil from a loaded teacher even when its test accuracy is less "
+        "than 5 points above chance (by default the run stops before "
+        "training).",
+    )
+    TRAINING_FLAGS.update(set(FLAGS) - before)
+
+
 def define_student_flags(baseline=True):
     """`--student` and, with `baseline`, `--baseline`."""
     before = set(FLAGS)

@@ -20,6 +20,7 @@ _VOLATILE_FLAGS = {
     "output_dir",
     "data_dir",
     "input_workers",
+    "allow_weak_teacher",
 }
 
 

@@ -17,6 +17,10 @@ from keras_kd.offline import manifest as manifest_lib
 from keras_kd.offline import store
 from keras_kd.offline.augment import CropFlip
 
+# As keras_kd.model_outputs: the smallest normal float32, the floor of a
+# softmax teacher's probabilities before the log.
+PROBABILITY_FLOOR = float(np.finfo("float32").tiny)
+
 
 def record(
     teachers,
@@ -186,6 +190,13 @@ def describe(
                 "name": model.name,
                 "sha256": manifest_lib.weights_fingerprint(model),
                 "weight": float(w) / total,
+                # Records of softmax teachers made before their
+                # log-probabilities were stored lack this: refused.
+                **(
+                    {"targets": "log_probabilities"}
+                    if _reads_log_probabilities(model)
+                    else {}
+                ),
             }
             for model, w in zip(teachers, teacher_weights)
         ],
@@ -251,9 +262,20 @@ def _augmented_logits(
 
 
 def _logits(model, images):
+    """A teacher's logits on `images`; of a softmax teacher, its
+    log-probabilities (as the live Distiller reads it)."""
     out = model.predict_on_batch(images)
-    out = out["logits"] if isinstance(out, dict) else out
-    return np.asarray(out, "float32")
+    out = np.asarray(out["logits"] if isinstance(out, dict) else out, "float32")
+    if _reads_log_probabilities(model):
+        out = np.log(np.maximum(out, PROBABILITY_FLOOR))
+    return out
+
+
+def _reads_log_probabilities(model):
+    # Imported here: keras_kd.model_outputs imports keras_kd.offline.
+    from keras_kd import model_outputs
+
+    return model_outputs.softmax_layer(model) is not None
 
 
 def _encode(logits, weights, top_k, temperature, per_teacher, tail_mass):

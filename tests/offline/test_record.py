@@ -230,3 +230,24 @@ def test_bad_arguments_are_refused(tmp_path):
         kd.offline.record(teacher, (x, y), spec, 0, str(tmp_path), 0)
     with pytest.raises(ValueError, match="CropFlip"):
         kd.offline.record(teacher, (x, y), "crop", 1, str(tmp_path), 0)
+
+
+def test_a_softmax_teacher_is_recorded_as_its_log_probabilities(tmp_path):
+    """As the live Distiller reads it (a record of its probabilities, as
+    earlier versions stored, is refused: the manifest names the targets)."""
+    logits_net = tiny_net(4, "teacher", seed=1)
+    teacher = keras.Model(
+        logits_net.inputs, keras.layers.Softmax()(logits_net.outputs[0])
+    )
+    x, y = toy_data(16)
+    spec = kd.offline.CropFlip(padding=0, flip=False)
+    kd.offline.record(teacher, (x, y), spec, 1, str(tmp_path), seed=0, verbose=0)
+    record = kd.offline.Record.load(str(tmp_path))
+    assert record.manifest["teachers"][0]["targets"] == "log_probabilities"
+    probabilities = teacher.predict(spec.apply(x, spec.sample(0, 0, 16)), verbose=0)
+    np.testing.assert_allclose(
+        record.arrays[0]["teacher_logits"].astype("float32"),
+        np.log(probabilities),
+        rtol=2e-3,
+        atol=2e-3,
+    )
