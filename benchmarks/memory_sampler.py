@@ -81,3 +81,13 @@ class MemorySampler:
     def _loop(self):
         while not self._stop.wait(self.interval):
             self.sample()
+
+
+def device_peak_bytes():
+    """JAX's peak bytes in use on the first accelerator since the process
+    began (it cannot be reset: not a per-row figure), or None."""
+    if machine.device_kind() == "cpu" or keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    return (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")

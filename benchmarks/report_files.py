@@ -21,12 +21,12 @@ import keras_kd as kd
 def write_outputs(stem, result, markdown, plot=None, log=print):
     """Writes `<stem>.json`, `<stem>.md` and, when `plot` is given and
     matplotlib is installed, `<stem>.png` (`plot(result, axes_factory)`
-    draws it). Returns the paths written."""
+    draws it). Each text file is written whole, then renamed over the old
+    one, so a kill mid-write leaves the previous version. Returns the paths
+    written."""
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown + "\n")
+    _write_whole(stem + ".json", json.dumps(result, indent=1, default=_plain))
+    _write_whole(stem + ".md", markdown + "\n")
     paths = [stem + ".json", stem + ".md"]
     if plot is None:
         return paths
@@ -42,6 +42,19 @@ def write_outputs(stem, result, markdown, plot=None, log=print):
     figure.savefig(stem + ".png", dpi=120, bbox_inches="tight")
     plt.close(figure)
     return paths + [stem + ".png"]
+
+
+def _write_whole(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _plain(value):
+    """NumPy scalars and arrays as JSON values."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def summary(values):
@@ -68,6 +81,6 @@ def versions():
         "numpy": np.__version__,
     }
     for module in ("tensorflow", "jax", "torch"):
-        if module in sys.modules:
+        if sys.modules.get(module) is not None:
             versions[module] = getattr(sys.modules[module], "__version__", "?")
     return versions
