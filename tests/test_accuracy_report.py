@@ -163,7 +163,7 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
         "--batch_size=128",
     ]
     assert fashion["val_flags"] == ["--dataset=npz:/val"]
-    assert (fashion["epochs"], fashion["teacher_epochs"]) == (20, 30)
+    assert (fashion["epochs"], fashion["teacher_epochs"]) == (30, 30)
     assert "all 60,000 training images less the 5000" in fashion["note"]
     assert "(55,000)" in fashion["note"]
     suites(*args, "--fashion_protocol=fashion", "--fashion_epochs=7")

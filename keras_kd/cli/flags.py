@@ -45,7 +45,7 @@ def _define_data_flags():
         "Training protocol giving the defaults of unset training flags: "
         "'digits' (Adam 3e-3, 120 epochs, low-data student), 'cifar' "
         "(docs/methods.md §6: SGD 0.05, step schedule, L2 5e-4, crop+flip), "
-        "'fashion' (28x28 Fashion-MNIST: cifar's recipe, 20 epochs, ×0.1 at "
+        "'fashion' (28x28 Fashion-MNIST: cifar's recipe, 30 epochs, ×0.1 at "
         "50/75%, batch 128, fashion_cnn_large → fashion_cnn_small). "
         "'auto': 'digits' for --dataset=digits, 'cifar' otherwise.",
     )

@@ -36,15 +36,15 @@ def test_fashion_protocol_resolves_to_its_settings(resolve):
         protocol="fashion",
         optimizer="sgd",
         momentum=0.9,
-        epochs=20,
+        epochs=30,
         teacher_epochs=30,
         batch_size=128,
         weight_decay=5e-4,
         augment=True,
         normalize="channel",
         train_limit=0,
-        lr_decay_epochs=[10, 15],
-        teacher_lr_decay_epochs=[15, 22],  # round(22.5): to even.
+        lr_decay_epochs=[15, 22],  # round(22.5): to even.
+        teacher_lr_decay_epochs=[15, 22],
     )
     assert learning_rate(cfg, "fashion_cnn_small", defaults) == 0.05
     assert defaults["teacher"] == ["fashion_cnn_large"]
