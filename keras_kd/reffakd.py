@@ -136,15 +136,18 @@ def train_autoencoder(
     milestones=(60, 120, 160),
     decay=0.2,
     augment=True,
+    crop_padding=4,
     verbose=0,
 ):
     """Trains an `Autoencoder` to reconstruct images (MSE), as ReffAKD's code.
 
-    As the official notebook (`cifar100/autoencoder.ipynb`): inputs are
-    normalised with the training set's per-channel mean and std, and the
-    target is the normalised image; training images are augmented with a
-    random crop after 4-pixel black padding, a horizontal flip and a
-    rotation within ±15° (`augment`); SGD with momentum and coupled L2
+    As the official notebooks (`cifar100/autoencoder.ipynb`,
+    `fashion_mnist/autoencoder.ipynb`): inputs are normalised with the
+    training set's per-channel mean and std, and the target is the
+    normalised image; training images are augmented (`augment`, see
+    `augmentation`: a random crop after `crop_padding` pixels of black
+    padding, 4 for CIFAR-100, 0 (no crop) for Fashion-MNIST, then a
+    horizontal flip and a rotation within ±15°); SGD with momentum and coupled L2
     `weight_decay` (lr 0.1, momentum 0.9, wd 5e-4, batch 128) divides the
     rate by 5 at epochs 60/120/160 of 200, here scaled to `epochs`
     (`milestones` are given for 200 epochs). The weights of the epoch with
@@ -172,7 +175,7 @@ def train_autoencoder(
     mean = x_train.mean(axis=(0, 1, 2))
     std = x_train.std(axis=(0, 1, 2))
     autoencoder = Autoencoder(x_train.shape[1:], weight_decay, mean, std)
-    trainer = reconstruction_trainer(autoencoder, augment)
+    trainer = reconstruction_trainer(autoencoder, augment, crop_padding)
     schedule = multistep_schedule(
         learning_rate,
         milestones,
@@ -204,28 +207,70 @@ def train_autoencoder(
     return autoencoder, cost
 
 
-def reconstruction_trainer(autoencoder, augment=True):
+def augmentation(crop_padding=4, seed=None):
+    """ReffAKD's training augmentation of [0, 1] images, as a layer stack.
+
+    A random crop after `crop_padding` pixels of black padding (none when
+    0), a horizontal flip and a nearest-neighbour rotation within ±15°
+    filled with black: torchvision's `RandomCrop(size, padding)`,
+    `RandomHorizontalFlip` and `RandomRotation(15)` of the official
+    notebooks (the Fashion-MNIST one has no crop). Active only with
+    `training=True`.
+
+    Example:
+
+    ```python
+    augmented = augmentation(crop_padding=0, seed=1)(images, training=True)
+    ```
+    """
+    steps = [RandomPaddedCrop(crop_padding, seed=seed)] if crop_padding else []
+    steps += [
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomRotation(
+            15 / 360,
+            fill_mode="constant",
+            interpolation="nearest",
+            fill_value=0.0,
+            seed=seed,
+        ),
+    ]
+    return keras.Sequential(steps, name="reffakd_augmentation")
+
+
+def reconstruction_trainer(autoencoder, augment=True, crop_padding=4):
     """A model of the autoencoder's training step: `[reconstruction, target]`.
 
-    Maps [0, 1] images (augmented in training when `augment`: 4-pixel black
-    padding and a random crop, a horizontal flip, a nearest-neighbour
-    rotation within ±15° filled with black, as torchvision's
-    `RandomCrop(padding=4)`, `RandomHorizontalFlip` and
-    `RandomRotation(15)`) to the reconstruction of the normalised image
-    concatenated on channels with that normalised image, the target.
+    Maps [0, 1] images (augmented in training by `augmentation` when
+    `augment`) to the reconstruction of the normalised image concatenated
+    on channels with that normalised image, the target.
     """
-    height, width, channels = autoencoder.image_shape
     inputs = keras.Input(autoencoder.image_shape)
-    x = inputs
-    if augment:
-        x = RandomPaddedCrop(4)(x)
-        x = layers.RandomFlip("horizontal")(x)
-        x = layers.RandomRotation(
-            15 / 360, fill_mode="constant", interpolation="nearest", fill_value=0.0
-        )(x)
+    x = augmentation(crop_padding)(inputs) if augment else inputs
     target = autoencoder.encoder.get_layer("normalize")(x)
     outputs = layers.Concatenate()([autoencoder(x), target])
     return keras.Model(inputs, outputs, name="reconstruction_trainer")
+
+
+def autoencoder_size(images):
+    """Resizes `(N, H, W, C)` images to the next multiples of 8 (bilinear).
+
+    The autoencoder halves H and W three times. The Fashion-MNIST notebook
+    resizes 28×28 to 32×32 (`T.Resize((32, 32))`); sizes that are already
+    multiples of 8 are returned unchanged.
+
+    Example:
+
+    ```python
+    unit32 = autoencoder_size(x_train / 255.0)  # 28x28 -> 32x32
+    ```
+    """
+    images = np.asarray(images, "float32")
+    height, width = images.shape[1:3]
+    size = (height + -height % 8, width + -width % 8)
+    if size == (height, width):
+        return images
+    resized = keras.ops.image.resize(images, size, interpolation="bilinear")
+    return np.clip(keras.ops.convert_to_numpy(resized), 0.0, 1.0)
 
 
 def reconstruction_mse(y_true, y_pred):
@@ -263,10 +308,15 @@ def best_checkpoint(epochs):
     )
 
 
-def class_similarity(encoder, x, y, per_class=40, diagonal_boost=0.0225, seed=0):
+def class_similarity(
+    encoder, x, y, per_class=40, diagonal_boost=0.0225, seed=0, augment=None
+):
     """ReffAKD's class-similarity matrix from bottleneck codes.
 
-    Samples `per_class` images of each class (seeded), encodes them, and
+    Samples `per_class` images of each class (seeded), encodes them (after
+    `augment(images, training=True)` when given: the official notebooks
+    encode the augmented training loader, e.g. `augmentation(seed=seed)`),
+    and
     averages the cosine similarity of every unordered pair of distinct
     sampled images into its (class_i, class_j) cell (both cells; a
     same-class pair into the diagonal); then adds `diagonal_boost` to the
@@ -305,7 +355,10 @@ def class_similarity(encoder, x, y, per_class=40, diagonal_boost=0.0225, seed=0)
             )
         picked.append(rng.choice(members, per_class, replace=False))
     picked = np.concatenate(picked)
-    codes = encoder.predict(np.asarray(x)[picked], verbose=0)
+    images = np.asarray(x)[picked]
+    if augment is not None:
+        images = keras.ops.convert_to_numpy(augment(images, training=True))
+    codes = encoder.predict(images, verbose=0)
     codes = np.asarray(codes, "float64").reshape(len(picked), -1)
     norms = np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-8)
     codes = codes / norms

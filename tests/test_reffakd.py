@@ -238,3 +238,71 @@ def test_best_checkpoint_restores_the_lowest_held_out_epoch():
     assert callback.best == 1.0
     for a, b in zip(model.get_weights(), kept):
         np.testing.assert_array_equal(a, b)
+
+
+def half_pixel_bilinear(images, size):
+    """NumPy bilinear resize with half-pixel centres (PIL's and TF's)."""
+    n, h, w, c = images.shape
+    out_h, out_w = size
+
+    def taps(out, inp):
+        src = np.clip((np.arange(out) + 0.5) * inp / out - 0.5, 0, inp - 1)
+        low = np.floor(src).astype(int)
+        high = np.minimum(low + 1, inp - 1)
+        return low, high, src - low
+
+    r0, r1, fr = taps(out_h, h)
+    c0, c1, fc = taps(out_w, w)
+    rows = images[:, r0] * (1 - fr)[None, :, None, None]
+    rows = rows + images[:, r1] * fr[None, :, None, None]
+    cols = rows[:, :, c0] * (1 - fc)[None, None, :, None]
+    return cols + rows[:, :, c1] * fc[None, None, :, None]
+
+
+def test_autoencoder_size_resizes_28_to_32_and_keeps_multiples_of_8():
+    """The Fashion-MNIST notebook's `T.Resize((32, 32))` (bilinear)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (3, 28, 28, 1)).astype("float32")
+    got = reffakd.autoencoder_size(x)
+    assert got.shape == (3, 32, 32, 1)
+    np.testing.assert_allclose(got, half_pixel_bilinear(x, (32, 32)), atol=1e-5)
+    same = rng.uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(reffakd.autoencoder_size(same), same)
+
+
+def test_augmentation_crops_only_with_crop_padding():
+    """Left half white, right half black: on the centre row, a flip and a
+    rotation of at most 15° keep the edge within a pixel of the centre, so
+    columns 12 and 19 always differ; a 4-pixel crop moves the edge and
+    sometimes gives them the same colour."""
+    x = np.zeros((64, 32, 32, 1), "float32")
+    x[:, :, :16] = 1.0
+
+    def edge_moves(crop_padding):
+        out = reffakd.augmentation(crop_padding, seed=3)(x, training=True)
+        row = ops.convert_to_numpy(out)[:, 16, :, 0]
+        return np.any(row[:, 12] == row[:, 19])
+
+    assert not edge_moves(0)
+    assert edge_moves(4)
+    unchanged = reffakd.augmentation(0, seed=3)(x, training=False)
+    np.testing.assert_array_equal(ops.convert_to_numpy(unchanged), x)
+
+
+def test_class_similarity_encodes_augmented_images():
+    """The official notebooks encode the augmented training loader."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 2)).astype("float32")
+    y = np.repeat(np.arange(2), 10)
+
+    def shift(images, training=False):
+        assert training
+        return images + 1.0
+
+    got = reffakd.class_similarity(
+        identity_encoder(2), x, y, per_class=4, seed=1, augment=shift
+    )
+    want = reffakd.class_similarity(
+        identity_encoder(2), x + 1.0, y, per_class=4, seed=1
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -54,14 +54,18 @@ def _soft_label_table(data, x, y, cfg, seed):
     epochs = FLAGS.reffakd_ae_epochs or (
         30 if cfg["protocol"] == "digits" else 200
     )  # The paper: 200.
-    unit = x.astype("float32") / 255.0
-    # The autoencoder halves H and W three times: zero-pad other sizes
-    # (e.g. 28x28) to multiples of 8; it only yields class similarities.
-    pad = [(0, 0)] + [(0, -n % 8) for n in unit.shape[1:3]] + [(0, 0)]
-    unit = np.pad(unit, pad)
+    # As the official notebooks: sizes that are not multiples of 8 are
+    # resized (Fashion-MNIST's 28 -> 32) and then neither padded nor
+    # cropped; CIFAR-size images get the 4-pixel crop.
+    unit = reffakd.autoencoder_size(x.astype("float32") / 255.0)
+    crop_padding = 4 if unit.shape[1:3] == x.shape[1:3] else 0
     val = max(1, len(unit) // 10)
     autoencoder, cost = reffakd.train_autoencoder(
-        unit[val:], unit[:val], epochs=epochs, batch_size=min(128, len(unit) - val)
+        unit[val:],
+        unit[:val],
+        epochs=epochs,
+        batch_size=min(128, len(unit) - val),
+        crop_padding=crop_padding,
     )
     similarity = reffakd.class_similarity(
         autoencoder.encoder,
@@ -70,8 +74,11 @@ def _soft_label_table(data, x, y, cfg, seed):
         per_class=per_class,
         diagonal_boost=FLAGS.reffakd_diagonal,
         seed=seed,
+        augment=reffakd.augmentation(crop_padding, seed=seed),
     )
-    cost.update({"epochs": epochs, "per_class": per_class})
+    cost.update(
+        {"epochs": epochs, "per_class": per_class, "crop_padding": crop_padding}
+    )
     return reffakd.soft_label_table(similarity), cost
 
 
