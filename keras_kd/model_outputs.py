@@ -229,7 +229,9 @@ def check_label_spaces(terms, teachers, teacher_shapes, student_shapes):
         if not term.uses_logits:
             continue
         for model, shapes in zip(teachers, teacher_shapes):
-            teacher_classes = (shapes.get("logits") or shapes["probabilities"])[-1]
+            shape = shapes.get("logits") or shapes.get("probabilities")
+            # A token record's top-k targets: its recorded vocabulary size.
+            teacher_classes = shape[-1] if shape else model.num_classes
             # A term with `class_indices` compares the teacher's scores
             # of those classes, in order, with the student's.
             if getattr(term, "class_indices", None) is not None:

@@ -19,6 +19,8 @@ from keras_kd.losses.relational_distillation import RelationalKnowledgeDistillat
 from keras_kd.losses.representative_teacher_keys import RepresentativeTeacherKeys
 from keras_kd.losses.review_distillation import ReviewDistillation
 from keras_kd.losses.similarity_preserving import SimilarityPreserving
+from keras_kd.losses.sparse_kl_distillation import SparseKLDistillation
+from keras_kd.losses.stronger_teacher_distillation import StrongerTeacherDistillation
 from keras_kd.losses.subset_logits_distillation import SubsetLogitsDistillation
 from keras_kd.losses.variational_information_distillation import (
     VariationalInformationDistillation,

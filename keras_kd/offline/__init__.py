@@ -14,3 +14,9 @@ from keras_kd.offline.recorded_teacher import dense_probabilities
 from keras_kd.offline.recorded_teacher import live_teacher_terms
 from keras_kd.offline.recorded_teacher import recorded_teachers
 from keras_kd.offline.store import Record
+from keras_kd.offline.token_replay import TokenReplayPyDataset
+from keras_kd.offline.token_replay import record_size
+from keras_kd.offline.token_replay import sparse_kl_report
+from keras_kd.offline.token_replay import token_dataset
+from keras_kd.offline.tokens import record_tokens
+from keras_kd.offline.tokens import tokenizer_fingerprint

@@ -21,6 +21,9 @@ IDENTITY = {
     "seed": "seed",
     "epochs": "epochs",
     "storage": "storage format",
+    # Token records (kd.offline.record_tokens).
+    "tokenizer": "tokenizer",
+    "corpus": "corpus",
 }
 
 

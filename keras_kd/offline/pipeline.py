@@ -148,8 +148,6 @@ def dataset(
                   steps_per_epoch=kd.offline.steps_per_epoch(len(x), 64))
     ```
     """
-    from keras_kd._compat import tensorflow as tf
-
     replay = _Replay(
         x,
         y,
@@ -163,12 +161,19 @@ def dataset(
         targets,
         initial_epoch,
     )
-    sample_x, sample_y = replay.batch(0)
-    flat = keras.tree.flatten(sample_x) + [sample_y]
+    return tf_dataset(replay)
+
+
+def tf_dataset(replay):
+    """A `tf.data` stream of `replay.batch(i)` for `i < len(replay)`
+    (NumPy structures, batched along their first axis)."""
+    from keras_kd._compat import tensorflow as tf
+
+    sample = replay.batch(0)
+    flat = keras.tree.flatten(sample)
 
     def load(index):
-        batch_x, batch_y = replay.batch(index)
-        return keras.tree.flatten(batch_x) + [batch_y]
+        return keras.tree.flatten(replay.batch(index))
 
     def fetch(index):
         values = tf.numpy_function(
@@ -176,7 +181,7 @@ def dataset(
         )
         for value, like in zip(values, flat):
             value.set_shape((None,) + like.shape[1:])
-        return (keras.tree.pack_sequence_as(sample_x, values[:-1]), values[-1])
+        return tuple(keras.tree.pack_sequence_as(sample, values))
 
     ds = tf.data.Dataset.range(len(replay))
     return ds.map(

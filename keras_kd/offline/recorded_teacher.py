@@ -19,7 +19,10 @@ class RecordedTeacher(keras.layers.Layer):
     the missing mass spread evenly over the other classes). Logit terms
     (`LogitsDistillation`, `SubsetLogitsDistillation` on logits) work from
     it; terms that read teacher features or expand views need a live
-    teacher and are refused before training.
+    teacher and are refused before training. A token record
+    (`kd.offline.record_tokens`, batches from `kd.offline.token_dataset`)
+    gives `{"topk_logits", "topk_indices", "tail_log_mass"}` per token,
+    read by `kd.losses.SparseKLDistillation` only.
 
     Args:
         path: the record's folder.
@@ -44,7 +47,7 @@ class RecordedTeacher(keras.layers.Layer):
                 f"No record at '{path}'; make one with kd.offline.record(...)."
             )
         storage = manifest["storage"]
-        per_teacher = storage["ensemble"] == "per_teacher"
+        per_teacher = storage.get("ensemble") == "per_teacher"
         if per_teacher and teacher_index is None:
             raise ValueError(
                 f"The record at '{path}' stores each teacher's targets; give "
@@ -68,6 +71,13 @@ class RecordedTeacher(keras.layers.Layer):
         self.side_inputs = TARGET_KEYS[storage["format"]]
 
     def output_shapes(self):
+        if self.storage["format"] == "token_top_k":
+            k = self.storage["top_k"]
+            return {
+                "topk_logits": (None, None, k),
+                "topk_indices": (None, None, k),
+                "tail_log_mass": (None, None),
+            }
         key = (
             "logits"
             if self.storage["format"] == "logits_float16"
@@ -91,6 +101,8 @@ class RecordedTeacher(keras.layers.Layer):
                 "kd.offline.dataset already applies; pass augmentation=None "
                 "to the Distiller."
             )
+        if self.storage["format"] == "token_top_k":
+            return self._check_token_terms(terms)
         if self.storage["format"] != "top_k":
             return
         for term in terms:
@@ -109,8 +121,41 @@ class RecordedTeacher(keras.layers.Layer):
                     f"the term's temperature to {self.storage['temperature']}."
                 )
 
+    def _check_token_terms(self, terms):
+        temperature = self.storage["temperature"]
+        for term in terms:
+            if term.uses_logits and not getattr(term, "reads_top_k", False):
+                raise ValueError(
+                    f"{term.name} reads the teacher's full logits, but the "
+                    f"record at '{self.record_path}' stores its top-"
+                    f"{self.storage['top_k']} log-probabilities per token; "
+                    f"use kd.losses.SparseKLDistillation."
+                )
+            handling = getattr(term, "missing_probability_handling", None)
+            if handling == "symmetric_uniform" and term.temperature != temperature:
+                raise ValueError(
+                    f"{term.name} keeps the tail mass as one bucket "
+                    f"(missing_probability_handling='symmetric_uniform') at "
+                    f"temperature {term.temperature}, but the record at "
+                    f"'{self.record_path}' holds the tail at temperature "
+                    f"{temperature}; set the term's temperature to "
+                    f"{temperature}, record at {term.temperature}, or use "
+                    f"missing_probability_handling='zero' (exact at any "
+                    f"temperature)."
+                )
+
     def call(self, side_inputs):
         index = self.teacher_index
+        if self.storage["format"] == "token_top_k":
+            # T · log p: the teacher's top-k logits up to a per-token shift.
+            log_p = ops.cast(side_inputs["teacher_topk_log_probs"], "float32")
+            return {
+                "topk_logits": self.storage["temperature"] * log_p,
+                "topk_indices": ops.cast(side_inputs["teacher_topk_indices"], "int32"),
+                "tail_log_mass": ops.cast(
+                    side_inputs["teacher_tail_log_mass"], "float32"
+                ),
+            }
         if self.storage["format"] == "logits_float16":
             logits = ops.cast(side_inputs["teacher_logits"], "float32")
             return {"logits": logits if index is None else logits[:, index]}

@@ -10,6 +10,12 @@ from keras_kd.offline import manifest as manifest_lib
 TARGET_KEYS = {
     "logits_float16": ("teacher_logits",),
     "top_k": ("teacher_topk_probs", "teacher_topk_indices"),
+    # Per real token (kd.offline.record_tokens), not per example.
+    "token_top_k": (
+        "teacher_topk_log_probs",
+        "teacher_topk_indices",
+        "teacher_tail_log_mass",
+    ),
 }
 
 

@@ -19,6 +19,7 @@ from keras_kd.presets import afd  # noqa: E402,F401
 from keras_kd.presets import at  # noqa: E402,F401
 from keras_kd.presets import crd  # noqa: E402,F401
 from keras_kd.presets import ctkd  # noqa: E402,F401
+from keras_kd.presets import dist  # noqa: E402,F401
 from keras_kd.presets import dkd  # noqa: E402,F401
 from keras_kd.presets import dlkd  # noqa: E402,F401
 from keras_kd.presets import fa  # noqa: E402,F401
