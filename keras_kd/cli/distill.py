@@ -160,6 +160,16 @@ class _Distillation:
                 dlkd_crop_padding=4,
                 dlkd_pad_value=[float(v) for v in -self.data.mean / self.data.std],
             )
+        # MLKD's strong view works on 8-bit pixels; under augmentation the
+        # term crops and flips each view itself (docs/methods.md §7, MLKD).
+        if {"mlkd", "mlkd+ls"} & set(names):
+            for key, value in dict(
+                mlkd_mean=[float(v) for v in self.data.mean],
+                mlkd_std=[float(v) for v in self.data.std],
+                mlkd_crop_padding=4 if self.cfg["augment"] else 0,
+            ).items():
+                hyperparameters.setdefault(key, value)
+            self.views_augment = self.views_augment or self.cfg["augment"]
         ce_weight = method_flags.ce_weight(names, self.defaults)
         if ce_weight is not None:
             hyperparameters["student_loss_weight"] = ce_weight

@@ -35,5 +35,6 @@ from keras_kd.data.pipeline import with_example_index
 from keras_kd.data.pydataset import EpochBatches
 from keras_kd.data.pydataset import resolve_input_pipeline
 from keras_kd.data.pydataset import tensorflow_available
+from keras_kd.data.rand_augment import RandAugmentCutout
 from keras_kd.data.subsets import ClassMapping
 from keras_kd.data.subsets import class_subset

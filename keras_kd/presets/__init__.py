@@ -26,6 +26,7 @@ from keras_kd.presets import fa  # noqa: E402,F401
 from keras_kd.presets import fitnets  # noqa: E402,F401
 from keras_kd.presets import kd  # noqa: E402,F401
 from keras_kd.presets import ls  # noqa: E402,F401
+from keras_kd.presets import mlkd  # noqa: E402,F401
 from keras_kd.presets import ofd  # noqa: E402,F401
 from keras_kd.presets import reffakd  # noqa: E402,F401
 from keras_kd.presets import relational  # noqa: E402,F401
