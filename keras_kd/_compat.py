@@ -118,6 +118,17 @@ def in_multi_worker_mode(model):
     )
 
 
+# Runs `fn` (None: the class's own) in place of one layer's `call`: Keras'
+# `Operation.__call__` looks `self.call` up at each call. Public API: none
+# (`training=` reaches every layer of a model alike, so a frozen teacher's
+# BatchNorm cannot use batch statistics while its dropout stays off).
+def override_call(layer, fn):
+    if fn is None:
+        vars(layer).pop("call", None)
+    else:
+        vars(layer)["call"] = fn
+
+
 # The layer that produced a symbolic tensor of a functional model; public
 # API: walking `model.layers` for the one whose `output` is the tensor,
 # which is ambiguous for shared layers.

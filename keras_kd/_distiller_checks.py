@@ -93,6 +93,25 @@ def teacher_weights(weights, teachers):
     return [float(w) / total_weight for w in weights]
 
 
+def teacher_batch_statistics(value, teachers):
+    """Returns one bool per teacher; refuses a list of another length and
+    teachers that run no network (`kd.SoftLabelTeacher`, a record)."""
+    flags = value if isinstance(value, (list, tuple)) else [value] * len(teachers)
+    if len(flags) != len(teachers) or not all(isinstance(f, bool) for f in flags):
+        raise ValueError(
+            f"teacher_batch_statistics must be a bool or a list of one bool "
+            f"per teacher ({len(teachers)} teachers), got {value!r}."
+        )
+    for flag, model in zip(flags, teachers):
+        if flag and not isinstance(model, keras.Model):
+            raise ValueError(
+                f"teacher_batch_statistics=True for teacher '{model.name}', a "
+                f"{type(model).__name__}, which runs no BatchNorm; give a list "
+                f"with False for it."
+            )
+    return list(flags)
+
+
 def supervised_loss(loss, weight, student):
     """`compile`'s check: a supervised `loss` when `student_loss_weight`
     is positive, one a softmax student can feed."""

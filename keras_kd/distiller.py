@@ -2,6 +2,8 @@ import keras
 from keras import ops
 
 from keras_kd import _distiller_checks as checks
+from keras_kd import _distiller_trackers
+from keras_kd import batch_statistics
 from keras_kd import callbacks as callbacks_lib
 from keras_kd import model_outputs
 from keras_kd import side_inputs
@@ -27,7 +29,8 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
     student_loss + Σ_i w_i · term_i` (e.g. `CE + 0.9·KD + 100·FitNets`).
     Per training step the
     student runs once and yields its logits and every feature the terms
-    read; each teacher runs once, in inference mode, outside the gradient.
+    read; each teacher runs once, in inference mode (see
+    `teacher_batch_statistics`), outside the gradient.
     `predict` runs the student alone; `evaluate` too with
     `evaluate_teacher=False`.
 
@@ -57,6 +60,11 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             student's inputs), or None. See `kd.teacher_inputs`.
         teacher_weights: one positive weight per teacher, normalised to sum
             to 1 (default equal).
+        teacher_batch_statistics: a bool, or one per teacher: whether the
+            teacher's BatchNorm layers normalise each training batch with
+            its own statistics (PyTorch's train mode, as OFD's official
+            code runs its teacher) rather than their moving statistics;
+            dropout stays off, and nothing of the teacher is updated.
         stop_on_nonfinite_loss: whether `fit` adds a
             `kd.callbacks.StopOnNonFiniteLoss` (stops on a NaN/Inf term).
         evaluate_teacher: whether `evaluate` (and so `fit`'s validation)
@@ -111,6 +119,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         stop_on_nonfinite_loss=True,
         evaluate_teacher=None,
         teacher_preprocessing=None,
+        teacher_batch_statistics=False,
         name="distiller",
         **kwargs,
     ):
@@ -121,6 +130,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         loss_weights = checks.loss_weights(distillation_loss_weights, terms)
         checks.student_loss_weight(student_loss_weight, weighting)
         teacher_weights = checks.teacher_weights(teacher_weights, teachers)
+        self.teacher_batch_statistics = teacher_batch_statistics
+        self._batch_statistics = checks.teacher_batch_statistics(
+            teacher_batch_statistics, teachers
+        )
         view_terms = checks.view_terms(terms)
 
         self.stop_on_nonfinite_loss = bool(stop_on_nonfinite_loss)
@@ -156,26 +169,11 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
         """One tracker per term (repeated names get a suffix) and one per
         component of multi-part terms, beside the student, distillation and
         total loss."""
-        terms = self.distillation_losses
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
-        names = [term.name for term in terms]
-        names = [
-            name if names.count(name) == 1 else f"{name}_{names[:i].count(name)}"
-            for i, name in enumerate(names)
-        ]
-        self.term_trackers = [
-            [keras.metrics.Mean(name=name)]
-            + [
-                keras.metrics.Mean(name=f"{name}_{part}")
-                for part in term.component_names
-            ]
-            for name, term in zip(names, terms)
-        ]
+        self.term_trackers = _distiller_trackers.term_trackers(self.distillation_losses)
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
-        self._tracker_names = {"student_loss", "distillation_loss", "total_loss"} | {
-            tracker.name for trackers in self.term_trackers for tracker in trackers
-        }
+        self._tracker_names = _distiller_trackers.tracker_names(self.term_trackers)
 
     @property
     def side_input_names(self):
@@ -214,6 +212,10 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 for model in self._teachers
             ]
             self._teacher_taps = [tap for tap, _ in teacher_taps]
+            self._batch_norms = [
+                batch_statistics.batch_norm_layers(model) if flag else []
+                for model, flag in zip(self._teachers, self._batch_statistics)
+            ]
         teacher_shapes = [shapes for _, shapes in teacher_taps]
         model_outputs.check_student_head(self.student, self.distillation_losses)
         model_outputs.check_label_spaces(
@@ -257,15 +259,9 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
             if self.augmentation is not None:
                 inputs = self.augmentation(inputs, training=True)
         student_outputs = self._student_tap(inputs, training=bool(training))
-        teacher_outputs = [
-            None
-            if tap is None
-            else keras.tree.map_structure(
-                ops.stop_gradient,
-                tap(teacher_inputs.apply(transform, inputs), training=False),
-            )
-            for tap, transform in zip(self._teacher_taps, self._preprocessing)
-        ]
+        teacher_outputs = batch_statistics.run_teachers(
+            self._teacher_taps, self._preprocessing, self._batch_norms, inputs, training
+        )
         return {"student": student_outputs, "teachers": teacher_outputs}
 
     def compute_loss(
@@ -470,6 +466,7 @@ class Distiller(MultiWorkerFitMixin, keras.Model):
                 "teacher_preprocessing": checks.each(
                     serialize, self.teacher_preprocessing
                 ),
+                "teacher_batch_statistics": self.teacher_batch_statistics,
             }
         )
         return config

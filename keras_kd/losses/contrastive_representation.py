@@ -1,10 +1,13 @@
 import math
 
 import keras
+import numpy as np
 from keras import layers
 from keras import ops
 
+from keras_kd.losses import crd_negatives
 from keras_kd.losses.base import DistillationTerm
+from keras_kd.losses.base import class_indices
 
 #: The `eps` of the official ContrastLoss (RepDistiller crd/criterion.py).
 _EPS = 1e-7
@@ -51,11 +54,19 @@ class ContrastiveRepresentation(DistillationTerm):
     updated: `m_i ← normalise(momentum · m_i + (1 − momentum) · v_i)`.
 
     The batch must carry its images' dataset positions, so `fit` takes
-    `x = kd.data.with_example_index(images)`. Negatives are drawn in-graph
-    (uniformly over the other `num_data − 1` images, with replacement, from
-    `seed`), or, with `negatives="given"`, read from the batch entry
-    `"contrast_index"` (`(batch, K + 1)`, the positive first, e.g. the
-    official other-class sampling).
+    `x = kd.data.with_example_index(images)`. Negatives
+    (`kd.losses.crd_negatives`) are drawn in-graph from `seed`:
+
+    - `"exact"` (default; RepDistiller's default mode): `K` images of other
+      classes, without replacement (with replacement when the class leaves
+      fewer than `K`, or with `replacement=True`). The term keeps one label
+      per image (the non-trainable `labels` weight): `labels` given here, or
+      written from each training batch's `y` (until an image is seen, it
+      counts as another class);
+    - `"uniform"`: the other `num_data − 1` images, with replacement
+      (RepDistiller's memory without sampled indices);
+    - `"given"`: read from the batch entry `"contrast_index"`
+      (`(batch, K + 1)`, the positive first).
 
     Memory: the banks take `2 · num_data · feat_dim · 4` bytes, 51.2 MB for
     CIFAR (50 000 images) and 1.02 GB for 1 M images; each step also
@@ -84,7 +95,9 @@ class ContrastiveRepresentation(DistillationTerm):
         num_negatives=16384,
         temperature=0.07,
         momentum=0.5,
-        negatives="sample",
+        negatives="exact",
+        labels=None,
+        replacement=None,
         seed=None,
         **kwargs,
     ):
@@ -94,9 +107,16 @@ class ContrastiveRepresentation(DistillationTerm):
                 f"num_data must be the number of training images (an int "
                 f">= 2), got {num_data!r}."
             )
-        if negatives not in ("sample", "given"):
+        # "sample": the uniform mode's former name, in saved configs.
+        negatives = {"sample": "uniform"}.get(negatives, negatives)
+        if negatives not in ("exact", "uniform", "given"):
             raise ValueError(
-                f"negatives must be 'sample' or 'given', got {negatives!r}."
+                f"negatives must be 'exact', 'uniform' or 'given', got {negatives!r}."
+            )
+        if labels is not None and (negatives != "exact" or len(labels) != num_data):
+            raise ValueError(
+                f"labels are the num_data={num_data} training labels of "
+                f"negatives='exact'; got {len(labels)} with {negatives=}."
             )
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
@@ -108,6 +128,8 @@ class ContrastiveRepresentation(DistillationTerm):
         self.temperature = temperature
         self.momentum = momentum
         self.negatives = negatives
+        self.labels = None if labels is None else np.asarray(labels, "int32")
+        self.replacement = replacement
         self.seed = seed
         self.side_inputs = ("example_index",) + (
             ("contrast_index",) if negatives == "given" else ()
@@ -144,6 +166,16 @@ class ContrastiveRepresentation(DistillationTerm):
             )
             for k, role in ((2, "student"), (3, "teacher"))
         )
+        if self.negatives == "exact":  # One label per image; -1 until seen.
+            self.label_bank = self.add_weight(
+                (self.num_data,),
+                keras.initializers.Constant(-1),
+                trainable=False,
+                dtype="int32",
+                name="labels",
+            )
+            if self.labels is not None:
+                self.label_bank.assign(self.labels)
         # Z of the student's and the teacher's scores; -1 until set.
         self.normalizers = self.add_weight(
             (2,),
@@ -169,7 +201,7 @@ class ContrastiveRepresentation(DistillationTerm):
         index = ops.reshape(ops.cast(side_inputs["example_index"], "int32"), (-1,))
         v_s = self._embed("student", student_outputs[self.student_layer_name])
         v_t = self._embed("teacher", teacher_outputs[0][self.teacher_layer_name])
-        contrast = self._contrast_index(index, side_inputs)
+        contrast = self._contrast_index(index, side_inputs, labels, training)
         memory_s = ops.convert_to_tensor(self.memory_student)
         memory_t = ops.convert_to_tensor(self.memory_teacher)
         # The student's embedding against the teacher bank and vice versa.
@@ -195,19 +227,25 @@ class ContrastiveRepresentation(DistillationTerm):
         embed = self.embed_student if role == "student" else self.embed_teacher
         return l2_normalize(embed(feature))
 
-    def _contrast_index(self, index, side_inputs):
+    def _contrast_index(self, index, side_inputs, labels=None, training=None):
         """`(batch, K + 1)` bank rows: the positive, then `K` negatives."""
         if self.negatives == "given":
             return ops.cast(side_inputs["contrast_index"], "int32")
-        draws = keras.random.randint(
-            (ops.shape(index)[0], self.num_negatives),
-            0,
-            self.num_data - 1,
-            seed=self.seed_generator,
-            dtype="int32",
-        )
-        # Skipping the positive's own row: uniform over the other rows.
-        draws = draws + ops.cast(draws >= index[:, None], "int32")
+        k, seed = self.num_negatives, self.seed_generator
+        if self.negatives == "uniform":
+            draws = crd_negatives.uniform(index, self.num_data, k, seed)
+            return ops.concatenate([index[:, None], draws], axis=1)
+        if labels is None:
+            raise ValueError(
+                "ContrastiveRepresentation(negatives='exact') draws negatives "
+                "from other classes: fit it with labels y."
+            )
+        anchor = class_indices(labels)
+        bank = ops.convert_to_tensor(self.label_bank)
+        bank = ops.scatter_update(bank, index[:, None], anchor)
+        if training:
+            self.label_bank.assign(bank)
+        draws = crd_negatives.other_class(bank, anchor, k, seed, self.replacement)
         return ops.concatenate([index[:, None], draws], axis=1)
 
     def _scores(self, memory, contrast, v):
@@ -240,5 +278,6 @@ class ContrastiveRepresentation(DistillationTerm):
             "temperature": self.temperature,
             "momentum": self.momentum,
             "negatives": self.negatives,
+            "replacement": self.replacement,
             "seed": self.seed,
         }

@@ -111,17 +111,24 @@ def dkd_ls(teachers, student, alpha, beta, temperature, warmup_epochs, kd_weight
     ]
 
 
+# The 14 logs/CTKD/ctkd,*,2,9.txt runs log T ∈ [2.0013, 30.39]: a floor of
+# 2 (the BASE_TEMPERATURE of the names) and, as every run only cools from
+# T₀ = 2 + s·sigmoid(1) ≥ 30.39, a scale s ≥ 38.8: s = 40 (docs/methods.md §7).
+CTKD_LS_DEFAULTS = {**CTKD_DEFAULTS, "t_min": 2.0, "t_scale": 40.0}
+
+
 @register(
     "ctkd+ls",
     help="CTKD on z-scored logits (logit standardization, Sun et al., CVPR 2024).",
     reference=_REFERENCE + "; CTKD/scripts/run_cifar_distill.sh "
-    "(-r 0.1 -a 9), CTKD/distiller_zoo/KD.py",
-    defaults={**CTKD_DEFAULTS, "kd_weight": 9.0},
+    "(-r 0.1 -a 9), CTKD/distiller_zoo/KD.py, CTKD/helper/loops.py:134",
+    defaults={**CTKD_LS_DEFAULTS, "kd_weight": 9.0},
     student_loss_weight=0.1,
     epoch_schedules=("lambda_epochs",),
 )
 def ctkd_ls(teachers, student, kd_weight, **options):
-    """`CurriculumTemperatureDistillation(standardize=True)`, weight 9."""
+    """`CurriculumTemperatureDistillation(standardize=True)`, weight 9,
+    `T = 2 + 40·sigmoid(θ)`."""
     return [
         (
             "ctkd",

@@ -41,6 +41,7 @@ class Preset:
     min_teachers: int = 1
     num_classes_may_differ: bool = False
     epoch_schedules: tuple = ()
+    distiller_options: dict = dataclasses.field(default_factory=dict)
 
     def hyperparameters(self, teachers, student, overrides, epochs=None):
         """`defaults`, then the teacher/student pair's, then the epoch
@@ -76,6 +77,7 @@ def register(
     min_teachers=1,
     num_classes_may_differ=False,
     epoch_schedules=(),
+    distiller_options=None,
 ):
     """Registers the decorated builder as the preset `name`.
 
@@ -99,6 +101,9 @@ def register(
         epoch_schedules: the hyper-parameters that count epochs of the
             official 240-epoch protocol (e.g. `("warmup_epochs",)`), which
             `build(..., epochs=E)` scales to E.
+        distiller_options: other `kd.Distiller` arguments the official code
+            implies (OFD: `{"teacher_batch_statistics": True}`), which
+            `build` returns too.
 
     The builder takes `(teachers, student, **defaults)` (`teachers` a list)
     and returns `[(key, term, weight), ...]`; terms with the same key in a
@@ -140,6 +145,7 @@ def register(
             min_teachers,
             num_classes_may_differ,
             tuple(epoch_schedules),
+            dict(distiller_options or {}),
         )
         return builder
 
@@ -238,7 +244,8 @@ def build(spec, teacher, student, *, epochs=None, **hyperparameters):
         **hyperparameters: overrides of the presets' defaults; each goes to
             every preset of `spec` that has it (an explicit schedule wins
             over the scaled one). `student_loss_weight` overrides the
-            cross-entropy weight.
+            cross-entropy weight, and a preset's distiller option its value
+            (e.g. `teacher_batch_statistics=False` for OFD).
 
     Example:
 
@@ -249,13 +256,15 @@ def build(spec, teacher, student, *, epochs=None, **hyperparameters):
 
     Returns:
         `{"distillation_losses", "distillation_loss_weights",
-        "student_loss_weight", "weighting": "additive"}`. The cross-entropy
-        weight is the preset's own when `spec` names one preset, else 1
-        (CE + Σ w·term).
+        "student_loss_weight", "weighting": "additive"}` and the presets'
+        `distiller_options` (OFD: `"teacher_batch_statistics"`). The
+        cross-entropy weight is the preset's own when `spec` names one
+        preset, else 1 (CE + Σ w·term).
     """
     presets = parse(spec)
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     ce_weight = hyperparameters.pop("student_loss_weight", None)
+    options = _distiller_options(spec, presets, hyperparameters)
     known = set().union(*(p.defaults for p in presets))
     unknown = sorted(set(hyperparameters) - known)
     if unknown:
@@ -286,4 +295,19 @@ def build(spec, teacher, student, *, epochs=None, **hyperparameters):
         "distillation_loss_weights": [float(w) for _, w in terms.values()],
         "student_loss_weight": float(ce_weight),
         "weighting": "additive",
+        **options,
     }
+
+
+def _distiller_options(spec, presets, overrides):
+    """The presets' `distiller_options`, overridden by (and popped from)
+    `overrides`; a ValueError where two presets disagree."""
+    options = {}
+    for preset in presets:
+        for key, value in preset.distiller_options.items():
+            if options.setdefault(key, value) != value and key not in overrides:
+                raise ValueError(
+                    f"'{spec}': its presets set the Distiller's `{key}` "
+                    f"differently; give {key}=... to choose."
+                )
+    return {key: overrides.pop(key, value) for key, value in options.items()}

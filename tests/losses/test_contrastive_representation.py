@@ -111,7 +111,7 @@ def test_nce_and_memory_update_match_numpy():
 
 @pytest.mark.multi_backend
 def test_sampled_negatives_skip_the_positive_and_cover_the_bank():
-    term = built_term()
+    term = built_term(negatives="uniform")
     index = keras.ops.convert_to_tensor(np.arange(N, dtype="int32"))
     draws = np.concatenate(
         [keras.ops.convert_to_numpy(term._contrast_index(index, {})) for _ in range(20)]
@@ -222,7 +222,16 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="num_data"):
         kd.losses.ContrastiveRepresentation(num_data=None)
     with pytest.raises(ValueError, match="negatives"):
-        kd.losses.ContrastiveRepresentation(num_data=10, negatives="exact")
+        kd.losses.ContrastiveRepresentation(num_data=10, negatives="relax")
+    with pytest.raises(ValueError, match="labels"):
+        kd.losses.ContrastiveRepresentation(num_data=10, labels=[0] * 9)
+    with pytest.raises(ValueError, match="labels"):
+        kd.losses.ContrastiveRepresentation(
+            num_data=10, labels=[0] * 10, negatives="uniform"
+        )
+    assert kd.losses.ContrastiveRepresentation(10, negatives="sample").negatives == (
+        "uniform"
+    )
     term = kd.losses.ContrastiveRepresentation(num_data=10)
     with pytest.raises(ValueError, match="one teacher"):
         term.build([{"features": (None, 4)}] * 2, {"features": (None, 4)})
@@ -235,6 +244,103 @@ def test_config_round_trip():
     clone = kd.losses.ContrastiveRepresentation.from_config(term.get_config())
     assert clone.get_config() == term.get_config()
     assert clone.side_inputs == ("example_index", "contrast_index")
+    exact = kd.losses.ContrastiveRepresentation(num_data=100, replacement=True)
+    config = exact.get_config()
+    assert (config["negatives"], config["replacement"]) == ("exact", True)
+    assert kd.losses.ContrastiveRepresentation.from_config(config).replacement
+
+
+# RepDistiller's default `mode='exact'` (dataset/cifar100.py l.159-168):
+# K negatives from the other classes, without replacement unless the class
+# leaves fewer than K.
+LABELS = np.repeat(np.arange(4), [15, 10, 20, 15]).astype("int32")  # N = 60
+
+
+def exact_term(num_negatives, labels=LABELS, seed=0, **kwargs):
+    term = kd.losses.ContrastiveRepresentation(
+        num_data=len(LABELS),
+        feat_dim=DIM,
+        num_negatives=num_negatives,
+        labels=labels,
+        seed=seed,
+        **kwargs,
+    )
+    term.build([{"features": (None, 6)}], {"features": (None, 5)})
+    return term
+
+
+def draw(term, index, training=None):
+    index = np.asarray(index, "int32")
+    rows = term._contrast_index(
+        keras.ops.convert_to_tensor(index), {}, LABELS[index], training
+    )
+    return keras.ops.convert_to_numpy(rows)
+
+
+@pytest.mark.multi_backend
+@pytest.mark.parametrize("k,distinct", [(30, True), (45, False)])
+def test_exact_negatives_come_from_other_classes(k, distinct):
+    # k = 30 ≤ 40, the fewest other-class images (class 2): without
+    # replacement for every anchor; k = 45 > 40: class 2's anchors draw with
+    # replacement, the others (45 or 50 candidates) still without.
+    index = np.arange(len(LABELS))
+    rows = draw(exact_term(k), index)
+    assert rows.shape == (len(index), k + 1)
+    np.testing.assert_array_equal(rows[:, 0], index)
+    assert (LABELS[rows[:, 1:]] != LABELS[index][:, None]).all()
+    unique = np.array([len(set(row)) for row in rows[:, 1:]])
+    others = (LABELS[None, :] != LABELS[index][:, None]).sum(1)
+    assert (unique[others >= k] == k).all()
+    if not distinct:
+        assert (unique[others < k] < k).all()  # 45 draws from 40 rows repeat.
+
+
+@pytest.mark.multi_backend
+def test_exact_negatives_cover_the_other_classes_and_follow_the_seed():
+    index = np.array([0, 20, 30, 59])
+    term = exact_term(8, replacement=True)
+    rows = np.concatenate([draw(term, index) for _ in range(60)])
+    for anchor in index:
+        seen = set(rows[rows[:, 0] == anchor, 1:].ravel())
+        assert seen == set(np.flatnonzero(LABELS != LABELS[anchor]))
+    for replacement in (None, True):
+        first = draw(exact_term(8, seed=5, replacement=replacement), index)
+        again = draw(exact_term(8, seed=5, replacement=replacement), index)
+        other = draw(exact_term(8, seed=6, replacement=replacement), index)
+        np.testing.assert_array_equal(first, again)
+        assert (first != other).any()
+
+
+@pytest.mark.multi_backend
+def test_exact_labels_are_learnt_from_the_training_batches():
+    term = exact_term(10, labels=None)
+    bank = lambda: keras.ops.convert_to_numpy(term.label_bank)  # noqa: E731
+    np.testing.assert_array_equal(bank(), -1)
+    # Unseen images count as other classes; the batch's own labels are
+    # used at once (0, 1, 2 share class 0), and kept only in training.
+    rows = draw(term, [0, 1, 2, 20])
+    assert not set(rows[:3, 1:].ravel()) & {0, 1, 2} and 20 not in rows[3, 1:]
+    np.testing.assert_array_equal(bank(), -1)
+    for start in range(0, 60, 12):  # One epoch: every image seen once.
+        draw(term, np.arange(start, start + 12), training=True)
+    np.testing.assert_array_equal(bank(), LABELS)
+    rows = draw(term, np.arange(60))
+    assert (LABELS[rows[:, 1:]] != LABELS[:, None]).all()
+
+
+def test_preset_defaults_to_exact_negatives():
+    teacher, student = small_cnn(8, name="teacher"), small_cnn(4, name="student")
+    (term,) = kd.presets.build("crd", teacher, student)["distillation_losses"]
+    assert term.negatives == "exact" and term.labels is None
+    (term,) = kd.presets.build(
+        "crd", teacher, student, num_data=60, labels=LABELS, num_negatives=8
+    )["distillation_losses"]
+    term.build([{"features": (None, 6)}], {"features": (None, 5)})
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(term.label_bank), LABELS)
+    (term,) = kd.presets.build("crd", teacher, student, negatives="uniform")[
+        "distillation_losses"
+    ]
+    assert term.negatives == "uniform"
 
 
 def test_preset_builds_the_official_recipe():
@@ -249,6 +355,8 @@ def test_preset_builds_the_official_recipe():
         temperature=0.07,
         momentum=0.5,
         weight=0.8,
+        negatives="exact",
+        labels=None,
     )
     assert (key, weight) == ("crd", 0.8)
     assert (term.num_negatives, term.temperature, term.momentum, term.feat_dim) == (

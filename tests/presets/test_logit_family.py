@@ -2,6 +2,7 @@
 hyper-parameters per pair, and the terms their builders return."""
 
 import importlib
+import math
 import sys
 import types
 
@@ -114,14 +115,15 @@ def test_dkd_ls_preset_uses_official_logs(pair, t, w, beta):
 
 
 @pytest.mark.parametrize(
-    "name,weight,standardize", [("ctkd", 0.9, False), ("ctkd+ls", 9.0, True)]
+    "name,weight,standardize,t_min,t_scale",
+    [("ctkd", 0.9, False, 1.0, 20.0), ("ctkd+ls", 9.0, True, 2.0, 40.0)],
 )
-def test_ctkd_presets_use_official_script(name, weight, standardize):
+def test_ctkd_presets_use_official_script(name, weight, standardize, t_min, t_scale):
     kwargs = build(name, Named("resnet56"), Named("resnet20"))
     (term,) = kwargs["distillation_losses"]
     assert isinstance(term, kd.losses.CurriculumTemperatureDistillation)
     assert term.standardize == standardize and term.mode == "global"
-    assert (term.t_min, term.t_scale, term.initial_value) == (1.0, 20.0, 1.0)
+    assert (term.t_min, term.t_scale, term.initial_value) == (t_min, t_scale, 1.0)
     assert (term.lambda_start, term.lambda_end, term.lambda_epochs, term.schedule) == (
         0.0,
         1.0,
@@ -130,6 +132,35 @@ def test_ctkd_presets_use_official_script(name, weight, standardize):
     )
     assert kwargs["distillation_loss_weights"] == [weight]
     assert kwargs["student_loss_weight"] == 0.1
+
+
+# min and max of the "temp" field over the 14 official CTKD+LS logs
+# (sunshangquan/logit-standardization-KD logs/CTKD/*.txt): vgg13,MobileNetV2
+# line 76 and wrn_40_2,MobileNetV2 line 6 (epoch 1).
+LOGGED_T_MIN, LOGGED_T_MAX = 2.0012755393981934, 30.392593383789062
+
+
+def test_ctkd_ls_temperature_covers_the_official_logs():
+    (term,) = build("ctkd+ls", Named("resnet56"), Named("resnet20"))[
+        "distillation_losses"
+    ]
+    term.build([{"logits": (None, 10)}], {"logits": (None, 10)})
+
+    def temperature(theta):
+        term.theta.assign(theta)
+        return float(term.current_temperature())
+
+    # Every logged run cools from its first epoch on, so T₀ (θ₀ = 1) must be
+    # at least the hottest first-epoch value.
+    assert temperature(1.0) >= LOGGED_T_MAX
+    sweep = [temperature(theta) for theta in (-30.0, -15.0, -5.0, 0.0, 5.0, 30.0)]
+    assert min(sweep) >= 2.0 and sweep == sorted(sweep)
+    assert sweep[0] == pytest.approx(2.0, abs=1e-6) and sweep[1] < LOGGED_T_MIN
+    assert sweep[-1] == pytest.approx(42.0, rel=1e-6) and sweep[-2] > LOGGED_T_MAX
+    # The logged extremes are reached: T(logit((T − 2) / 40)) = T.
+    for t in (LOGGED_T_MIN, LOGGED_T_MAX):
+        p = (t - 2.0) / 40.0
+        assert temperature(math.log(p / (1 - p))) == pytest.approx(t, rel=1e-5)
 
 
 def test_overrides_win_over_pair_defaults():
