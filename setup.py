@@ -22,6 +22,7 @@ setup(
     entry_points={
         "console_scripts": [
             "keras-kd-distill=keras_kd.cli.distill:main",
+            "keras-kd-distill-lm=keras_kd.cli.distill_lm:main",
             "keras-kd-reffakd=keras_kd.cli.distill:reffakd_main",
             "keras-kd-specialize=keras_kd.cli.specialize:main",
             "keras-kd-train-teacher=keras_kd.cli.train_teacher:main",

@@ -7,6 +7,7 @@ from keras_kd import export
 from keras_kd import losses
 from keras_kd import models
 from keras_kd import offline
+from keras_kd import on_policy
 from keras_kd import optimizers
 from keras_kd import presets
 from keras_kd import reffakd
