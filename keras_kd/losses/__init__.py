@@ -12,9 +12,7 @@ from keras_kd.losses.feature_alignment import FeatureAlignment
 from keras_kd.losses.feature_distillation import FeatureDistillation
 from keras_kd.losses.keras_adapter import KerasDistillationLoss
 from keras_kd.losses.logits_distillation import LogitsDistillation
-from keras_kd.losses.multi_level_logit_distillation import (
-    MultiLevelLogitDistillation,
-)
+from keras_kd.losses.multi_level_logit_distillation import MultiLevelLogitDistillation
 from keras_kd.losses.neuron_selectivity_transfer import NeuronSelectivityTransfer
 from keras_kd.losses.overhaul_feature_distillation import OverhaulFeatureDistillation
 from keras_kd.losses.probabilistic_transfer import ProbabilisticKnowledgeTransfer
