@@ -12,7 +12,6 @@ from keras import ops
 import keras_kd as kd
 from keras_kd import batch_statistics
 
-pytestmark = pytest.mark.multi_backend
 
 EPS = 1e-3  # keras.layers.BatchNormalization's default epsilon.
 
@@ -90,6 +89,7 @@ def batch(n=16, seed=0):
     return rng.random((n, 8, 8, 1), dtype="float32"), rng.integers(0, 10, n)
 
 
+@pytest.mark.multi_backend
 @pytest.mark.parametrize("flag", [True, False])
 def test_teacher_logits_in_the_step_match_numpy(flag):
     teacher = bn_teacher()
@@ -103,6 +103,7 @@ def test_teacher_logits_in_the_step_match_numpy(flag):
     assert np.abs(np_logits(teacher, x, not flag) - expected).max() > 1e-2
 
 
+@pytest.mark.multi_backend
 def test_compiled_step_matches_numpy_and_teacher_is_untouched():
     teacher = bn_teacher()
     before = all_values(teacher)
@@ -124,6 +125,7 @@ def test_compiled_step_matches_numpy_and_teacher_is_untouched():
     np.testing.assert_allclose(history.history["teacher_logits"], expected, rtol=1e-4)
 
 
+@pytest.mark.multi_backend
 def test_matches_keras_training_mode_batch_norm_with_a_mask():
     inputs = keras.Input((5,), dtype="int32")
     x = keras.layers.Embedding(7, 4, mask_zero=True, name="embed")(inputs)
@@ -147,6 +149,7 @@ def test_matches_keras_training_mode_batch_norm_with_a_mask():
     np.testing.assert_array_equal(bn.get_weights()[2], np.full(4, 3.0))
 
 
+@pytest.mark.multi_backend
 def test_per_teacher_flags_and_evaluation_in_inference_mode():
     first, second = bn_teacher("first"), bn_teacher("second")
     x, y = batch()
@@ -166,6 +169,7 @@ def test_per_teacher_flags_and_evaluation_in_inference_mode():
     )
 
 
+@pytest.mark.multi_backend
 def test_config_round_trip_and_save_load(tmp_path):
     def make(flag):
         return kd.Distiller(
@@ -193,6 +197,7 @@ def test_config_round_trip_and_save_load(tmp_path):
     )
 
 
+@pytest.mark.multi_backend
 def test_bad_values_are_refused():
     teacher, student = bn_teacher(), small_cnn(4)
     term = kd.losses.LogitsDistillation()

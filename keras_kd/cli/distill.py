@@ -56,9 +56,15 @@ def _soft_label_table(data, x, y, cfg, seed):
     )  # The paper: 200.
     # As the official notebooks: sizes that are not multiples of 8 are
     # resized (Fashion-MNIST's 28 -> 32) and then neither padded nor
-    # cropped; CIFAR-size images get the 4-pixel crop.
+    # cropped; CIFAR-size images get the 4-pixel crop. The notebooks encode
+    # augmented images for the similarities; the digits protocol (8x8, no
+    # notebook) encodes them as they are, where a 4-pixel crop and a
+    # rotation leave little of an 8x8 digit.
     unit = reffakd.autoencoder_size(x.astype("float32") / 255.0)
     crop_padding = 4 if unit.shape[1:3] == x.shape[1:3] else 0
+    augment = None
+    if cfg["protocol"] != "digits":
+        augment = reffakd.augmentation(crop_padding, seed=seed)
     val = max(1, len(unit) // 10)
     autoencoder, cost = reffakd.train_autoencoder(
         unit[val:],
@@ -74,10 +80,15 @@ def _soft_label_table(data, x, y, cfg, seed):
         per_class=per_class,
         diagonal_boost=FLAGS.reffakd_diagonal,
         seed=seed,
-        augment=reffakd.augmentation(crop_padding, seed=seed),
+        augment=augment,
     )
     cost.update(
-        {"epochs": epochs, "per_class": per_class, "crop_padding": crop_padding}
+        {
+            "epochs": epochs,
+            "per_class": per_class,
+            "crop_padding": crop_padding,
+            "similarity_of_augmented_images": augment is not None,
+        }
     )
     return reffakd.soft_label_table(similarity), cost
 

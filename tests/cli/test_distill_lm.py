@@ -203,6 +203,7 @@ def tiny_run(tmp_path_factory):
     return out, args, recipe(*args)
 
 
+@pytest.mark.slow  # Recipe subprocesses: the slow step.
 def test_tiny_run_reports_three_perplexities(tiny_run):
     out, _, result = tiny_run
     with open(os.path.join(out, "results.json")) as f:
@@ -224,6 +225,7 @@ def test_tiny_run_reports_three_perplexities(tiny_run):
     assert "student + kd" in result.stdout
 
 
+@pytest.mark.slow  # Recipe subprocesses: the slow step.
 def test_the_saved_student_reloads_generates_and_scores_as_reported(tiny_run):
     out, _, _ = tiny_run
     student = keras.saving.load_model(os.path.join(out, "student.keras"))
@@ -239,6 +241,7 @@ def test_the_saved_student_reloads_generates_and_scores_as_reported(tiny_run):
     np.testing.assert_allclose(lm_training.perplexity(student, test)[0], reported, 1e-5)
 
 
+@pytest.mark.slow  # Recipe subprocesses: the slow step.
 def test_rerunning_a_finished_run_retrains_nothing(tiny_run):
     out, args, _ = tiny_run
     with open(os.path.join(out, "results.json")) as f:
@@ -254,6 +257,7 @@ def test_rerunning_a_finished_run_retrains_nothing(tiny_run):
     assert refused.returncode == 2 and "different flags" in refused.stderr
 
 
+@pytest.mark.slow  # Recipe subprocesses: the slow step.
 def test_bad_flags_are_refused_before_training(tmp_path):
     out = f"--output_dir={tmp_path / 'run'}"
     result = recipe(out, "--on_policy_fraction=0.5", "--ce_weight=0.5", check=False)

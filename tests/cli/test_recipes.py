@@ -231,8 +231,10 @@ def test_reffakd_recipe(tmp_path, digits_split):
     # 40 images per class, or the smallest class of the 100 training images.
     smallest = np.bincount(digits_split[1][:100]).min()
     assert results["reffakd_autoencoder"]["per_class"] == min(40, smallest)
-    # 8x8 digits need no resize, so they keep the CIFAR notebook's crop.
+    # 8x8 digits need no resize, so they keep the CIFAR notebook's crop;
+    # the digits protocol encodes un-augmented images.
     assert results["reffakd_autoencoder"]["crop_padding"] == 4
+    assert not results["reffakd_autoencoder"]["similarity_of_augmented_images"]
     assert "teacher_0" not in results["models"]
     log = read_csv(os.path.join(out, "distilled", "log.csv"))
     assert "reffakd" in log[0]
