@@ -12,7 +12,6 @@ from keras import ops
 import keras_kd as kd
 from keras_kd import batch_statistics
 
-
 EPS = 1e-3  # keras.layers.BatchNormalization's default epsilon.
 
 
