@@ -1,10 +1,12 @@
 """Language-model distillation: held-out perplexity of every method, per seed.
 
-For each seed, `recipes/distill_lm.py` trains a teacher, the student alone
-and the kd student (row `kd`); every other row distils the same student
-(same initial weights and batch order) from that seed's teacher
+For each seed, `recipes/distill_lm.py` trains the student alone and the kd
+student (row `kd`), the first seed's run also the teacher that every seed
+loads (`--teacher_per_seed`: one per seed); every other row distils the
+same student (same initial weights and batch order) from that teacher
 (`--teacher=.../kd/teacher.keras --nobaseline`):
 
+- `teacher`: the teacher's own perplexity (from the kd run);
 - `student_alone`: cross-entropy only (from the kd run);
 - `kd`, `reverse_kl`, `jsd` (β 0.5), `kd+hidden`: the recipe's methods,
   cross-entropy weight 0.5;
@@ -59,6 +61,7 @@ from keras_kd.cli import lm_training  # noqa: E402
 FLAGS = flags.FLAGS
 # Each row's recipe flags (None: computed in this process).
 ROWS = {
+    "teacher": None,
     "student_alone": None,
     "kd": ["--method=kd"],
     "reverse_kl": ["--method=reverse_kl"],
@@ -71,6 +74,7 @@ ROWS = {
 }
 OPTIONAL_ROWS = {"keras_default": None}
 NOTES = {
+    "teacher": "the teacher every row distils from",
     "student_alone": "cross-entropy alone",
     "topk": "kd from the recorded top-k tokens",
     "on_policy": "λ 0.5, divergence only (compare kd_no_ce)",
@@ -80,6 +84,7 @@ NOTES = {
 }
 SIZE_FLAGS = (
     "max_train_tokens",
+    "teacher_train_tokens",
     "max_eval_tokens",
     "sequence_length",
     "batch_size",
@@ -92,6 +97,7 @@ SIZE_FLAGS = (
 )
 SMOKE = dict(
     max_train_tokens=6000,
+    teacher_train_tokens=12000,
     max_eval_tokens=1500,
     sequence_length=32,
     batch_size=16,
@@ -114,6 +120,13 @@ def define_flags():
         "output_dir", os.path.join(ROOT, "benchmarks", "results"), "Report folder."
     )
     flags.DEFINE_bool("smoke", False, "Tiny models and corpus (a check).")
+    flags.DEFINE_bool(
+        "teacher_per_seed",
+        False,
+        "Train a teacher per seed; by default the first seed's kd run "
+        "trains it and every later seed loads it (the seeds then vary the "
+        "students' initial weights and batch order only).",
+    )
     flags.DEFINE_integer("top_k", 32, "topk: tokens recorded per position.")
     flags.DEFINE_integer("throughput_steps", 10, "Steps per timed repeat.")
     flags.DEFINE_integer("throughput_repeats", 3, "Timed repeats, round-robin.")
@@ -196,16 +209,16 @@ def _setting(kd_results):
     """The kd run's corpus windows and flags, for in-process rows."""
     f = kd_results["flags"]
     budgets = {
-        "train": f["max_train_tokens"],
+        "train": max(f["max_train_tokens"], f.get("teacher_train_tokens") or 0),
         "validation": f["max_eval_tokens"],
         "test": f["max_eval_tokens"],
     }
     corpus = lm_corpus.load_corpus(budgets)
     if corpus.fingerprint != kd_results["corpus"]["fingerprint"]:
         raise RuntimeError("The corpus differs from the kd run's.")
-    windows = {
-        s: lm_corpus.pack(t, f["sequence_length"]) for s, t in corpus.tokens.items()
-    }
+    windows = lm_corpus.split_windows(
+        corpus, f["sequence_length"], f["max_train_tokens"]
+    )
     return f, windows
 
 
@@ -316,21 +329,23 @@ def measure_throughput(kd_dir, kd_results):
     return result
 
 
-def run_seed(seed, rows, runs):
-    """Every row of one seed, the kd run (the teacher) first; yields after
-    each row (the report is rewritten then)."""
+def run_seed(seed, rows, runs, shared_teacher=None):
+    """Every row of one seed, the kd run first (it trains the teacher, or
+    loads `shared_teacher`); yields after each row (the report is
+    rewritten then)."""
     kd_dir = os.path.join(FLAGS.runs_dir, f"seed{seed}", "kd")
-    kd_results = run_recipe("kd", seed, ROWS["kd"])
+    kd_args = ROWS["kd"] + ([f"--teacher={shared_teacher}"] if shared_teacher else [])
+    kd_results = run_recipe("kd", seed, kd_args)
     if "error" in kd_results:
         runs += [_record(row, seed, kd_results) for row in rows]
         yield
         return
-    teacher = os.path.join(kd_dir, "teacher.keras")
+    teacher = shared_teacher or os.path.join(kd_dir, "teacher.keras")
     for row in rows:
         if row == "kd":
             runs.append(_record(row, seed, kd_results))
-        elif row == "student_alone":
-            runs.append(_record(row, seed, kd_results, "student_alone"))
+        elif row in ("teacher", "student_alone"):
+            runs.append(_record(row, seed, kd_results, row))
         elif row in ("keras_distillation", "keras_default"):
             try:
                 results = run_keras_row(row, seed, kd_dir, kd_results)
@@ -357,17 +372,25 @@ def main(argv):
         "date": date,
         "backend": keras.backend.backend(),
         "command": shlex.join(sys.argv),
-        "settings": {"seeds": FLAGS.seeds, "rows": rows, "runs_dir": FLAGS.runs_dir},
+        "settings": {
+            "seeds": FLAGS.seeds,
+            "rows": rows,
+            "runs_dir": FLAGS.runs_dir,
+            "teacher_per_seed": FLAGS.teacher_per_seed,
+        },
         "recipe_flags": recipe_flags(),
         "versions": versions(),
         "loadavg_start": list(os.getloadavg()),
         "notes": NOTES,
         "runs": runs,
     }
-    for seed in [int(s) for s in FLAGS.seeds]:
-        for _ in run_seed(seed, rows, runs):
-            _write_report(report, rows, stem)
     first = os.path.join(FLAGS.runs_dir, f"seed{int(FLAGS.seeds[0])}", "kd")
+    for i, seed in enumerate(int(s) for s in FLAGS.seeds):
+        shared = None
+        if i and not FLAGS.teacher_per_seed:
+            shared = os.path.join(first, "teacher.keras")
+        for _ in run_seed(seed, rows, runs, shared):
+            _write_report(report, rows, stem)
     if os.path.exists(os.path.join(first, "results.json")):
         kd_results = _read(os.path.join(first, "results.json"))
         report["corpus_fingerprint"] = kd_results["corpus"]["fingerprint"]

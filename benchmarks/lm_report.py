@@ -57,6 +57,11 @@ def summarize(runs, rows):
                 "paired_vs_kd": (
                     None if row == "kd" else paired_difference(runs, row, "kd")
                 ),
+                "paired_vs_student_alone": (
+                    None
+                    if row in ("student_alone", "teacher")
+                    else paired_difference(runs, row, "student_alone")
+                ),
                 "tokens_per_second": float(np.mean(speeds)) if speeds else None,
                 "failed": [r["error"][-300:] for r in failed],
             }
@@ -76,9 +81,9 @@ def _ppl_cell(entry):
     return f"{entry['perplexity_mean']:.3f}{spread}"
 
 
-def _paired_cell(entry):
-    paired = entry["paired_vs_kd"]
-    if paired is None:
+def _paired_cell(entry, reference):
+    paired = entry[f"paired_vs_{reference}"]
+    if paired is None or entry["row"] == "teacher":
         return "–"
     mean, std, lower, n = paired
     spread = "" if std is None else f" ± {std:.3f}"
@@ -97,13 +102,15 @@ def format_markdown(report):
         f"Recipe flags of every row: `{' '.join(report['recipe_flags'])}`.",
         "",
         "Held-out test perplexity (bytes; lower is better), mean ± sample std "
-        "over seeds; paired: per seed, the row minus kd (mean ± std, seeds "
-        "where the row is lower). Each seed's rows share its teacher. Train "
-        "tokens/s: each row's own run (the phase it reports), first step "
-        "(compilation) left out; runs differ in machine load.",
+        "over seeds; paired: per seed, the row minus the student alone or "
+        "kd (mean ± std, seeds where the row is lower). "
+        + _teacher_sentence(settings)
+        + " Train tokens/s: each row's own run (the phase it reports), first "
+        "step (compilation) left out; runs differ in machine load.",
         "",
-        "| row | perplexity | paired vs kd | train tokens/s | notes |",
-        "|---|---|---|---|---|",
+        "| row | perplexity | paired vs student alone | paired vs kd "
+        "| train tokens/s | notes |",
+        "|---|---|---|---|---|---|",
     ]
     for entry in report["summary"]:
         speed = entry["tokens_per_second"]
@@ -111,11 +118,22 @@ def format_markdown(report):
         notes = notes or report["notes"].get(entry["row"], "")
         speed = f"{speed:,.0f}" if speed else "–"
         lines.append(
-            f"| {entry['row']} | {_ppl_cell(entry)} | {_paired_cell(entry)} | "
-            f"{speed} | {notes} |"
+            f"| {entry['row']} | {_ppl_cell(entry)} | "
+            f"{_paired_cell(entry, 'student_alone')} | "
+            f"{_paired_cell(entry, 'kd')} | {speed} | {notes} |"
         )
     lines += ["", *_throughput_lines(report.get("throughput"))]
     return "\n".join(lines)
+
+
+def _teacher_sentence(settings):
+    if settings.get("teacher_per_seed", True):
+        return "Each seed's rows share that seed's teacher."
+    return (
+        "Every seed's rows distil from one teacher, trained by the first "
+        "seed's kd run; seeds vary the students' initial weights and batch "
+        "order."
+    )
 
 
 def _throughput_lines(throughput):

@@ -31,12 +31,19 @@ def test_paired_differences_against_kd():
         {"row": "jsd", "seed": 1, "perplexity": 10.7},
         {"row": "jsd", "seed": 2, "perplexity": 9.0},  # No kd of seed 2.
         {"row": "topk", "seed": 0, "error": "Error: boom"},
+        {"row": "student_alone", "seed": 0, "perplexity": 12.0},
+        {"row": "student_alone", "seed": 1, "perplexity": 10.0},
     ]
     mean, std, lower, n = report.paired_difference(runs, "jsd")
     assert (lower, n) == (2, 2) and math.isclose(mean, -0.4)
     assert math.isclose(std, math.sqrt(0.02))
-    summary = {s["row"]: s for s in report.summarize(runs, ["kd", "jsd", "topk"])}
+    rows = ["student_alone", "kd", "jsd", "topk"]
+    summary = {s["row"]: s for s in report.summarize(runs, rows)}
     assert summary["kd"]["paired_vs_kd"] is None
+    assert summary["student_alone"]["paired_vs_student_alone"] is None
+    mean, std, lower, n = summary["kd"]["paired_vs_student_alone"]
+    assert (lower, n) == (1, 2) and math.isclose(mean, -0.5)  # -2.0, +1.0
+    assert math.isclose(std, math.sqrt(4.5))
     assert math.isclose(summary["jsd"]["perplexity_mean"], (9.5 + 10.7 + 9.0) / 3)
     assert summary["topk"]["perplexity_mean"] is None
     assert summary["topk"]["failed"] == ["Error: boom"]
@@ -50,7 +57,7 @@ def test_smoke_run_writes_the_report(tmp_path):
         sys.executable,
         os.path.join(ROOT, "benchmarks", "lm.py"),
         "--smoke",
-        "--seeds=0",
+        "--seeds=0,1",
         "--rows=student_alone,kd,keras_distillation",
         f"--runs_dir={tmp_path / 'runs'}",
         f"--output_dir={tmp_path}",
@@ -69,6 +76,13 @@ def test_smoke_run_writes_the_report(tmp_path):
     assert set(rows) == {"student_alone", "kd", "keras_distillation"}
     for entry in rows.values():
         assert entry["perplexity_mean"] > 1 and not entry["failed"]
+        assert entry["seeds"] == [0, 1]
+    # Seed 0's kd run trains the teacher; seed 1's loads that file.
+    with open(tmp_path / "runs" / "seed1" / "kd" / "results.json") as f:
+        seed1 = json.load(f)
+    assert seed1["models"]["teacher"]["loaded_from"] == str(
+        tmp_path / "runs" / "seed0" / "kd" / "teacher.keras"
+    )
     assert len(report["throughput"]["rows"]) == 2
     assert len(report["throughput"]["loadavg_before"]) == 3
     with open(tmp_path / f"{stem}.md") as f:

@@ -1,5 +1,10 @@
 """`teacher_preprocessing`: teachers fed their own inputs (another size,
-their own pixel scaling) inside the Distiller's step, on every backend."""
+their own pixel scaling) inside the Distiller's step, on every backend.
+
+The detection of a teacher's own input scaling (`leading_scaling`,
+`expects_pixels` and the warning `fit` gives) reads layers and their
+config, not the step: those tests are not marked multi_backend (building
+MobileNetV3Small alone takes about 17 s on JAX)."""
 
 import warnings
 
@@ -14,7 +19,7 @@ from keras import ops
 
 import keras_kd as kd
 
-pytestmark = pytest.mark.multi_backend
+multi_backend = pytest.mark.multi_backend
 
 
 def net(size, name, scaling=None, seed=0, softmax=False):
@@ -46,6 +51,7 @@ def weights_of(model):
     return [ops.convert_to_numpy(v).copy() for v in model.weights]
 
 
+@multi_backend
 def test_resized_teacher_term_matches_numpy_in_the_compiled_step():
     teacher, student = net(16, "teacher", seed=1), net(8, "student", seed=2)
     distiller = kd.Distiller(
@@ -64,6 +70,7 @@ def test_resized_teacher_term_matches_numpy_in_the_compiled_step():
     np.testing.assert_allclose(logs["logits_distillation"], expected, rtol=1e-4)
 
 
+@multi_backend
 def test_teacher_and_its_preprocessing_stay_frozen_while_the_student_trains():
     teacher, student = net(16, "teacher", seed=1), net(8, "student", seed=2)
     mean, std = np.array([0.5], "float32"), np.array([0.25], "float32")
@@ -90,6 +97,7 @@ def test_teacher_and_its_preprocessing_stay_frozen_while_the_student_trains():
     assert not any(id(v) in trainable for v in teacher.weights)
 
 
+@multi_backend
 def test_unnormalize_inverts_the_students_normalisation():
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (4, 5, 5, 3)).astype("float32")
@@ -99,6 +107,7 @@ def test_unnormalize_inverts_the_students_normalisation():
     np.testing.assert_allclose(restored, pixels, atol=1e-3)
 
 
+@multi_backend
 def test_config_round_trip_keeps_each_teachers_preprocessing(tmp_path):
     teachers = [net(16, "t16", seed=1), net(8, "t8", seed=3)]
     preprocessing = [
@@ -136,6 +145,7 @@ def test_config_round_trip_keeps_each_teachers_preprocessing(tmp_path):
         )
 
 
+@multi_backend
 def test_shape_mismatch_names_teacher_preprocessing():
     teacher, student = net(16, "teacher"), net(8, "student")
     term = kd.losses.LogitsDistillation()
@@ -149,6 +159,7 @@ def test_shape_mismatch_names_teacher_preprocessing():
         kd.Distiller(teacher, student, term, teacher_preprocessing=[None, None])
 
 
+@multi_backend
 def test_teachers_fed_no_images_refuse_preprocessing(tmp_path):
     student = net(8, "student")
     soft = kd.SoftLabelTeacher(np.eye(10))
@@ -183,23 +194,29 @@ def test_a_pixel_teacher_fed_normalised_images_warns():
     assert kd.teacher_inputs.leading_scaling(teacher).name.startswith("rescaling")
     x, y = batch(16)
 
-    def fit(images, **kwargs):
-        distiller = kd.Distiller(
+    def distiller(**kwargs):
+        model = kd.Distiller(
             teacher, net(8, "student"), kd.losses.LogitsDistillation(), **kwargs
         )
-        distiller.compile(optimizer="adam", loss=sparse_ce())
+        model.compile(optimizer="adam", loss=sparse_ce())
+        return model
+
+    def fit(model, images):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            distiller.fit(images, y, batch_size=16, epochs=1, verbose=0)
+            model.fit(images, y, batch_size=16, epochs=1, verbose=0)
         return [str(w.message) for w in caught if "looks normalised" in str(w.message)]
 
+    # Each `fit` checks its own batch: one Distiller (one compiled step)
+    # serves the three fits without teacher_preprocessing.
+    plain = distiller()
     normalised = (x - 0.5) / 0.25
-    (message,) = fit(normalised)
+    (message,) = fit(plain, normalised)
     assert "teacher_preprocessing=kd.teacher_inputs.unnormalize" in message
-    assert fit(x) != []  # 0..1 images: not the 0..255 pixels it scales.
-    assert fit(x * 255.0) == []
+    assert fit(plain, x) != []  # 0..1 images: not the 0..255 pixels it scales.
+    assert fit(plain, x * 255.0) == []
     unnormalize = kd.teacher_inputs.unnormalize([0.5 * 255], [0.25 * 255])
-    assert fit(normalised, teacher_preprocessing=unnormalize) == []
+    assert fit(distiller(teacher_preprocessing=unnormalize), normalised) == []
 
 
 def test_leading_scaling_sees_through_inputs_resizing_and_nesting():

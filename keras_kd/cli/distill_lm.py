@@ -48,6 +48,7 @@ def _check_flags():
     """Flag values refused before anything is read or built."""
     positive = (
         "max_train_tokens",
+        "teacher_train_tokens",
         "max_eval_tokens",
         "sequence_length",
         "batch_size",
@@ -59,8 +60,14 @@ def _check_flags():
         "student_width",
     )
     for name in positive:
-        if FLAGS[name].value < 1:
+        if FLAGS[name].value is not None and FLAGS[name].value < 1:
             raise RecipeError(f"--{name} must be positive, got {FLAGS[name].value}.")
+    if (FLAGS.teacher_train_tokens or FLAGS.max_train_tokens) < FLAGS.max_train_tokens:
+        raise RecipeError(
+            f"--teacher_train_tokens={FLAGS.teacher_train_tokens} is below "
+            f"--max_train_tokens={FLAGS.max_train_tokens}: the students read "
+            "the start of the teacher's training tokens."
+        )
     if not 0.0 <= FLAGS.on_policy_fraction <= 1.0:
         raise RecipeError(
             f"--on_policy_fraction must be in [0, 1], got {FLAGS.on_policy_fraction}."
@@ -143,10 +150,9 @@ class _LMDistillation:
         self.seed = FLAGS.seed
         self.ce_weight = ce_weight()
         self.corpus = self._load_corpus()
-        self.windows = {
-            split: lm_corpus.pack(tokens, FLAGS.sequence_length)
-            for split, tokens in self.corpus.tokens.items()
-        }
+        self.windows = lm_corpus.split_windows(
+            self.corpus, FLAGS.sequence_length, FLAGS.max_train_tokens
+        )
         self.steps = len(self._batches("train", 0))
         self.teacher, self.teacher_loaded = self._teacher()
         self.student = self._student()
@@ -177,7 +183,7 @@ class _LMDistillation:
 
     def _load_corpus(self):
         budgets = {
-            "train": FLAGS.max_train_tokens,
+            "train": max(FLAGS.max_train_tokens, FLAGS.teacher_train_tokens or 0),
             "validation": FLAGS.max_eval_tokens,
             "test": FLAGS.max_eval_tokens,
         }
@@ -194,7 +200,7 @@ class _LMDistillation:
             batch_size or FLAGS.batch_size,
             seed=self.seed,
             first_epoch=first_epoch,
-            shuffle=split == "train",
+            shuffle=split.endswith("train"),
         )
 
     def _teacher(self):
@@ -226,9 +232,11 @@ class _LMDistillation:
     def _validation(self, model):
         return lm_training.perplexity(model, self._batches("validation", 0, 64))[0]
 
-    def _fit(self, name, model, epochs, make_batches, evaluated=None):
-        """Trains `model` (a phase); validates `evaluated` (default: it)."""
-        lm_training.compile_lm(model, FLAGS.lr, epochs * self.steps, _jit_compile())
+    def _fit(self, name, model, epochs, make_batches, evaluated=None, steps=None):
+        """Trains `model` (a phase of `steps` per epoch, default the
+        student's); validates `evaluated` (default: it)."""
+        steps = steps or self.steps
+        lm_training.compile_lm(model, FLAGS.lr, epochs * steps, _jit_compile())
         return lm_training.fit_phase(
             name,
             model,
@@ -276,7 +284,8 @@ class _LMDistillation:
             "teacher",
             self.teacher,
             FLAGS.teacher_epochs,
-            lambda first: self._batches("train", first),
+            lambda first: self._batches("teacher_train", first),
+            steps=len(self._batches("teacher_train", 0)),
         )
         self.teacher.compile()  # Saved without the training optimizer's state.
         self.teacher.save(os.path.join(FLAGS.output_dir, "teacher.keras"))

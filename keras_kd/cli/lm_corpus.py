@@ -2,12 +2,13 @@
 bytes.
 
 Offline and on every machine with Python: the `.py` files under
-`sysconfig.get_paths()["stdlib"]` (not `site-packages`, `test`, `tests`
-or `__pycache__`), each assigned to train (90 %), validation (5 %) or
-held-out test (5 %) by the SHA-256 of its relative path, read in the
-order of that hash until a split's token budget is reached. Tokens are
-keras_hub `ByteTokenizer` bytes (0..255) and `END_TOKEN` (256) after each
-file, which also pads the last window. The fingerprint hashes the files
+`sysconfig.get_paths()["stdlib"]` (not `site-packages`, `test`, `tests`,
+`__pycache__` or the generated help text of `pydoc_data`), each assigned
+to train (90 %), validation (5 %) or held-out test (5 %) by the SHA-256
+of its relative path, read in the order of that hash until a split's
+token budget is reached. Tokens are keras_hub `ByteTokenizer` bytes
+(0..255) and `END_TOKEN` (256) after each file, which also pads the last
+window. The fingerprint hashes the files
 and the tokens of every split; another Python version gives another
 corpus (and fingerprint).
 
@@ -38,7 +39,15 @@ VOCABULARY_SIZE = 257
 # The tokens' names, for fingerprints: the 256 bytes, then the end token.
 VOCABULARY = [f"<0x{i:02X}>" for i in range(256)] + ["<end>"]
 SPLITS = ("train", "validation", "test")
-_SKIPPED_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests"}
+# `pydoc_data` holds `topics.py`, 0.75 MB of generated help text: not code.
+_SKIPPED_DIRS = {
+    "site-packages",
+    "dist-packages",
+    "__pycache__",
+    "test",
+    "tests",
+    "pydoc_data",
+}
 
 
 @dataclasses.dataclass
@@ -153,6 +162,24 @@ def pack(stream, sequence_length):
     windows[: len(stream)] = stream
     mask = np.arange(count * width) < len(stream)
     return windows.reshape(count, width), mask.reshape(count, width)
+
+
+def split_windows(corpus, sequence_length, student_train_tokens):
+    """`pack`ed windows of every split, plus `"teacher_train"`: the whole
+    training stream, of which `"train"` (the student's) packs the first
+    `student_train_tokens`.
+
+    Example:
+
+    ```python
+    windows = split_windows(corpus, 128, student_train_tokens=200_000)
+    ```
+    """
+    windows = {s: pack(t, sequence_length) for s, t in corpus.tokens.items()}
+    windows["teacher_train"] = windows["train"]
+    student = corpus.tokens["train"][:student_train_tokens]
+    windows["train"] = pack(student, sequence_length)
+    return windows
 
 
 def causal_lm_batch(windows, mask):

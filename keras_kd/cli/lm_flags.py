@@ -36,6 +36,14 @@ def _define_run_flags():
         "max_train_tokens", 200_000, "Training tokens (bytes) of the corpus."
     )
     flags.DEFINE_integer(
+        "teacher_train_tokens",
+        None,
+        "Training tokens of the teacher: the first ones of the training "
+        "split, of which the student's --max_train_tokens are the start "
+        "(a teacher that has read more than the distillation set, as a "
+        "pretrained one has). Default: --max_train_tokens.",
+    )
+    flags.DEFINE_integer(
         "max_eval_tokens",
         20_000,
         "Tokens of the validation split and of the held-out test split each.",

@@ -81,7 +81,8 @@ def test_perplexity_is_exp_of_the_mean_nll_of_real_tokens():
 def test_the_corpus_is_deterministic_and_its_splits_disjoint():
     files = lm_corpus.stdlib_files()
     assert files == sorted(files) and "os.py" in files
-    assert not any(p.startswith(("test/", "site-packages/")) for p in files)
+    skipped = ("test/", "site-packages/", "pydoc_data/")
+    assert not any(p.startswith(skipped) for p in files)
     budgets = {"train": 3000, "validation": 500, "test": 500}
     corpus = lm_corpus.load_corpus(budgets)
     again = lm_corpus.load_corpus(budgets)
@@ -114,6 +115,20 @@ def test_windows_and_batches():
     resumed = lm_corpus.TokenBatches(windows, mask, 4, seed=1, first_epoch=1)
     np.testing.assert_array_equal(batches[0][1], resumed[0][1])
     assert not np.array_equal(batches[0][1], first_epoch[0])
+
+
+def test_the_student_trains_on_the_start_of_the_teachers_stream():
+    budgets = {"train": 1000, "validation": 100, "test": 100}
+    corpus = lm_corpus.load_corpus(budgets)
+    windows = lm_corpus.split_windows(corpus, 9, student_train_tokens=300)
+    teacher, teacher_mask = windows["teacher_train"]
+    student, student_mask = windows["train"]
+    assert teacher_mask.sum() == 1000 and student_mask.sum() == 300
+    assert len(teacher) == 100 and len(student) == 30  # 10-token windows.
+    np.testing.assert_array_equal(student, teacher[:30])
+    np.testing.assert_array_equal(
+        windows["test"][0].ravel(), corpus.tokens["test"].reshape(-1)
+    )
 
 
 @pytest.mark.parametrize("method", ["kd", "reverse_kl", "jsd", "kd+hidden"])
@@ -174,6 +189,7 @@ def test_a_killed_phase_resumes_to_the_same_weights(tmp_path):
     def train(out, crash_epoch=None):
         model = lm_training.gpt2(1, 16, 8, "lm", seed=0)
         lm_training.compile_lm(model, 1e-2, 3 * 5)
+        model.run_eagerly = True  # Four fits: tracing each would cost more.
 
         def make(first_epoch):
             batches = _Crashing(windows, mask, 8, seed=0, first_epoch=first_epoch)
@@ -199,7 +215,7 @@ def test_a_killed_phase_resumes_to_the_same_weights(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("distill_lm") / "run")
-    args = [*TINY, f"--output_dir={out}"]
+    args = [*TINY, "--teacher_train_tokens=9000", f"--output_dir={out}"]
     return out, args, recipe(*args)
 
 
@@ -215,10 +231,13 @@ def test_tiny_run_reports_three_perplexities(tiny_run):
         # Every token but the first of each 33-token window is a label.
         assert entry["test_tokens"] == 1500 - math.ceil(1500 / 33)
     assert results["corpus"]["tokens"] == {
-        "train": 6000,
+        "train": 9000,  # The teacher's; the students read the first 6000.
         "validation": 1500,
         "test": 1500,
     }
+    per_epoch = {k: models[k]["train_tokens"] / models[k]["epochs"] for k in models}
+    assert per_epoch["teacher"] > 1.4 * per_epoch["student_alone"]
+    assert per_epoch["student_alone"] == per_epoch["distilled"]
     assert "--max_train_tokens=6000" in results["command"]
     assert results["flags"]["method"] == "kd"
     assert results["models"]["distilled"]["tokens_per_second"] > 0
@@ -264,6 +283,8 @@ def test_bad_flags_are_refused_before_training(tmp_path):
     assert result.returncode == 2 and "--ce_weight must be 0" in result.stderr
     result = recipe(out, f"--teacher={tmp_path / 'none.keras'}", check=False)
     assert result.returncode == 2 and "no such file" in result.stderr
+    result = recipe(out, "--teacher_train_tokens=1000", check=False)
+    assert result.returncode == 2 and "is below --max_train_tokens" in result.stderr
     assert not os.path.exists(tmp_path / "run")
 
 
