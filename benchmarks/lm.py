@@ -240,7 +240,7 @@ def _keras_distiller(teacher, student, temperature, default_loss=False):
     return keras.distillation.Distiller(teacher, student, term, student_loss_weight=0.5)
 
 
-def run_keras_row(row, seed, kd_dir, kd_results):
+def run_keras_row(row, seed, teacher_path, kd_results):
     """keras.distillation on the kd run's teacher, data and protocol."""
     out = os.path.join(FLAGS.runs_dir, f"seed{seed}", row)
     path = os.path.join(out, "results.json")
@@ -248,9 +248,7 @@ def run_keras_row(row, seed, kd_dir, kd_results):
         return _read(path)
     print(f"[seed {seed}] {row} (in this process)", flush=True)
     f, windows = _setting(kd_results)
-    teacher = keras.saving.load_model(
-        os.path.join(kd_dir, "teacher.keras"), compile=False
-    )
+    teacher = keras.saving.load_model(teacher_path, compile=False)
     student = _student(f, seed)
     distiller = _keras_distiller(
         teacher, student, f["temperature"], row == "keras_default"
@@ -348,7 +346,7 @@ def run_seed(seed, rows, runs, shared_teacher=None):
             runs.append(_record(row, seed, kd_results, row))
         elif row in ("keras_distillation", "keras_default"):
             try:
-                results = run_keras_row(row, seed, kd_dir, kd_results)
+                results = run_keras_row(row, seed, teacher, kd_results)
             except Exception as e:  # Recorded; the benchmark goes on.
                 results = {"error": f"{type(e).__name__}: {e}"}
             runs.append(_record(row, seed, results))
