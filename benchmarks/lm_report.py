@@ -54,8 +54,11 @@ def summarize(runs, rows):
                 "seeds": sorted(values),
                 "perplexity_mean": float(ppl.mean()) if len(ppl) else None,
                 "perplexity_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else None,
+                # The teacher is no student: no paired differences.
                 "paired_vs_kd": (
-                    None if row == "kd" else paired_difference(runs, row, "kd")
+                    None
+                    if row in ("kd", "teacher")
+                    else paired_difference(runs, row, "kd")
                 ),
                 "paired_vs_student_alone": (
                     None
@@ -83,7 +86,7 @@ def _ppl_cell(entry):
 
 def _paired_cell(entry, reference):
     paired = entry[f"paired_vs_{reference}"]
-    if paired is None or entry["row"] == "teacher":
+    if paired is None:
         return "–"
     mean, std, lower, n = paired
     spread = "" if std is None else f" ± {std:.3f}"
