@@ -208,11 +208,9 @@ def _split_batches(windows, split, seed, first_epoch=0, batch_size=None):
 def _setting(kd_results):
     """The kd run's corpus windows and flags, for in-process rows."""
     f = kd_results["flags"]
-    budgets = {
-        "train": max(f["max_train_tokens"], f.get("teacher_train_tokens") or 0),
-        "validation": f["max_eval_tokens"],
-        "test": f["max_eval_tokens"],
-    }
+    budgets = lm_corpus.split_budgets(
+        f["max_train_tokens"], f["max_eval_tokens"], f.get("teacher_train_tokens")
+    )
     corpus = lm_corpus.load_corpus(budgets)
     if corpus.fingerprint != kd_results["corpus"]["fingerprint"]:
         raise RuntimeError("The corpus differs from the kd run's.")

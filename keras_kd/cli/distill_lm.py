@@ -182,11 +182,9 @@ class _LMDistillation:
             raise RecipeError(f"--method={FLAGS.method}: {e}") from None
 
     def _load_corpus(self):
-        budgets = {
-            "train": max(FLAGS.max_train_tokens, FLAGS.teacher_train_tokens or 0),
-            "validation": FLAGS.max_eval_tokens,
-            "test": FLAGS.max_eval_tokens,
-        }
+        budgets = lm_corpus.split_budgets(
+            FLAGS.max_train_tokens, FLAGS.max_eval_tokens, FLAGS.teacher_train_tokens
+        )
         try:
             return lm_corpus.load_corpus(budgets)
         except ValueError as e:

@@ -112,6 +112,23 @@ def detokenize(token_ids):
     return bytes(ids).decode("utf-8", errors="replace")
 
 
+def split_budgets(max_train_tokens, max_eval_tokens, teacher_train_tokens=None):
+    """`load_corpus`'s budgets: the training split holds the teacher's
+    tokens when it reads more than the students.
+
+    Example:
+
+    ```python
+    corpus = load_corpus(split_budgets(200_000, 20_000, 1_000_000))
+    ```
+    """
+    return {
+        "train": max(max_train_tokens, teacher_train_tokens or 0),
+        "validation": max_eval_tokens,
+        "test": max_eval_tokens,
+    }
+
+
 def load_corpus(max_tokens, root=None):
     """The splits' token streams, each cut at `max_tokens[split]` tokens.
 
