@@ -68,11 +68,13 @@ from accuracy_runs import recipe_call  # noqa: E402
 from accuracy_runs import run_recipe  # noqa: E402
 from accuracy_runs import tail  # noqa: E402
 from accuracy_runs import teacher_seeds  # noqa: E402
+from accuracy_runs import validation_accuracy  # noqa: E402
 from accuracy_runs import wait_for_teacher  # noqa: E402
-from accuracy_suites import TUNE_FLAGS  # noqa: E402
+from accuracy_suites import TUNE_FACTORS  # noqa: E402
+from accuracy_suites import TUNE_WEIGHTS  # noqa: E402
 from accuracy_suites import default_methods  # noqa: E402
 from accuracy_suites import suite_datasets  # noqa: E402
-from accuracy_suites import tune_grid  # noqa: E402
+from accuracy_suites import tune_flags  # noqa: E402
 
 from keras_kd import machine  # noqa: E402
 from keras_kd import presets  # noqa: E402
@@ -148,11 +150,13 @@ def define_flags():
     flags.DEFINE_bool(
         "tune",
         False,
-        "First choose each term weight (fitnets, at, fa, skd, afd, rtk: the "
-        "protocol's ×0.1, ×1, ×10) by last-epoch accuracy on a validation "
-        "split carved from the training data (digits: --digits_val images; "
-        "Fashion-MNIST: --fashion_val), then run --seeds with the chosen "
-        "weights and report their test accuracy. The sweep goes to the JSON.",
+        "First choose each method's term weights (accuracy_suites."
+        "TUNE_WEIGHTS: the protocol's or preset's ×1, ×0.1, ×10) by "
+        "last-epoch accuracy on a validation split carved from the "
+        "training data (digits: --digits_val images; Fashion-MNIST: "
+        "--fashion_val), then run --seeds with the chosen weights and "
+        "report their test accuracy. The sweep's runs are the suite's "
+        "(folders tagged _x<factor>); it goes to the JSON.",
     )
     flags.DEFINE_list("tune_seeds", ["0"], "--tune: seeds of the sweep.")
     flags.DEFINE_integer(
@@ -206,25 +210,20 @@ def run_dataset(
     log,
     on_update=lambda runs: None,
     weights=None,
-    flags_key="flags",
-    work_key=None,
-    tag="",
+    tags=None,
+    validate=False,
 ):
     """Trains the teachers and every (method, seed); returns the runs.
 
-    `weights` maps a method to extra recipe flags (a chosen term weight);
-    `flags_key` picks the dataset's flags (`"val_flags"` adds the
-    validation folder: its "test" accuracy is validation accuracy);
-    `work_key` names the runs' folder (default: the dataset's key); `tag`
-    is added to the non-kd runs' folder names."""
-    work = os.path.join(FLAGS.work_dir, work_key or dataset["key"])
+    `weights` maps a method to extra recipe flags (its term weights) and
+    `tags` to a suffix of its runs' folder names (`fa_x10_s0`), so that
+    runs with other weights never share a folder; with `validate`, each
+    run's student is also scored on the dataset's validation split
+    (`validation_last`)."""
+    work = os.path.join(FLAGS.work_dir, dataset["key"])
     os.makedirs(work, exist_ok=True)
-    common = (
-        dataset["flags"]
-        + dataset.get(flags_key, []) * (flags_key != "flags")
-        + FLAGS.extra_flags
-    )
-    weights = weights or {}
+    common = dataset["flags"] + FLAGS.extra_flags
+    weights, tags = weights or {}, tags or {}
     runs, teachers = [], {}
     # The kd runs come first: for seed s, the kd run trains the teacher
     # (seeded by the recipe) and the student alone; every other method of
@@ -234,7 +233,7 @@ def run_dataset(
         (method, seed) for seed in seeds for method in methods if method != "kd"
     ]
     for method, seed in order:
-        name = method if method == "kd" else method + tag
+        name = method + tags.get(method, "")
         out = os.path.join(work, f"{name}_s{seed}")
         needed = (
             [seed]
@@ -296,6 +295,10 @@ def run_dataset(
                     "command": command,
                 }
             )
+        if validate:
+            runs[-len(phases)]["validation_last"] = validation_accuracy(
+                out, dataset["validation"]["path"]
+            )
         log(
             f"[{dataset['key']}] {method} seed {seed}: "
             f"{models[phases[0][0]]['last_epoch_test_accuracy']:.4f} "
@@ -306,44 +309,50 @@ def run_dataset(
 
 
 def tune_dataset(dataset, methods, seeds, log):
-    """For every method with a weight flag, the grid weight of the best
-    last-epoch validation accuracy (mean over `seeds`); returns the chosen
-    recipe flags per method and the record of the sweep."""
-    chosen, record = {}, {}
-    work_key = dataset["key"] + "_val"
-    run_dataset(dataset, ["kd"], seeds, log, flags_key="val_flags", work_key=work_key)
-    for method in methods:
-        if method not in TUNE_FLAGS:
-            continue
-        flag = TUNE_FLAGS[method]
-        scores = {}
-        for weight in tune_grid(method, dataset.get("protocol", "digits")):
+    """For every method with term weights (`TUNE_WEIGHTS`), the factor of
+    `TUNE_FACTORS` with the best mean last-epoch validation accuracy over
+    `seeds`.
+
+    The sweep's runs are the suite's own (folders tagged `_x<factor>`):
+    they train on the training split, and their students are scored on
+    the validation split after training; the chosen factor's runs are then
+    the suite's runs of those seeds. Returns `(weights, tags, record)`:
+    the chosen recipe flags and folder tags per method, and the sweep."""
+    tuned = [m for m in methods if m in TUNE_WEIGHTS]
+    protocol = dataset.get("protocol", "digits")
+    scores = {m: {} for m in tuned}
+    run_dataset(dataset, ["kd"], seeds, log)  # The teachers.
+    for factor in TUNE_FACTORS:
+        for method in tuned:
             runs = run_dataset(
                 dataset,
                 [method],
                 seeds,
                 log,
-                weights={method: [f"--{flag}={weight:g}"]},
-                flags_key="val_flags",
-                work_key=work_key,
-                tag=f"_w{weight:g}",
+                weights={method: tune_flags(method, factor, protocol)},
+                tags={method: f"_x{factor:g}"},
+                validate=True,
             )
-            done = [r["last"] for r in runs if "last" in r]
-            if done:
-                scores[f"{weight:g}"] = float(np.mean(done))
-        if not scores:
+            done = [r["validation_last"] for r in runs if "validation_last" in r]
+            if len(done) == len(seeds):
+                scores[method][f"{factor:g}"] = float(np.mean(done))
+    weights, tags, record = {}, {}, {}
+    for method in tuned:
+        if not scores[method]:
             continue
-        best = max(scores, key=scores.get)
-        chosen[method] = [f"--{flag}={best}"]
+        best = max(scores[method], key=scores[method].get)
+        weights[method] = tune_flags(method, float(best), protocol)
+        tags[method] = f"_x{best}"
         record[method] = {
-            "flag": flag,
-            "validation_accuracy": scores,
+            "hparams": list(TUNE_WEIGHTS[method]),
+            "validation_accuracy": scores[method],
             "chosen": best,
+            "chosen_flags": weights[method],
             "seeds": seeds,
             "criterion": "mean last-epoch validation accuracy",
         }
-        log(f"[{dataset['key']}] {method}: {flag}={best} (validation {scores})")
-    return chosen, record
+        log(f"[{dataset['key']}] {method}: ×{best} (validation {scores[method]})")
+    return weights, tags, record
 
 
 def main(argv):
@@ -418,13 +427,13 @@ def main(argv):
             json.dump(snapshot, f, indent=1)
 
     for dataset in datasets:
-        weights = {}
+        weights, tags = {}, {}
         if FLAGS.tune:
-            if "val_flags" not in dataset:
+            if "validation" not in dataset:
                 raise app.UsageError(
                     f"--tune: {dataset['key']} has no validation split."
                 )
-            weights, dataset["tuning"] = tune_dataset(
+            weights, tags, dataset["tuning"] = tune_dataset(
                 dataset, methods, [int(s) for s in FLAGS.tune_seeds], print
             )
         runs = run_dataset(
@@ -434,6 +443,7 @@ def main(argv):
             print,
             lambda runs, d=dataset: save_partial(d, runs),
             weights=weights,
+            tags=tags,
         )
         report["datasets"].append(dict(dataset, runs=runs, summary=summarize(runs)))
     report["wall_seconds"] = time.perf_counter() - start

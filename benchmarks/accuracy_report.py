@@ -73,13 +73,7 @@ def format_markdown(report):
                 "",
             ]
         for method, t in dataset.get("tuning", {}).items():
-            grid = ", ".join(
-                f"{w}: {100 * a:.2f}%" for w, a in t["validation_accuracy"].items()
-            )
-            lines += [
-                f"- {method}: `--{t['flag']}={t['chosen']}` chosen by "
-                f"{t['criterion']} (seeds {t['seeds']}) over {grid}"
-            ]
+            lines.append(_tuning_line(method, t))
         if dataset.get("tuning"):
             lines.append("")
         protocol = dataset.get("protocol_epochs")
@@ -295,6 +289,24 @@ def write_report(report, stem):
     plotted = plot(report, stem + ".png")
     print(markdown)
     print(f"Wrote {stem}.md, .json{', .png' if plotted else ''}")
+
+
+def _tuning_line(method, tuning):
+    """A method's sweep: the chosen weights and the validation accuracy of
+    each grid point (factors of the term weights; earlier reports: the
+    weight of one flag)."""
+    grid = ", ".join(
+        f"{w}: {100 * a:.2f}%" for w, a in tuning["validation_accuracy"].items()
+    )
+    if "flag" in tuning:
+        chosen = f"`--{tuning['flag']}={tuning['chosen']}`"
+    else:
+        chosen = f"×{tuning['chosen']} ({' '.join(tuning['chosen_flags'])})"
+        grid = "×" + grid.replace(", ", ", ×")
+    return (
+        f"- {method}: {chosen} chosen by {tuning['criterion']} "
+        f"(seeds {tuning['seeds']}) over {grid}"
+    )
 
 
 def merge_reports(paths, output_dir):

@@ -2,7 +2,8 @@
 
 `recipe_call` turns a (method, seed) of the suite into the recipe script,
 its flags and the models of its results.json to report; `run_recipe` runs
-it in its own process.
+it in its own process; `validation_accuracy` scores its student on a
+validation split.
 
 Example:
 
@@ -13,10 +14,13 @@ code, seconds, command = run_recipe(script, args, "/tmp/kd_s0.log")
 """
 
 import csv
+import json
 import os
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 from keras_kd import presets
 
@@ -42,6 +46,26 @@ def curve(path):
         return []
     with open(path, newline="") as f:
         return [float(row["val_accuracy"]) for row in csv.DictReader(f)]
+
+
+def validation_accuracy(out, folder):
+    """Accuracy of a finished run's student (`out/student.keras`) on the
+    `test.npz` of a validation folder, its images normalised as the run
+    normalised its data (`results.json`)."""
+    import keras
+
+    from keras_kd import training
+
+    with open(os.path.join(out, "results.json")) as f:
+        norm = json.load(f)["dataset"]["normalization"]
+    split = np.load(os.path.join(folder, "test.npz"))
+    x, y = split["x"], split["y"]
+    data = training.Data.from_arrays(
+        x, y, x, y, mean=np.float32(norm["mean"]), std=np.float32(norm["std"])
+    )
+    model = keras.models.load_model(os.path.join(out, "student.keras"), compile=False)
+    logits = model.predict(data.normalize(x), batch_size=500, verbose=0)
+    return float(np.mean(np.argmax(logits, -1) == y.reshape(-1)))
 
 
 def wait_for_teacher(work, seed, log, timeout=3600):

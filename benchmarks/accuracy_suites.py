@@ -7,7 +7,8 @@ and returns the datasets of the `cpu` or `cifar` suite, each a dict of its
 key, recipe flags (and validation flags), epochs, models and a note; it
 writes the held-out and subset data folders under `--work_dir` when they
 are needed.
-`TUNE_FLAGS` and `tune_grid` are the term weights `--tune` sweeps.
+`TUNE_WEIGHTS`, `TUNE_FACTORS` and `tune_flags` are the term weights
+`--tune` sweeps.
 """
 
 from absl import app
@@ -55,8 +56,8 @@ def suite_datasets(suite):
             digits_data.update(
                 key="digits_heldout",
                 flags=[f"--dataset=npz:{path}", "--protocol=digits", digits_batch],
-                val_flags=[f"--dataset=npz:{val_path}"],
                 validation={
+                    "path": val_path,
                     "images": FLAGS.digits_val,
                     "stratified": True,
                     "seed": 0,
@@ -104,10 +105,10 @@ def fashion_dataset():
         FLAGS.fashion_mnist, FLAGS.work_dir, FLAGS.fashion_train, FLAGS.fashion_val
     )
     entry = {
-        "val_flags": [f"--dataset=npz:{val_path}"],
         "teacher": "fashion_cnn_large",
         "student": "fashion_cnn_small",
         "validation": {
+            "path": val_path,
             "images": FLAGS.fashion_val,
             "stratified": True,
             "seed": 0,
@@ -174,22 +175,42 @@ def _fashion_converged(path):
     }
 
 
-# The term weight each --tune sweep varies: the recipes' flag and its
-# grid, the protocol's weight times 0.1, 1 and 10.
-TUNE_FLAGS = {
-    "fitnets": "fitnets_weight",
-    "at": "at_weight",
-    "fa": "fa_weight",
-    "skd": "skd_weight",
-    "afd": "afd_weight",
-    "rtk": "afd_weight",
+# The term weights each --tune sweep scales together, per method: the
+# protocol's weight of the term (else the preset's) times 0.1, 1 and 10.
+TUNE_WEIGHTS = {
+    "fitnets": ("fitnets_weight",),
+    "at": ("at_weight",),
+    "fa": ("fa_weight",),
+    "fa_multi": ("fa_weight",),
+    "skd": ("skd_weight",),
+    "afd": ("afd_weight",),
+    "rtk": ("afd_weight",),
+    "dlkd": (
+        "dlkd_correlation_weight",
+        "dlkd_contrastive_weight",
+        "dlkd_alignment_weight",
+    ),
+    "dkd": ("alpha", "beta"),
+    "kd+ls": ("kd_weight",),
+    "pkt": ("pkt_weight",),
+    "crd": ("weight",),
+    "reviewkd": ("weight",),
 }
+# The grid's centre first, so that an interrupted sweep has it for every
+# method.
+TUNE_FACTORS = (1.0, 0.1, 10.0)
 
 
-def tune_grid(method, protocol="digits"):
-    """The protocol's weight of `method` (else the preset's) × 0.1, 1, 10:
-    `tune_grid("fitnets")` → `[1.0, 10.0, 100.0]`."""
-    weight = PROTOCOLS[protocol].get("term_weights", {}).get(method)
-    if weight is None:
-        weight = presets.get(method).defaults[TUNE_FLAGS[method]]
-    return [weight * f for f in (0.1, 1.0, 10.0)]
+def tune_flags(method, factor, protocol="digits"):
+    """The recipe flags that scale `method`'s term weights by `factor`:
+    `tune_flags("fitnets", 0.1)` → `["--hparam=fitnets_weight=1"]` (the
+    digits protocol's weight is 10; the preset's, 100, where the protocol
+    names none)."""
+    protocol_weights = PROTOCOLS[protocol].get("term_weights", {})
+    defaults = presets.get(method).defaults
+    flags = []
+    for name in TUNE_WEIGHTS[method]:
+        weight = protocol_weights.get(name.removesuffix("_weight"))
+        weight = defaults[name] if weight is None else weight
+        flags.append(f"--hparam={name}={weight * factor:g}")
+    return flags

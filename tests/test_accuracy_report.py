@@ -162,7 +162,7 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
         "--protocol=fashion",
         "--batch_size=128",
     ]
-    assert fashion["val_flags"] == ["--dataset=npz:/val"]
+    assert fashion["validation"]["path"] == "/val"
     assert (fashion["epochs"], fashion["teacher_epochs"]) == (30, 30)
     assert "all 60,000 training images less the 5000" in fashion["note"]
     assert "(55,000)" in fashion["note"]
@@ -171,6 +171,10 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
     assert (fashion["epochs"], fashion["teacher_epochs"]) == (7, 30)
     # --tune sweeps the presets' weights (no protocol term_weights).
     fitnets = accuracy.presets.get("fitnets").defaults["fitnets_weight"]
-    assert suites_module.tune_grid("fitnets", "fashion") == pytest.approx(
-        [0.1 * fitnets, fitnets, 10 * fitnets]
-    )
+    assert [
+        suites_module.tune_flags("fitnets", f, "fashion")
+        for f in suites_module.TUNE_FACTORS
+    ] == [
+        [f"--hparam=fitnets_weight={w:g}"]
+        for w in (fitnets, fitnets / 10, fitnets * 10)
+    ]

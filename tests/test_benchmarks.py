@@ -177,6 +177,11 @@ def accuracy_report():
 
 
 @pytest.fixture(scope="module")
+def accuracy_runs():
+    return _load("accuracy_runs")
+
+
+@pytest.fixture(scope="module")
 def accuracy_data():
     return _load("accuracy_data")
 
@@ -308,37 +313,78 @@ def test_fashion_subset_and_its_validation_split_are_stratified_and_disjoint(
 
 def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
     calls = []
-    scores = {"10": 0.70, "1": 0.80, "100": 0.75}
+    scores = {"1": 0.70, "0.1": 0.80, "10": 0.75}
 
-    def fake_run(
-        dataset,
-        methods,
-        seeds,
-        log,
-        weights=None,
-        flags_key="flags",
-        work_key=None,
-        tag="",
-        **_,
-    ):
-        calls.append((methods, flags_key, work_key, tag))
+    def fake_run(dataset, methods, seeds, log, weights=None, tags=None, **kw):
+        calls.append((methods, weights, tags, kw.get("validate", False)))
         if methods == ["kd"]:
             return []
-        weight = weights[methods[0]][0].split("=")[1]
-        return [
-            {"method": methods[0], "seed": s, "last": scores[weight]} for s in seeds
-        ]
+        factor = tags[methods[0]][len("_x") :]
+        runs = [{"method": methods[0], "seed": s, "last": 0.5} for s in seeds]
+        for run in runs:
+            run["validation_last"] = scores[factor]
+        return runs
 
     monkeypatch.setattr(accuracy, "run_dataset", fake_run)
-    dataset = {"key": "d", "flags": [], "val_flags": ["--dataset=npz:v"]}
-    chosen, record = accuracy.tune_dataset(
-        dataset, ["kd", "fitnets"], [0], lambda _: None
+    dataset = {"key": "d", "flags": [], "validation": {"path": "/v"}}
+    weights, tags, record = accuracy.tune_dataset(
+        dataset, ["kd", "fitnets", "skd_subset"], [0], lambda _: None
     )
-    assert accuracy.tune_grid("fitnets") == [1.0, 10.0, 100.0]
-    assert chosen == {"fitnets": ["--fitnets_weight=1"]}
+    # The digits protocol's FitNets weight is 10.
+    assert weights == {"fitnets": ["--hparam=fitnets_weight=1"]}
+    assert tags == {"fitnets": "_x0.1"}
     assert record["fitnets"]["validation_accuracy"] == scores
-    # Every tuning run reads the validation folder, never test.
-    assert all(c[1] == "val_flags" and c[2] == "d_val" for c in calls)
+    assert record["fitnets"]["chosen"] == "0.1"
+    # The centre of the grid first; every sweep run is scored on validation
+    # and has its own folder tag.
+    sweep = [c for c in calls if c[0] != ["kd"]]
+    assert [c[2]["fitnets"] for c in sweep] == ["_x1", "_x0.1", "_x10"]
+    assert all(c[3] for c in sweep)
+
+
+def test_tune_flags_scale_every_term_weight_of_a_method(accuracy):
+    assert accuracy.tune_flags("dkd", 10.0, "fashion") == [
+        "--hparam=alpha=10",
+        "--hparam=beta=80",
+    ]
+    assert accuracy.tune_flags("fa_multi", 0.1, "digits") == ["--hparam=fa_weight=1"]
+    assert accuracy.tune_flags("fa", 1.0, "fashion") == ["--hparam=fa_weight=100"]
+    assert accuracy.tune_flags("dlkd", 0.1, "fashion") == [
+        "--hparam=dlkd_correlation_weight=5",
+        "--hparam=dlkd_contrastive_weight=0.1",
+        "--hparam=dlkd_alignment_weight=2",
+    ]
+    for method in accuracy.TUNE_WEIGHTS:  # Every name is a hyper-parameter.
+        assert accuracy.tune_flags(method, 1.0, "fashion")
+
+
+def test_validation_accuracy_scores_the_saved_student(accuracy_runs, tmp_path):
+    """Against NumPy: the run's normalisation, then the argmax of a
+    one-layer student's logits."""
+    import json
+
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(50, 4, 4, 1)).astype("uint8")
+    y = rng.integers(0, 3, size=50)
+    folder = tmp_path / "val"
+    folder.mkdir()
+    np.savez(folder / "test.npz", x=x, y=y)
+    out = tmp_path / "run"
+    out.mkdir()
+    mean, std = 70.0, 90.0
+    (out / "results.json").write_text(
+        json.dumps({"dataset": {"normalization": {"mean": [mean], "std": [std]}}})
+    )
+    student = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    student.save(out / "student.keras")
+    kernel, bias = (np.asarray(w) for w in student.layers[-1].get_weights())
+    logits = ((x.astype("float32") - mean) / std).reshape(50, -1) @ kernel + bias
+    expected = np.mean(np.argmax(logits, -1) == y)
+    assert accuracy_runs.validation_accuracy(str(out), str(folder)) == expected
 
 
 @pytest.mark.slow
