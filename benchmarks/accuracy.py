@@ -291,6 +291,7 @@ def run_dataset(
                     "epochs": result.get("epochs"),
                     "train_seconds": result.get("train_seconds"),
                     "images_per_second": result.get("images_per_second"),
+                    "load_average": result.get("load_average"),
                     "curve": curve(os.path.join(out, phase, "log.csv")),
                     "command": command,
                 }

@@ -18,9 +18,22 @@ import os
 
 import numpy as np
 
+# Above this 1-minute load average (2 cores) a run's times are void.
+LOAD_LIMIT = 1.5
+
+
+def quiet(run):
+    """Whether a run's times were measured on a quiet machine: its load
+    average at the start and end of training recorded and at most
+    `LOAD_LIMIT` (runs without a record are not quoted)."""
+    loads = run.get("load_average") or [None]
+    return None not in loads and max(loads) <= LOAD_LIMIT
+
 
 def summarize(runs):
-    """Per method: mean ± std (population over seeds) of every number."""
+    """Per method: mean ± std (population over seeds) of every number; the
+    times only over the runs measured on a quiet machine (`quiet`; the
+    others are counted as `loaded`)."""
     table = {}
     for run in runs:
         table.setdefault(run["method"], []).append(run)
@@ -28,8 +41,14 @@ def summarize(runs):
     for method, items in table.items():
         done = [r for r in items if "failed" not in r]
         row = {"method": method, "seeds": len(done), "failed": len(items) - len(done)}
+        row["loaded"] = len([r for r in done if not quiet(r)])
         for key in ("last", "best", "train_seconds", "images_per_second"):
-            values = [r[key] for r in done if r.get(key) is not None]
+            timed = key in ("train_seconds", "images_per_second")
+            values = [
+                r[key]
+                for r in done
+                if r.get(key) is not None and (quiet(r) or not timed)
+            ]
             if values:
                 row[key] = float(np.mean(values))
                 row[key + "_std"] = float(np.std(values))
@@ -114,10 +133,18 @@ def format_markdown(report):
                 f"| {_paired_cell(dataset['runs'], row['method'], 'kd')} "
                 f"| {_paired_cell(dataset['runs'], row['method'], 'student')} "
                 f"| {runs} | {pm('train_seconds', 1, '.0f')} | "
-                f"{pm('images_per_second', 1, '.0f')} |"
+                f"{pm('images_per_second', 1, '.0f')}{_loaded(row)} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _loaded(row):
+    """A note on the runs whose times are not quoted (`quiet`)."""
+    loaded = row.get("loaded", 0)
+    return (
+        f" ({loaded} not quoted: load > {LOAD_LIMIT} or unrecorded)" if loaded else ""
+    )
 
 
 def _versus(row, kd_row):

@@ -251,8 +251,10 @@ def fit_resumable(
 
     Writes `<out_dir>/<name>/`: `log.csv` (every loss term and the test
     accuracy per epoch), `tensorboard/`, `backup/` while running, and
-    `result.json` when done. A finished phase is not retrained: its weights
-    are loaded from `weights.weights.h5`.
+    `result.json` when done (with `load_average`, the 1-minute load before
+    and after training: times measured beside other jobs are void). A
+    finished phase is not retrained: its weights are loaded from
+    `weights.weights.h5`.
     """
     log = log or (lambda message: None)
     indexed = batches is None and _reads_example_index(name, model)
@@ -296,6 +298,7 @@ def fit_resumable(
     test = (data.normalize(data.x_test), data.y_test)
     timer = TrainTimer()
     callbacks = _callbacks(phase_dir, backup_dir, log_path, timer, tensorboard)
+    load_before = _load_average()
     start = time.perf_counter()
     model.fit(
         train_ds,
@@ -317,9 +320,16 @@ def fit_resumable(
         wall,
         timer.seconds,
     )
+    # Times taken beside other jobs are void: the load says which.
+    result["load_average"] = [load_before, _load_average()]
     with open(result_path, "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def _load_average():
+    """The machine's 1-minute load average (None where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _reads_example_index(name, model):

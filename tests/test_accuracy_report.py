@@ -178,3 +178,17 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
         [f"--hparam=fitnets_weight={w:g}"]
         for w in (fitnets, fitnets / 10, fitnets * 10)
     ]
+
+
+def test_times_are_quoted_only_from_quiet_runs(report):
+    runs = [
+        {"method": "kd", "seed": 0, "last": 0.8, "train_seconds": 10.0},
+        {"method": "kd", "seed": 1, "last": 0.9, "train_seconds": 20.0},
+        {"method": "kd", "seed": 2, "last": 0.7, "train_seconds": 99.0},
+    ]
+    runs[0]["load_average"] = [0.4, 1.5]
+    runs[1]["load_average"] = [0.6, 1.6]  # Loaded at the end; run 2: unrecorded.
+    (row,) = report.summarize(runs)
+    assert row["train_seconds"] == 10.0 and row["train_seconds_std"] == 0.0
+    assert row["last"] == pytest.approx(0.8) and row["loaded"] == 2
+    assert report._loaded(row) == " (2 not quoted: load > 1.5 or unrecorded)"

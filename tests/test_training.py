@@ -21,9 +21,11 @@ def _setup(seed=0):
     return data, model
 
 
-def test_results_and_csv_log(tmp_path):
+def test_results_and_csv_log(tmp_path, monkeypatch):
     data, model = _setup()
     config = training.TrainConfig(epochs=2, batch_size=16, lr=1e-3)
+    loads = iter([(0.25, 0.0, 0.0), (1.75, 0.0, 0.0)])
+    monkeypatch.setattr(training.os, "getloadavg", lambda: next(loads))
     result = training.fit_resumable(
         "phase", model, data, data.x, data.y, config, str(tmp_path), log=None
     )
@@ -34,6 +36,8 @@ def test_results_and_csv_log(tmp_path):
     assert result["last_epoch_test_accuracy"] == accuracies[-1]
     assert result["best_epoch_test_accuracy"] == max(accuracies)
     assert result["images_per_second"] > 0 and result["wall_seconds"] > 0
+    # The 1-minute load before and after training.
+    assert result["load_average"] == [0.25, 1.75]
     # A finished phase is loaded, not retrained.
     again = training.fit_resumable(
         "phase", model, data, data.x, data.y, config, str(tmp_path), log=None
