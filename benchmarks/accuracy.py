@@ -212,6 +212,7 @@ def run_dataset(
     weights=None,
     tags=None,
     validate=False,
+    teacher_pool=None,
 ):
     """Trains the teachers and every (method, seed); returns the runs.
 
@@ -219,7 +220,8 @@ def run_dataset(
     `tags` to a suffix of its runs' folder names (`fa_x10_s0`), so that
     runs with other weights never share a folder; with `validate`, each
     run's student is also scored on the dataset's validation split
-    (`validation_last`)."""
+    (`validation_last`). A method with several teachers takes them from
+    the seeds of `teacher_pool` (default `seeds`; see `teacher_seeds`)."""
     work = os.path.join(FLAGS.work_dir, dataset["key"])
     os.makedirs(work, exist_ok=True)
     common = dataset["flags"] + FLAGS.extra_flags
@@ -240,7 +242,7 @@ def run_dataset(
             if method == SKD_SUBSET
             else []
             if method == "kd"
-            else (teacher_seeds(method, seed, seeds))
+            else (teacher_seeds(method, seed, teacher_pool or seeds))
         )
         for s in needed:
             if s not in teachers:
@@ -309,7 +311,7 @@ def run_dataset(
     return runs
 
 
-def tune_dataset(dataset, methods, seeds, log):
+def tune_dataset(dataset, methods, seeds, log, teacher_pool):
     """For every method with term weights (`TUNE_WEIGHTS`), the factor of
     `TUNE_FACTORS` with the best mean last-epoch validation accuracy over
     `seeds`.
@@ -317,12 +319,14 @@ def tune_dataset(dataset, methods, seeds, log):
     The sweep's runs are the suite's own (folders tagged `_x<factor>`):
     they train on the training split, and their students are scored on
     the validation split after training; the chosen factor's runs are then
-    the suite's runs of those seeds. Returns `(weights, tags, record)`:
+    the suite's runs of those seeds (`teacher_pool`: the suite's seeds,
+    whose teachers a method with several teachers takes, as in the
+    suite). Returns `(weights, tags, record)`:
     the chosen recipe flags and folder tags per method, and the sweep."""
     tuned = [m for m in methods if m in TUNE_WEIGHTS]
     protocol = dataset.get("protocol", "digits")
     scores = {m: {} for m in tuned}
-    run_dataset(dataset, ["kd"], seeds, log)  # The teachers.
+    run_dataset(dataset, ["kd"], teacher_pool, log)  # The teachers.
     for factor in TUNE_FACTORS:
         for method in tuned:
             runs = run_dataset(
@@ -333,6 +337,7 @@ def tune_dataset(dataset, methods, seeds, log):
                 weights={method: tune_flags(method, factor, protocol)},
                 tags={method: f"_x{factor:g}"},
                 validate=True,
+                teacher_pool=teacher_pool,
             )
             done = [r["validation_last"] for r in runs if "validation_last" in r]
             if len(done) == len(seeds):
@@ -435,7 +440,7 @@ def main(argv):
                     f"--tune: {dataset['key']} has no validation split."
                 )
             weights, tags, dataset["tuning"] = tune_dataset(
-                dataset, methods, [int(s) for s in FLAGS.tune_seeds], print
+                dataset, methods, [int(s) for s in FLAGS.tune_seeds], print, seeds
             )
         runs = run_dataset(
             dataset,

@@ -317,6 +317,7 @@ def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
 
     def fake_run(dataset, methods, seeds, log, weights=None, tags=None, **kw):
         calls.append((methods, weights, tags, kw.get("validate", False)))
+        assert kw.get("teacher_pool", seeds) == [0, 1, 2]
         if methods == ["kd"]:
             return []
         factor = tags[methods[0]][len("_x") :]
@@ -328,7 +329,7 @@ def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
     monkeypatch.setattr(accuracy, "run_dataset", fake_run)
     dataset = {"key": "d", "flags": [], "validation": {"path": "/v"}}
     weights, tags, record = accuracy.tune_dataset(
-        dataset, ["kd", "fitnets", "skd_subset"], [0], lambda _: None
+        dataset, ["kd", "fitnets", "skd_subset"], [0], lambda _: None, [0, 1, 2]
     )
     # The digits protocol's FitNets weight is 10.
     assert weights == {"fitnets": ["--hparam=fitnets_weight=1"]}
