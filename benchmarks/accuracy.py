@@ -325,7 +325,7 @@ def tune_dataset(dataset, methods, seeds, log, teacher_pool):
     the chosen recipe flags and folder tags per method, and the sweep."""
     tuned = [m for m in methods if m in TUNE_WEIGHTS]
     protocol = dataset.get("protocol", "digits")
-    scores = {m: {} for m in tuned}
+    scores, seconds = {m: {} for m in tuned}, {m: {} for m in tuned}
     run_dataset(dataset, ["kd"], teacher_pool, log)  # The teachers.
     for factor in TUNE_FACTORS:
         for method in tuned:
@@ -342,6 +342,9 @@ def tune_dataset(dataset, methods, seeds, log, teacher_pool):
             done = [r["validation_last"] for r in runs if "validation_last" in r]
             if len(done) == len(seeds):
                 scores[method][f"{factor:g}"] = float(np.mean(done))
+                seconds[method][f"{factor:g}"] = sum(
+                    r.get("train_seconds") or 0.0 for r in runs
+                )
     weights, tags, record = {}, {}, {}
     for method in tuned:
         if not scores[method]:
@@ -356,6 +359,7 @@ def tune_dataset(dataset, methods, seeds, log, teacher_pool):
             "chosen_flags": weights[method],
             "seeds": seeds,
             "criterion": "mean last-epoch validation accuracy",
+            "train_seconds": seconds[method],
         }
         log(f"[{dataset['key']}] {method}: ×{best} (validation {scores[method]})")
     return weights, tags, record

@@ -95,6 +95,7 @@ def format_markdown(report):
             lines.append(_tuning_line(method, t))
         if dataset.get("tuning"):
             lines.append("")
+        lines += [_training_time(dataset), ""]
         protocol = dataset.get("protocol_epochs")
         if protocol and [dataset["epochs"], dataset["teacher_epochs"]] != (
             list(protocol)
@@ -316,6 +317,32 @@ def write_report(report, stem):
     plotted = plot(report, stem + ".png")
     print(markdown)
     print(f"Wrote {stem}.md, .json{', .png' if plotted else ''}")
+
+
+def training_seconds(dataset):
+    """`(seconds, phases, loaded)`: the training time of every phase of a
+    dataset's runs (teachers, students alone, distilled students) and of
+    the sweep's other grid points (the chosen one's runs are the suite's),
+    how many phases, and how many of them ran on a loaded machine."""
+    timed = [r for r in dataset["runs"] if r.get("train_seconds")]
+    total = sum(r["train_seconds"] for r in timed)
+    for tuning in dataset.get("tuning", {}).values():
+        total += sum(
+            s
+            for factor, s in tuning.get("train_seconds", {}).items()
+            if factor != tuning["chosen"]
+        )
+    return total, len(timed), len([r for r in timed if not quiet(r)])
+
+
+def _training_time(dataset):
+    total, phases, loaded = training_seconds(dataset)
+    return (
+        f"Training time: {total / 3600:.2f} h over {phases} phases and the "
+        f"sweep's other grid points (the sum of their training seconds; "
+        f"{loaded} phases on a loaded machine or unrecorded, whose times "
+        f"are inflated)."
+    )
 
 
 def _tuning_line(method, tuning):

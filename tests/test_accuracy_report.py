@@ -192,3 +192,16 @@ def test_times_are_quoted_only_from_quiet_runs(report):
     assert row["train_seconds"] == 10.0 and row["train_seconds_std"] == 0.0
     assert row["last"] == pytest.approx(0.8) and row["loaded"] == 2
     assert report._loaded(row) == " (2 not quoted: load > 1.5 or unrecorded)"
+
+
+def test_training_time_counts_phases_and_the_sweeps_other_grid_points(report):
+    dataset = {
+        "runs": [
+            {"method": "teacher", "train_seconds": 100.0, "load_average": [1, 1]},
+            {"method": "kd", "train_seconds": 50.0},
+            {"method": "fa", "train_seconds": 60.0, "load_average": [1, 1]},
+            {"method": "fa", "failed": "boom"},
+        ],
+        "tuning": {"fa": {"chosen": "1", "train_seconds": {"1": 60.0, "10": 7.0}}},
+    }
+    assert report.training_seconds(dataset) == (217.0, 3, 1)
