@@ -112,7 +112,12 @@ def fashion_dataset():
             "images": FLAGS.fashion_val,
             "stratified": True,
             "seed": 0,
-            "from": "Fashion-MNIST training images outside the training subset",
+            "from": (
+                "the 60,000 Fashion-MNIST training images (the runs train "
+                "on the others)"
+                if FLAGS.fashion_train >= 60000
+                else "Fashion-MNIST training images outside the training subset"
+            ),
         },
     }
     if FLAGS.fashion_protocol == "fashion":

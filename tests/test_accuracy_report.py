@@ -166,6 +166,7 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
     assert (fashion["epochs"], fashion["teacher_epochs"]) == (30, 30)
     assert "all 60,000 training images less the 5000" in fashion["note"]
     assert "(55,000)" in fashion["note"]
+    assert fashion["validation"]["from"].startswith("the 60,000 Fashion-MNIST")
     suites(*args, "--fashion_protocol=fashion", "--fashion_epochs=7")
     (fashion,) = suites_module.suite_datasets("cpu")
     assert (fashion["epochs"], fashion["teacher_epochs"]) == (7, 30)
