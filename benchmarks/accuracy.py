@@ -62,10 +62,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from accuracy_report import merge_reports  # noqa: E402
 from accuracy_report import summarize  # noqa: E402
 from accuracy_report import write_report  # noqa: E402
-from accuracy_runs import SKD_SUBSET  # noqa: E402
 from accuracy_runs import curve  # noqa: E402
 from accuracy_runs import recipe_call  # noqa: E402
 from accuracy_runs import run_recipe  # noqa: E402
+from accuracy_runs import skd_subset_images  # noqa: E402
 from accuracy_runs import tail  # noqa: E402
 from accuracy_runs import teacher_seeds  # noqa: E402
 from accuracy_runs import validation_accuracy  # noqa: E402
@@ -239,7 +239,7 @@ def run_dataset(
         out = os.path.join(work, f"{name}_s{seed}")
         needed = (
             [seed]
-            if method == SKD_SUBSET
+            if skd_subset_images(method) is not None
             else []
             if method == "kd"
             else (teacher_seeds(method, seed, teacher_pool or seeds))
@@ -380,7 +380,9 @@ def main(argv):
         return
 
     methods = FLAGS.methods or default_methods()
-    unknown = [m for m in methods if m not in presets.names() and m != SKD_SUBSET]
+    unknown = [
+        m for m in methods if m not in presets.names() and skd_subset_images(m) is None
+    ]
     if unknown:
         raise app.UsageError(
             f"Unknown methods {unknown}; the recipes know {default_methods()}."

@@ -82,15 +82,36 @@ def wait_for_teacher(work, seed, log, timeout=3600):
 
 
 # SKD's own protocol (docs/methods.md §2): `recipes/specialize.py` on a
-# class subset, beside its three baselines, from the seed's kd teacher.
+# class subset, beside its three baselines, from the seed's kd teacher;
+# `skd_subset` on every image of the subset's classes, `skd_subset_<n>` on
+# n per class (the paper frames specialisation as too little data).
 SKD_SUBSET = "skd_subset"
 SKD_SUBSET_CLASSES = "0,1,2,3,4"
 SKD_SUBSET_PHASES = [
-    ("skd", "subset: skd"),
-    ("scratch", "subset: scratch"),
-    ("finetune", "subset: finetune teacher"),
-    ("subset_kd", "subset: renormalised-logits kd"),
+    ("skd", "skd"),
+    ("scratch", "scratch"),
+    ("finetune", "finetune teacher"),
+    ("subset_kd", "renormalised-logits kd"),
 ]
+
+
+def skd_subset_images(method):
+    """Images per class of an SKD class-subset method (0: all), or None
+    for any other method: `skd_subset_10` → 10, `skd_subset` → 0."""
+    if method == SKD_SUBSET:
+        return 0
+    prefix = SKD_SUBSET + "_"
+    if method.startswith(prefix) and method[len(prefix) :].isdigit():
+        return int(method[len(prefix) :])
+    return None
+
+
+def _subset_phases(images):
+    """The reported names of a class-subset run's models."""
+    suffix = f" ({images}/class)" if images else ""
+    return [(phase, f"subset: {name}{suffix}") for phase, name in SKD_SUBSET_PHASES]
+
+
 # Flags of the suite's datasets that only recipes/distill.py knows.
 _DISTILL_ONLY = ("--reffakd_",)
 
@@ -115,7 +136,8 @@ def recipe_call(method, seed, dataset, common, out, teachers):
         f"--output_dir={out}",
         "--export=",
     ]
-    if method == SKD_SUBSET:
+    images = skd_subset_images(method)
+    if images is not None:
         common = [a for a in common if not a.startswith(_DISTILL_ONLY)]
         return (
             "specialize.py",
@@ -124,9 +146,9 @@ def recipe_call(method, seed, dataset, common, out, teachers):
             + [
                 f"--teacher={teachers[0]}",
                 f"--classes={SKD_SUBSET_CLASSES}",
-                "--images_per_class=0",
+                f"--images_per_class={images}",
             ],
-            SKD_SUBSET_PHASES,
+            _subset_phases(images),
         )
     args = common + [f"--method={method}"] + args
     phases = [("distilled", method)]
