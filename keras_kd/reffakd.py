@@ -27,6 +27,7 @@ import numpy as np
 from keras import layers
 
 from keras_kd.data import RandomPaddedCrop
+from keras_kd.data import flip_rotation
 from keras_kd.data import steps_per_epoch
 from keras_kd.models.common import l2
 
@@ -224,16 +225,10 @@ def augmentation(crop_padding=4, seed=None):
     ```
     """
     steps = [RandomPaddedCrop(crop_padding, seed=seed)] if crop_padding else []
-    steps += [
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(
-            15 / 360,
-            fill_mode="constant",
-            interpolation="nearest",
-            fill_value=0.0,
-            seed=seed,
-        ),
-    ]
+    # Seeds of their own: one seed would tie each image's flip to its angle
+    # (and to its crop).
+    later = None if seed is None else seed + 1
+    steps.append(flip_rotation(15, fill_value=0.0, seed=later))
     return keras.Sequential(steps, name="reffakd_augmentation")
 
 

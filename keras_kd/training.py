@@ -56,8 +56,9 @@ class TrainConfig:
     """The training protocol of `fit_resumable`.
 
     `lr_decay_epochs`: epochs at which the learning rate is multiplied by
-    0.1. `weight_decay`: PyTorch's coupled L2 on every trainable variable
-    the optimizer updates (`keras_kd.optimizers`); build the models without
+    `lr_decay_factor` (0.1; PyTorch `MultiStepLR`'s `gamma`).
+    `weight_decay`: PyTorch's coupled L2 on every trainable variable the
+    optimizer updates (`keras_kd.optimizers`); build the models without
     kernel regularizers then. `replicas`: devices a batch is split over
     (each epoch's partial batch is then dropped).
     """
@@ -68,6 +69,7 @@ class TrainConfig:
     optimizer: str = "adam"
     momentum: float = 0.9
     lr_decay_epochs: list = dataclasses.field(default_factory=list)
+    lr_decay_factor: float = 0.1
     replicas: int = 1
     weight_decay: float = 0.0
 
@@ -116,7 +118,16 @@ def steps_per_epoch(n, config):
 
 def make_optimizer(config, steps):
     """SGD (momentum) or Adam with the step schedule of `config` and its
-    coupled weight decay on every trainable variable."""
+    coupled weight decay on every trainable variable.
+
+    Example:
+
+    ```python
+    config = TrainConfig(epochs=10, batch_size=128, lr=0.1, optimizer="sgd",
+                         lr_decay_epochs=[3, 6], lr_decay_factor=0.2)
+    optimizer = make_optimizer(config, steps=469)  # 0.1, 0.02, 0.004
+    ```
+    """
     import keras
 
     from keras_kd import optimizers
@@ -126,7 +137,8 @@ def make_optimizer(config, steps):
     schedule = lr
     if boundaries:
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries, [lr * 0.1**i for i in range(len(boundaries) + 1)]
+            boundaries,
+            [lr * config.lr_decay_factor**i for i in range(len(boundaries) + 1)],
         )
     if config.optimizer == "sgd":
         return optimizers.SGD(

@@ -13,7 +13,9 @@ from keras_kd import models
 # are built on TensorFlow only; the architecture code is the same.
 JAX_SKIP = {"mobilenetv2", "vgg13"}
 CIFAR_MODELS = [
-    name for name in models.MODELS if not name.startswith(("digits", "fashion"))
+    name
+    for name in models.MODELS
+    if not name.startswith(("digits", "fashion", "lenet"))
 ]
 NUM_BLOCKS = {
     "resnet20": 9,
@@ -248,3 +250,45 @@ def test_fashion_models_forward_on_28x28(name):
     logits = keras.ops.convert_to_numpy(model(x, training=False))
     assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
     assert models.stage_layer_names(model)[0] == "stem"
+
+
+def test_lenet5_bn_is_the_official_lenet5_layer_by_layer():
+    """ReffAKD's `LeNet5` (fashion_mnist/*.ipynb, cell 10) at 32x32x1."""
+    model = models.get("lenet5_bn")
+    # PyTorch's parameters, by hand: conv1 1·6·5·5 + 6, bn1 2·6, conv2
+    # 6·16·5·5 + 16, bn2 2·16, fc 400·120 + 120, fc1 120·84 + 84, fc2
+    # 84·10 + 10.
+    torch_params = [156, 12, 2416, 32, 48120, 10164, 850]
+    assert sum(torch_params) == 61750
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 61750
+    assert model.count_params() == 61750 + 2 * (6 + 16)  # BN statistics.
+    shapes = {
+        "stage1": (14, 14, 6),
+        "stage2": (5, 5, 16),
+        "flatten": (400,),
+        "fc": (120,),
+        "features": (84,),
+        "logits": (10,),
+    }
+    for name, shape in shapes.items():
+        assert tuple(model.get_layer(name).output.shape[1:]) == shape, name
+    assert models.stage_layer_names(model) == ["stage1", "stage2"]
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
+    logits = keras.ops.convert_to_numpy(model(x, training=False))
+    assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+    assert model.get_layer("logits").dtype_policy.compute_dtype == "float32"
+
+
+def test_lenet5_bn_starts_as_pytorch_defaults():
+    """Kernels and biases uniform in ±1/sqrt(fan_in), as PyTorch's
+    `Conv2d`/`Linear` (fan_in 25 for conv1, 150 for conv2, 400 for fc)."""
+    keras.utils.set_random_seed(0)
+    model = models.get("lenet5_bn")
+    for name, fan_in in [("stage1_conv", 25), ("stage2_conv", 150), ("fc", 400)]:
+        bound = 1 / np.sqrt(fan_in)
+        for weight in model.get_layer(name).weights:
+            values = keras.ops.convert_to_numpy(weight)
+            assert np.abs(values).max() <= bound, (name, weight.path)
+            if values.size > 100:  # Uniform: values near the bound too.
+                assert np.abs(values).max() > 0.9 * bound, (name, weight.path)

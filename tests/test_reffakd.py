@@ -5,6 +5,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
+from helpers import half_pixel_bilinear
 from helpers import numpy_log_softmax
 from helpers import numpy_softmax
 from helpers import sparse_ce
@@ -238,25 +239,6 @@ def test_best_checkpoint_restores_the_lowest_held_out_epoch():
     assert callback.best == 1.0
     for a, b in zip(model.get_weights(), kept):
         np.testing.assert_array_equal(a, b)
-
-
-def half_pixel_bilinear(images, size):
-    """NumPy bilinear resize with half-pixel centres (PIL's and TF's)."""
-    n, h, w, c = images.shape
-    out_h, out_w = size
-
-    def taps(out, inp):
-        src = np.clip((np.arange(out) + 0.5) * inp / out - 0.5, 0, inp - 1)
-        low = np.floor(src).astype(int)
-        high = np.minimum(low + 1, inp - 1)
-        return low, high, src - low
-
-    r0, r1, fr = taps(out_h, h)
-    c0, c1, fc = taps(out_w, w)
-    rows = images[:, r0] * (1 - fr)[None, :, None, None]
-    rows = rows + images[:, r1] * fr[None, :, None, None]
-    cols = rows[:, :, c0] * (1 - fc)[None, None, :, None]
-    return cols + rows[:, :, c1] * fc[None, None, :, None]
 
 
 def test_autoencoder_size_resizes_28_to_32_and_keeps_multiples_of_8():

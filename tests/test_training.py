@@ -132,3 +132,26 @@ def test_unsupplied_side_input_is_refused(tmp_path):
         training.fit_resumable(
             "crd", distiller, data, data.x, data.y, config, str(tmp_path), log=None
         )
+
+
+def learning_rates(optimizer, steps):
+    """The optimizer's learning rate at each of `steps` (its iterations)."""
+    rates = []
+    for step in steps:
+        optimizer.iterations.assign(step)
+        rates.append(float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+    return np.array(rates)
+
+
+@pytest.mark.parametrize("factor", [None, 0.2])
+def test_step_schedule_multiplies_by_lr_decay_factor(factor):
+    """×`lr_decay_factor` at each decay epoch (0.1 unless set)."""
+    extra = {} if factor is None else {"lr_decay_factor": factor}
+    config = training.TrainConfig(
+        epochs=3, batch_size=1, lr=1.0, optimizer="sgd", lr_decay_epochs=[1, 2], **extra
+    )
+    gamma = factor or 0.1
+    got = learning_rates(training.make_optimizer(config, steps=4), [3, 6, 11])
+    np.testing.assert_allclose(got, [1.0, gamma, gamma**2], rtol=1e-6)
+    cfg = {"epochs": 3, "batch_size": 1, "lr_decay_factor": 0.2, "ignored": 1}
+    assert training.TrainConfig.from_dict(cfg, lr=0.1).lr_decay_factor == 0.2

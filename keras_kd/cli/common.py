@@ -3,6 +3,7 @@ training phases (over `keras_kd.training`)."""
 
 import os
 import sys
+import warnings
 
 import numpy as np
 from absl import app
@@ -61,7 +62,13 @@ def seed_all(seed):
 
 
 def load_data(cfg):
-    """Loads `--dataset` and builds the normalisation, or a RecipeError."""
+    """Loads `--dataset` and builds the normalisation, or a RecipeError.
+
+    With the protocol's `image_size`, the training and test images are
+    resized to it after the normalisation is measured on the originals (as
+    ReffAKD's Fashion-MNIST notebooks measure 28x28 images and resize them
+    to 32x32), and `info["input_shape"]` follows.
+    """
     from keras_kd import data
 
     try:  # Refused before any data is read or model trained.
@@ -86,6 +93,9 @@ def load_data(cfg):
     else:
         mean = np.zeros(x.shape[-1], "float32")
         std = np.full(x.shape[-1], 255.0, "float32")
+    if cfg.get("image_size"):
+        x, x_test = (data.resize_images(v, cfg["image_size"]) for v in (x, x_test))
+        info = dict(info, input_shape=x.shape[1:])
     return Data(x, y, x_test, y_test, info, mean, std)
 
 
@@ -181,11 +191,28 @@ def student_data(data, cfg):
     return data.x, data.y
 
 
-def augmentation_layer(cfg, seed):
-    if cfg["augment"] and FLAGS.augment_on_device:
-        from keras_kd.data import RandomCropFlip
+def augmentation_layer(cfg, seed, data):
+    """The layer augmenting training batches on the device, or None (crop +
+    flip on the host, or no augmentation).
 
-        return RandomCropFlip(padding=4, seed=seed)
+    Crop + flip (`RandomCropFlip`) with `--augment_on_device`; a protocol's
+    `"flip_rotation"` always (Keras layers, rotating in the corners the
+    normalised black of `data`).
+    """
+    from keras_kd import data as kd_data
+
+    if cfg["augment"] == "flip_rotation":
+        black = -data.mean / data.std
+        if np.ptp(black) > 1e-6:
+            warnings.warn(
+                f"flip_rotation fills rotated corners with one value for "
+                f"every channel: {float(black.mean()):.3f}, the mean of the "
+                f"channels' normalised black {black.tolist()}.",
+                stacklevel=2,
+            )
+        return kd_data.flip_rotation(15, fill_value=black.mean(), seed=seed)
+    if cfg["augment"] and FLAGS.augment_on_device:
+        return kd_data.RandomCropFlip(padding=4, seed=seed)
     return None
 
 
@@ -232,7 +259,7 @@ def train_plain(name, model, data, x, y, cfg, lr, seed):
     """Trains a model alone with cross-entropy (a teacher or a baseline)."""
     import keras
 
-    augmentation = augmentation_layer(cfg, seed)
+    augmentation = augmentation_layer(cfg, seed, data)
     trained = model
     if augmentation is not None:
         inputs = keras.Input(model.inputs[0].shape[1:])

@@ -20,6 +20,7 @@ from keras_kd.cli.common import seed_all
 from keras_kd.cli.common import student_data
 from keras_kd.cli.common import train_phase
 from keras_kd.cli.common import train_plain
+from keras_kd.cli.protocols import check_view_augmentation
 from keras_kd.cli.protocols import learning_rate
 from keras_kd.cli.protocols import resolve_protocol
 from keras_kd.cli.report import check_export_flags
@@ -55,13 +56,15 @@ def _soft_label_table(data, x, y, cfg, seed):
         30 if cfg["protocol"] == "digits" else 200
     )  # The paper: 200.
     # As the official notebooks: sizes that are not multiples of 8 are
-    # resized (Fashion-MNIST's 28 -> 32) and then neither padded nor
-    # cropped; CIFAR-size images get the 4-pixel crop. The notebooks encode
-    # augmented images for the similarities; the digits protocol (8x8, no
-    # notebook) encodes them as they are, where a 4-pixel crop and a
-    # rotation leave little of an 8x8 digit.
+    # resized (Fashion-MNIST's 28 -> 32, here or by the protocol's
+    # image_size) and then neither padded nor cropped; CIFAR-size images
+    # get the 4-pixel crop. The notebooks encode augmented images for the
+    # similarities; the digits protocol (8x8, no notebook) encodes them as
+    # they are, where a 4-pixel crop and a rotation leave little of an 8x8
+    # digit.
     unit = reffakd.autoencoder_size(x.astype("float32") / 255.0)
-    crop_padding = 4 if unit.shape[1:3] == x.shape[1:3] else 0
+    resized = unit.shape[1:3] != x.shape[1:3] or cfg["image_size"]
+    crop_padding = 0 if resized else 4
     augment = None
     if cfg["protocol"] != "digits":
         augment = reffakd.augmentation(crop_padding, seed=seed)
@@ -160,6 +163,7 @@ class _Distillation:
         and `--hparam`, epoch schedules scaled to `--epochs`; records the
         values each preset is built with."""
         names = self.method_names
+        check_view_augmentation(self.cfg, names)
         hyperparameters = method_flags.preset_hyperparameters(names, self.defaults)
         method_flags.data_hyperparameters(names, hyperparameters, len(self.x))
         # DLKD augments its four rotated views itself (one flip per image, a
@@ -217,7 +221,9 @@ class _Distillation:
         """The Distiller; with `--teacher_cache`, the record checked."""
         self.teacher_weights = teachers_lib.teacher_weights(len(self.teachers))
         self.augmentation = (
-            None if self.views_augment else augmentation_layer(self.cfg, self.seed)
+            None
+            if self.views_augment
+            else augmentation_layer(self.cfg, self.seed, self.data)
         )
         self.host_augment = (
             self.cfg["augment"] and not self.augmentation and not self.views_augment

@@ -41,12 +41,16 @@ def _define_data_flags():
     flags.DEFINE_enum(
         "protocol",
         "auto",
-        ["auto", "digits", "cifar", "fashion"],
+        ["auto", "digits", "cifar", "fashion", "reffakd_fashion"],
         "Training protocol giving the defaults of unset training flags: "
         "'digits' (Adam 3e-3, 120 epochs, low-data student), 'cifar' "
         "(docs/methods.md §6: SGD 0.05, step schedule, L2 5e-4, crop+flip), "
         "'fashion' (28x28 Fashion-MNIST: cifar's recipe, 30 epochs, ×0.1 at "
-        "50/75%, batch 128, fashion_cnn_large → fashion_cnn_small). "
+        "50/75%, batch 128, fashion_cnn_large → fashion_cnn_small), "
+        "'reffakd_fashion' (ReffAKD's official Fashion-MNIST notebooks, "
+        "docs/methods.md §5: images resized to 32x32, SGD 0.1, 200 epochs, "
+        "×0.2 at 30/60/80%, batch 128, L2 5e-4, flip + ±15° rotation, "
+        "student lenet5_bn). "
         "'auto': 'digits' for --dataset=digits, 'cifar' otherwise.",
     )
 
@@ -71,24 +75,26 @@ def _define_optimizer_flags():
     flags.DEFINE_integer(
         "epochs",
         None,
-        "Training epochs (protocol default: 120 digits, 240 cifar, 20 fashion).",
+        "Training epochs (protocol default: 120 digits, 240 cifar, 30 fashion, "
+        "200 reffakd_fashion).",
     )
     flags.DEFINE_integer(
         "batch_size",
         None,
-        "Batch size (protocol default: 32 digits, 64 cifar, 128 fashion).",
+        "Batch size (protocol default: 32 digits, 64 cifar, 128 fashion and "
+        "reffakd_fashion).",
     )
     flags.DEFINE_enum(
         "optimizer",
         None,
         ["sgd", "adam"],
-        "Optimizer (protocol default: adam digits, sgd cifar and fashion).",
+        "Optimizer (protocol default: adam digits, sgd otherwise).",
     )
     flags.DEFINE_float(
         "lr",
         None,
         "Learning rate (protocol default: 3e-3 digits; 0.05 fashion and "
-        "cifar, 0.01 for a mobilenetv2 student).",
+        "cifar, 0.01 for a mobilenetv2 student; 0.1 reffakd_fashion).",
     )
     flags.DEFINE_float("momentum", None, "SGD momentum (protocol default: 0.9).")
     flags.DEFINE_float(
@@ -97,15 +103,16 @@ def _define_optimizer_flags():
         "Coupled L2 weight decay as PyTorch SGD's weight_decay: wd·w added "
         "to the gradient of every trainable variable (student, terms' heads, "
         "BN γ/β, biases; keras_kd.optimizers) (protocol default: 0 digits, "
-        "5e-4 cifar and fashion).",
+        "5e-4 otherwise).",
     )
     flags.DEFINE_list(
         "lr_decay_epochs",
         None,
-        "Epochs at which the learning rate is multiplied by 0.1 (protocol "
-        "default: none for digits; 62.5%/75%/87.5% of --epochs for cifar, "
-        "i.e. 150,180,210 of 240; 50%/75% for fashion). Unset, teachers "
-        "decay at the same fractions of --teacher_epochs.",
+        "Epochs at which the learning rate is multiplied by 0.1 (0.2 for "
+        "reffakd_fashion) (protocol default: none for digits; "
+        "62.5%/75%/87.5% of --epochs for cifar, i.e. 150,180,210 of 240; "
+        "50%/75% for fashion; 30%/60%/80% for reffakd_fashion). Unset, "
+        "teachers decay at the same fractions of --teacher_epochs.",
     )
 
 
@@ -115,7 +122,9 @@ def _define_input_flags():
         "augment",
         None,
         "Random crop (4-pixel zero padding) and horizontal flip of training "
-        "images (protocol default: off digits, on cifar and fashion).",
+        "images; for reffakd_fashion, horizontal flip and rotation within "
+        "±15° (always on the device) (protocol default: off digits, on "
+        "cifar, fashion and reffakd_fashion).",
     )
     flags.DEFINE_bool(
         "augment_on_device",
@@ -199,7 +208,7 @@ def define_teacher_flags(multiple=True):
             "whole training split in this run) or paths to trained .keras "
             "models (loaded). Several teachers give multi-teacher "
             "distillation. Protocol default: digits_cnn_large (digits), "
-            "resnet32x4 (cifar), fashion_cnn_large (fashion).",
+            "resnet32x4 (cifar), fashion_cnn_large (fashion, reffakd_fashion).",
         )
         flags.DEFINE_list(
             "teacher_weights", None, "One positive weight per teacher (default: equal)."
@@ -208,7 +217,7 @@ def define_teacher_flags(multiple=True):
         "teacher_epochs",
         None,
         "Epochs for teachers trained in this run (protocol default: 30 "
-        "digits and fashion, --epochs cifar).",
+        "digits and fashion, --epochs cifar and reffakd_fashion).",
     )
     TRAINING_FLAGS.update(set(FLAGS) - before)
 
@@ -245,7 +254,7 @@ def define_student_flags(baseline=True):
         "Student: a zoo model name (see keras_kd.models.MODELS) or a path "
         "to a .keras model used as the initial weights. Protocol default: "
         "digits_cnn_small (digits), resnet8x4 (cifar), fashion_cnn_small "
-        "(fashion).",
+        "(fashion), lenet5_bn (reffakd_fashion).",
     )
     if baseline:
         flags.DEFINE_bool(
@@ -357,7 +366,7 @@ def _define_reffakd_flags():
     flags.DEFINE_integer(
         "reffakd_ae_epochs",
         None,
-        "ReffAKD autoencoder epochs (default: 200 cifar as the paper, 30 digits).",
+        "ReffAKD autoencoder epochs (default: 200 as the paper, 30 digits).",
     )
     flags.DEFINE_integer(
         "reffakd_per_class",

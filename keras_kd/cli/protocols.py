@@ -16,9 +16,21 @@
   per-channel normalisation, fashion_cnn_large (30 epochs) →
   fashion_cnn_small on all training images, KD `0.1·CE + 0.9·KD` at T=4,
   the presets' weights.
+- `reffakd_fashion` (ReffAKD's official Fashion-MNIST notebooks,
+  docs/methods.md §5): images resized to 32x32 when loaded, SGD momentum
+  0.9, lr 0.1 ×0.2 at 30/60/80% of 200 epochs (60/120/160), batch 128, L2
+  5e-4, horizontal flip + rotation within ±15° (no crop), normalisation
+  by the 28x28 images' mean and std, student `lenet5_bn`, teacher
+  fashion_cnn_large for the same epochs, KD `0.1·CE + 0.9·KD` at T=5 (the
+  ReffAKD flags' α and T).
 
 A protocol's `teacher_epochs` of None means the student's epochs (`cifar`);
-the step schedule's fractions apply to the teachers' own epochs.
+the step schedule's fractions apply to the teachers' own epochs, each step
+multiplying the rate by `lr_decay_factor`. `augment` is False, True (crop +
+flip) or the name of another augmentation (`"flip_rotation"`, which
+`--augment` then turns on); `image_size`, when set, is the `(height,
+width)` that every image is resized to when loaded (teachers, students and
+the test split alike).
 
 Example: `recipes/distill.py --protocol=fashion --dataset=npz:PATH`.
 """
@@ -38,7 +50,9 @@ PROTOCOLS = {
         "batch_size": 32,
         "weight_decay": 0.0,
         "lr_decay_fractions": [],
+        "lr_decay_factor": 0.1,
         "augment": False,
+        "image_size": None,
         "normalize": "unit",
         "teacher": ["digits_cnn_large"],
         "student": "digits_cnn_small",
@@ -58,7 +72,9 @@ PROTOCOLS = {
         "batch_size": 64,
         "weight_decay": 5e-4,
         "lr_decay_fractions": [150 / 240, 180 / 240, 210 / 240],
+        "lr_decay_factor": 0.1,
         "augment": True,
+        "image_size": None,
         "normalize": "channel",
         "teacher": ["resnet32x4"],
         "student": "resnet8x4",
@@ -81,7 +97,9 @@ PROTOCOLS = {
         "batch_size": 128,
         "weight_decay": 5e-4,
         "lr_decay_fractions": [0.5, 0.75],
+        "lr_decay_factor": 0.1,
         "augment": True,
+        "image_size": None,
         "normalize": "channel",
         "teacher": ["fashion_cnn_large"],
         "student": "fashion_cnn_small",
@@ -91,7 +109,36 @@ PROTOCOLS = {
         "kd_ce_weight": 0.1,
         # No term_weights: the presets' (paper, CIFAR) weights.
     },
+    "reffakd_fashion": {
+        # JEKimLab/ReffAKD, fashion_mnist/*.ipynb (cells: docs/methods.md
+        # §5): tinySLG_distillation.ipynb cell 19, lenet_5_baseline.ipynb
+        # cell 13, large_model_distillation.ipynb cell 18.
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "epochs": 200,
+        "teacher_epochs": None,  # --epochs (the ResNet18 teacher's 200).
+        "batch_size": 128,
+        "weight_decay": 5e-4,
+        "lr_decay_fractions": [60 / 200, 120 / 200, 160 / 200],
+        "lr_decay_factor": 0.2,
+        "augment": "flip_rotation",
+        "image_size": (32, 32),
+        "normalize": "channel",
+        "teacher": ["fashion_cnn_large"],
+        "student": "lenet5_bn",
+        "train_limit": 0,
+        # The notebooks search T in 20/10/5/1 and α in 0.1..0.9 for both
+        # ReffAKD and KD; these are --reffakd_temperature/--reffakd_alpha's
+        # defaults, so that KD and ReffAKD compare at one setting.
+        "kd_temperature": 5.0,
+        "kd_weight": 0.9,
+        "kd_ce_weight": 0.1,
+    },
 }
+
+# Augmentations besides crop + flip (`augment=True`) a protocol may name.
+AUGMENTATIONS = ("flip_rotation",)
 
 
 def resolve_protocol():
@@ -116,8 +163,12 @@ def resolve_protocol():
         "train_limit",
     ):
         cfg[name] = pick(name)
+    if cfg["augment"] is True and defaults["augment"] in AUGMENTATIONS:
+        cfg["augment"] = defaults["augment"]  # --augment: the protocol's.
     cfg["teacher_epochs"] = _teacher_epochs(cfg["epochs"], defaults)
     cfg["normalize"] = defaults["normalize"]
+    cfg["image_size"] = defaults["image_size"]
+    cfg["lr_decay_factor"] = defaults["lr_decay_factor"]
     cfg["replicas"] = 1
     if STRATEGY[0] is not None:
         from keras_kd import distribute
@@ -150,6 +201,20 @@ def _check(cfg):
             raise RecipeError(f"--{name} must be at least {low}, got {cfg[name]}.")
     if cfg["weight_decay"] < 0:
         raise RecipeError(f"--weight_decay must be >= 0, got {cfg['weight_decay']}.")
+
+
+def check_view_augmentation(cfg, method_names):
+    """Refuses DLKD and MLKD, which crop and flip their views themselves,
+    under a protocol augmenting otherwise (`reffakd_fashion`)."""
+    views = sorted({"dlkd", "mlkd", "mlkd+ls"} & set(method_names))
+    if views and cfg["augment"] in AUGMENTATIONS:
+        raise RecipeError(
+            f"--method={'+'.join(method_names)}: the terms of "
+            f"{', '.join(views)} crop and flip their own views, but "
+            f"--protocol={cfg['protocol']} "
+            f"augments with {cfg['augment']}; pass --noaugment or another "
+            f"protocol."
+        )
 
 
 def _decay_epochs(epochs, defaults):

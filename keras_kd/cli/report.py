@@ -133,7 +133,8 @@ def print_config(
         f"Protocol {cfg['protocol']}: {cfg['optimizer']} lr {lr:g}, "
         f"{cfg['epochs']} epochs (teachers {cfg['teacher_epochs']}), "
         f"batch {cfg['batch_size']}, weight decay {cfg['weight_decay']:g}, "
-        f"lr ×0.1 at {cfg['lr_decay_epochs'] or 'never'} (teachers "
+        f"lr ×{cfg['lr_decay_factor']:g} at "
+        f"{cfg['lr_decay_epochs'] or 'never'} (teachers "
         f"{cfg['teacher_lr_decay_epochs'] or 'never'}), augment "
         f"{cfg['augment']}."
     )

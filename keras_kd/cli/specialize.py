@@ -149,7 +149,7 @@ class _Specialization:
                 kwargs["distillation_losses"], kwargs["distillation_loss_weights"]
             )
         }
-        augmentation = augmentation_layer(self.cfg, self.seed)
+        augmentation = augmentation_layer(self.cfg, self.seed, self.data)
         self.host_augment = self.cfg["augment"] and not augmentation
         try:
             self.distiller = kd.Distiller(

@@ -49,9 +49,16 @@ def check_cacheable(terms, soft_labels):
 
 def cache_augmentation(cfg, data):
     """The protocol's augmentation as a `kd.offline.CropFlip` spec: crop
-    (4-pixel padding) + flip, or none; then the run's normalisation."""
+    (4-pixel padding) + flip, or none; then the run's normalisation. Other
+    augmentations (`reffakd_fashion`'s flip + rotation) are not recorded."""
     from keras_kd import offline
 
+    if cfg["augment"] not in (True, False):
+        raise RecipeError(
+            f"--teacher_cache records crop + flip or unaugmented images, but "
+            f"--protocol={cfg['protocol']} augments with {cfg['augment']}; "
+            f"drop --teacher_cache or pass --noaugment."
+        )
     if cfg["augment"]:
         return offline.CropFlip(padding=4, flip=True, normalize=(data.mean, data.std))
     return offline.CropFlip(padding=0, flip=False, normalize=(data.mean, data.std))

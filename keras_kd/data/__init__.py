@@ -7,7 +7,8 @@
 - `EpochBatches`: the same batches as a `keras.utils.PyDataset` (NumPy
   crop + flip, `crop_flip_numpy`), for machines without TensorFlow.
 - `RandomCropFlip` (`augment_batch`): the same augmentation inside a model,
-  with `keras.ops`.
+  with `keras.ops`; `flip_rotation`: flip + rotation (Keras layers).
+- `resize_images`: uint8 images resized (bilinear), e.g. 28x28 to 32x32.
 - `epoch_order`, `steps_per_epoch`: which examples each batch of an epoch
   holds, for every host pipeline (`kd.offline` included).
 - `class_subset`: a subset of classes relabelled `0..k-1`.
@@ -25,9 +26,11 @@ from keras_kd.data.augment import RandomPaddedCrop
 from keras_kd.data.augment import augment_batch
 from keras_kd.data.augment import crop_flip_batch
 from keras_kd.data.augment import crop_flip_numpy
+from keras_kd.data.augment import flip_rotation
 from keras_kd.data.common import epoch_order
 from keras_kd.data.common import steps_per_epoch
 from keras_kd.data.loaders import load
+from keras_kd.data.loaders import resize_images
 from keras_kd.data.pipeline import channel_stats
 from keras_kd.data.pipeline import epoch_batches
 from keras_kd.data.pipeline import make_dataset

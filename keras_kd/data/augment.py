@@ -1,4 +1,5 @@
-"""Random crop (zero padding) + horizontal flip, one version per input path.
+"""Random crop (zero padding) + horizontal flip, one version per input path;
+and torchvision's flip + rotation as Keras layers (`flip_rotation`).
 
 - `crop_flip_batch`: `tf` ops, stateless, for `tf.data` pipelines on any
   backend (TensorFlow is imported on first use);
@@ -202,3 +203,38 @@ class RandomPaddedCrop(keras.layers.Layer):
             "fill_value": self.fill_value,
             "seed": self.seed,
         }
+
+
+def flip_rotation(degrees=15.0, fill_value=0.0, seed=None):
+    """Random horizontal flip, then a rotation within `±degrees`, in training.
+
+    torchvision's `RandomHorizontalFlip()` and `RandomRotation(degrees)`
+    (the ReffAKD Fashion-MNIST notebooks' augmentation): each image is
+    flipped with probability 1/2 and rotated about its centre by a uniform
+    angle, nearest neighbour, the corners filled with `fill_value` (for
+    normalised images the normalised black, `-mean / std`, as torchvision
+    fills with black before `Normalize`). Keras' `RandomFlip` and
+    `RandomRotation` layers, seeded `seed` and `seed + 1` (one seed would
+    draw each image's flip and angle from the same numbers, so flipped
+    images would turn one way only); the identity at inference.
+
+    Example:
+
+    ```python
+    augment = flip_rotation(15, fill_value=-mean / std, seed=0)
+    images = augment(images, training=True)
+    ```
+    """
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(
+                degrees / 360.0,
+                fill_mode="constant",
+                interpolation="nearest",
+                fill_value=float(fill_value),
+                seed=None if seed is None else seed + 1,
+            ),
+        ],
+        name="flip_rotation",
+    )

@@ -44,6 +44,35 @@ def load(name, data_dir=None, split_seed=0):
     return _load_tfds(name, data_dir)
 
 
+def resize_images(images, size, batch_size=4096):
+    """uint8 NHWC `images` resized to `size = (height, width)`, as uint8.
+
+    Bilinear (Keras' `Resizing` layer, no antialiasing), rounded to the
+    nearest level: torchvision's `T.Resize(size)` of PIL images when
+    enlarging them, e.g. Fashion-MNIST's 28x28 to the 32x32 of ReffAKD's
+    notebooks. Images already of that size are returned unchanged.
+
+    Example:
+
+    ```python
+    x32 = resize_images(x28, (32, 32))
+    ```
+    """
+    import keras
+
+    images = np.asarray(images)
+    size = tuple(int(s) for s in size)
+    if images.shape[1:3] == size:
+        return images
+    resize = keras.layers.Resizing(*size, interpolation="bilinear")
+    out = np.empty((len(images), *size, images.shape[-1]), "uint8")
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size].astype("float32")
+        resized = keras.ops.convert_to_numpy(resize(chunk))
+        out[start : start + batch_size] = np.clip(np.round(resized), 0, 255)
+    return out
+
+
 def _load_digits(split_seed):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

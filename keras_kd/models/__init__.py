@@ -1,12 +1,14 @@
-"""Model zoo: CIFAR ResNets, WRNs, VGG, MobileNetV2 and small digits CNNs.
+"""Model zoo: CIFAR ResNets, WRNs, VGG, MobileNetV2, small digits CNNs and
+LeNet-5 (with batch norm).
 
 Every zoo model is a functional `keras.Model` returning logits, with its
 intermediate outputs under stable layer names:
 
-- `stem`: the first convolution's output;
+- `stem`: the first convolution's output (LeNet-5 has none);
 - `stage1`, `stage2`, ... : each stage's output (`stage_layer_names`);
 - `block{stage}_{index}`: each residual block's output (`block_layer_names`);
-- `features`: the pooled vector before the classifier;
+- `features`: the vector before the classifier (pooled; LeNet-5's last
+  hidden layer);
 - `logits`: the float32 Dense classifier.
 """
 
@@ -17,6 +19,7 @@ from keras_kd.models.digits import fashion_cnn_small
 from keras_kd.models.layer_names import block_layer_names
 from keras_kd.models.layer_names import hint_layer_names
 from keras_kd.models.layer_names import stage_layer_names
+from keras_kd.models.lenet import lenet5_bn
 from keras_kd.models.mobilenetv2 import mobilenetv2
 from keras_kd.models.preactivation import batch_norm_before
 from keras_kd.models.preactivation import preactivation_layer_names
@@ -51,6 +54,7 @@ MODELS = {
     "digits_cnn_small": digits_cnn_small,
     "fashion_cnn_large": fashion_cnn_large,
     "fashion_cnn_small": fashion_cnn_small,
+    "lenet5_bn": lenet5_bn,
 }
 
 
