@@ -70,11 +70,9 @@ from accuracy_runs import tail  # noqa: E402
 from accuracy_runs import teacher_seeds  # noqa: E402
 from accuracy_runs import validation_accuracy  # noqa: E402
 from accuracy_runs import wait_for_teacher  # noqa: E402
-from accuracy_suites import TUNE_FACTORS  # noqa: E402
-from accuracy_suites import TUNE_WEIGHTS  # noqa: E402
 from accuracy_suites import default_methods  # noqa: E402
 from accuracy_suites import suite_datasets  # noqa: E402
-from accuracy_suites import tune_flags  # noqa: E402
+from accuracy_suites import tune_points  # noqa: E402
 
 from keras_kd import machine  # noqa: E402
 from keras_kd import presets  # noqa: E402
@@ -129,11 +127,14 @@ def define_flags():
     flags.DEFINE_enum(
         "fashion_protocol",
         "digits",
-        ["digits", "fashion"],
+        ["digits", "fashion", "reffakd_fashion"],
         "Fashion-MNIST: the recipes' protocol: digits (Adam 3e-3, no "
         "augmentation, --fashion_batch_size; unset --fashion_epochs, "
-        "--fashion_teacher_epochs: 2, 3) or fashion (converged; unset: its "
-        "epochs; its batch size; keras_kd.cli.protocols).",
+        "--fashion_teacher_epochs: 2, 3), fashion (converged; unset: its "
+        "epochs; its batch size; keras_kd.cli.protocols) or "
+        "reffakd_fashion (ReffAKD's notebooks: 32x32, LeNet-5 with batch "
+        "norm; --fashion_epochs for teachers, students and the "
+        "autoencoder, 200 unset).",
     )
     flags.DEFINE_integer("fashion_epochs", None, "Fashion-MNIST student epochs.")
     flags.DEFINE_integer("fashion_teacher_epochs", None, "Fashion teacher epochs.")
@@ -151,7 +152,8 @@ def define_flags():
         "tune",
         False,
         "First choose each method's term weights (accuracy_suites."
-        "TUNE_WEIGHTS: the protocol's or preset's ×1, ×0.1, ×10) by "
+        "tune_points: the protocol's or preset's ×1, ×0.1, ×10; ReffAKD's "
+        "(T, α) on reffakd_fashion) by "
         "last-epoch accuracy on a validation split carved from the "
         "training data (digits: --digits_val images; Fashion-MNIST: "
         "--fashion_val), then run --seeds with the chosen weights and "
@@ -312,56 +314,60 @@ def run_dataset(
 
 
 def tune_dataset(dataset, methods, seeds, log, teacher_pool):
-    """For every method with term weights (`TUNE_WEIGHTS`), the factor of
-    `TUNE_FACTORS` with the best mean last-epoch validation accuracy over
-    `seeds`.
+    """For every method with a grid (`tune_points`), the grid point with
+    the best mean last-epoch validation accuracy over `seeds`.
 
-    The sweep's runs are the suite's own (folders tagged `_x<factor>`):
-    they train on the training split, and their students are scored on
-    the validation split after training; the chosen factor's runs are then
-    the suite's runs of those seeds (`teacher_pool`: the suite's seeds,
-    whose teachers a method with several teachers takes, as in the
-    suite). Returns `(weights, tags, record)`:
-    the chosen recipe flags and folder tags per method, and the sweep."""
-    tuned = [m for m in methods if m in TUNE_WEIGHTS]
+    The sweep's runs are the suite's own (folders tagged `_<label>`, e.g.
+    `fa_x10_s0`): they train on the training split, and their students are
+    scored on the validation split after training; the chosen point's runs
+    are then the suite's runs of those seeds (`teacher_pool`: the suite's
+    seeds, whose teachers a method with several teachers takes, as in the
+    suite). Returns `(weights, tags, record)`: the chosen recipe flags and
+    folder tags per method, and the sweep."""
     protocol = dataset.get("protocol", "digits")
-    scores, seconds = {m: {} for m in tuned}, {m: {} for m in tuned}
+    grids = {m: dict(tune_points(m, protocol)) for m in methods}
+    grids = {m: grid for m, grid in grids.items() if grid}
+    scores = {m: {} for m in grids}
+    seconds = {m: {} for m in grids}
     run_dataset(dataset, ["kd"], teacher_pool, log)  # The teachers.
-    for factor in TUNE_FACTORS:
-        for method in tuned:
+    # Point by point across methods: an interrupted sweep has every
+    # method's centre first.
+    for i in range(max(map(len, grids.values()), default=0)):
+        for method, grid in grids.items():
+            if i >= len(grid):
+                continue
+            label = list(grid)[i]
             runs = run_dataset(
                 dataset,
                 [method],
                 seeds,
                 log,
-                weights={method: tune_flags(method, factor, protocol)},
-                tags={method: f"_x{factor:g}"},
+                weights={method: grid[label]},
+                tags={method: f"_{label}"},
                 validate=True,
                 teacher_pool=teacher_pool,
             )
             done = [r["validation_last"] for r in runs if "validation_last" in r]
             if len(done) == len(seeds):
-                scores[method][f"{factor:g}"] = float(np.mean(done))
-                seconds[method][f"{factor:g}"] = sum(
+                scores[method][label] = float(np.mean(done))
+                seconds[method][label] = sum(
                     r.get("train_seconds") or 0.0 for r in runs
                 )
     weights, tags, record = {}, {}, {}
-    for method in tuned:
+    for method, grid in grids.items():
         if not scores[method]:
             continue
         best = max(scores[method], key=scores[method].get)
-        weights[method] = tune_flags(method, float(best), protocol)
-        tags[method] = f"_x{best}"
+        weights[method], tags[method] = grid[best], f"_{best}"
         record[method] = {
-            "hparams": list(TUNE_WEIGHTS[method]),
             "validation_accuracy": scores[method],
             "chosen": best,
-            "chosen_flags": weights[method],
+            "chosen_flags": grid[best],
             "seeds": seeds,
             "criterion": "mean last-epoch validation accuracy",
             "train_seconds": seconds[method],
         }
-        log(f"[{dataset['key']}] {method}: ×{best} (validation {scores[method]})")
+        log(f"[{dataset['key']}] {method}: {best} (validation {scores[method]})")
     return weights, tags, record
 
 

@@ -346,17 +346,16 @@ def _training_time(dataset):
 
 
 def _tuning_line(method, tuning):
-    """A method's sweep: the chosen weights and the validation accuracy of
-    each grid point (factors of the term weights; earlier reports: the
-    weight of one flag)."""
+    """A method's sweep: the chosen point's label and flags and the
+    validation accuracy of each grid point (earlier reports: the weight of
+    one flag)."""
     grid = ", ".join(
         f"{w}: {100 * a:.2f}%" for w, a in tuning["validation_accuracy"].items()
     )
     if "flag" in tuning:
         chosen = f"`--{tuning['flag']}={tuning['chosen']}`"
     else:
-        chosen = f"×{tuning['chosen']} ({' '.join(tuning['chosen_flags'])})"
-        grid = "×" + grid.replace(", ", ", ×")
+        chosen = f"{tuning['chosen']} (`{' '.join(tuning['chosen_flags'])}`)"
     return (
         f"- {method}: {chosen} chosen by {tuning['criterion']} "
         f"(seeds {tuning['seeds']}) over {grid}"

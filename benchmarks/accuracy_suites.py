@@ -7,8 +7,8 @@ and returns the datasets of the `cpu` or `cifar` suite, each a dict of its
 key, recipe flags (and validation flags), epochs, models and a note; it
 writes the held-out and subset data folders under `--work_dir` when they
 are needed.
-`TUNE_WEIGHTS`, `TUNE_FACTORS` and `tune_flags` are the term weights
-`--tune` sweeps.
+`tune_points` is the grid `--tune` sweeps per method: the term weights
+(`TUNE_WEIGHTS` × `TUNE_FACTORS`, `tune_flags`) or `TUNE_GRIDS`.
 """
 
 from absl import app
@@ -122,6 +122,8 @@ def fashion_dataset():
     }
     if FLAGS.fashion_protocol == "fashion":
         return dict(entry, **_fashion_converged(path))
+    if FLAGS.fashion_protocol == "reffakd_fashion":
+        return dict(entry, **_fashion_reffakd(path))
     epochs, teacher_epochs = FLAGS.fashion_epochs, FLAGS.fashion_teacher_epochs
     return dict(
         entry,
@@ -180,6 +182,39 @@ def _fashion_converged(path):
     }
 
 
+def _fashion_reffakd(path):
+    """The settings of `--fashion_protocol=reffakd_fashion`: ReffAKD's
+    official Fashion-MNIST notebooks (the recipes' `reffakd_fashion`
+    protocol) at `--fashion_epochs` (official: 200) for the teachers, the
+    students and ReffAKD's autoencoder (the notebooks train it on the
+    students' schedule)."""
+    protocol = PROTOCOLS["reffakd_fashion"]
+    epochs = FLAGS.fashion_epochs or protocol["epochs"]
+    teacher_epochs = FLAGS.fashion_teacher_epochs or epochs
+    return {
+        "key": f"fashion_mnist_reffakd_{FLAGS.fashion_train}_e{epochs}",
+        "flags": [
+            f"--dataset=npz:{path}",
+            "--protocol=reffakd_fashion",
+            f"--batch_size={protocol['batch_size']}",
+            "--train_limit=0",
+            "--reffakd_diagonal=0.008",
+            f"--reffakd_ae_epochs={epochs}",
+        ],
+        "epochs": epochs,
+        "teacher_epochs": teacher_epochs,
+        "student": protocol["student"],
+        "protocol": "reffakd_fashion",
+        "protocol_epochs": [protocol["epochs"], protocol["epochs"]],
+        "note": f"Fashion-MNIST (exact data) resized to 32x32, "
+        f"{FLAGS.fashion_train:,} training images less the validation "
+        f"split, all 10,000 test images; ReffAKD's official notebooks' "
+        f"protocol (SGD 0.1 momentum 0.9, ×0.2 at 30/60/80% of the "
+        f"epochs, batch 128, L2 5e-4, flip + ±15° rotation, LeNet-5 with "
+        f"batch norm; autoencoder for {epochs} epochs; KD at T=5, α=0.9)",
+    }
+
+
 # The term weights each --tune sweep scales together, per method: the
 # protocol's weight of the term (else the preset's) times 0.1, 1 and 10.
 TUNE_WEIGHTS = {
@@ -204,6 +239,32 @@ TUNE_WEIGHTS = {
 # The grid's centre first, so that an interrupted sweep has it for every
 # method.
 TUNE_FACTORS = (1.0, 0.1, 10.0)
+
+
+# Grids that are not a weight's factors, per (protocol, method): ReffAKD's
+# (T, α) on its own protocol, from the notebooks' T of 20/10/5/1 and α of
+# 0.1 to 0.9 (docs/methods.md §5); the recipe's defaults first.
+TUNE_GRIDS = {
+    ("reffakd_fashion", "reffakd"): [
+        (
+            f"T{t:g}_a{a:g}",
+            [f"--reffakd_temperature={t:g}", f"--reffakd_alpha={a:g}"],
+        )
+        for t in (5.0, 1.0, 10.0, 20.0)
+        for a in (0.9, 0.5, 0.1)
+    ],
+}
+
+
+def tune_points(method, protocol="digits"):
+    """`[(label, recipe flags), ...]`: the grid `--tune` sweeps for
+    `method` (`TUNE_GRIDS`, else its term weights × `TUNE_FACTORS`, labels
+    `x1`, `x0.1`, `x10`), the centre first; `[]` when it sweeps none."""
+    if (protocol, method) in TUNE_GRIDS:
+        return TUNE_GRIDS[(protocol, method)]
+    if method not in TUNE_WEIGHTS:
+        return []
+    return [(f"x{f:g}", tune_flags(method, f, protocol)) for f in TUNE_FACTORS]
 
 
 def tune_flags(method, factor, protocol="digits"):

@@ -179,6 +179,23 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
         [f"--hparam=fitnets_weight={w:g}"]
         for w in (fitnets, fitnets / 10, fitnets * 10)
     ]
+    # ReffAKD's own protocol at a budget: teachers, students and the
+    # autoencoder all take --fashion_epochs.
+    suites(
+        *args,
+        "--fashion_protocol=reffakd_fashion",
+        "--fashion_train=60000",
+        "--fashion_epochs=20",
+    )
+    (reffakd,) = suites_module.suite_datasets("cpu")
+    assert reffakd["key"] == "fashion_mnist_reffakd_60000_e20"
+    assert (reffakd["epochs"], reffakd["teacher_epochs"]) == (20, 20)
+    assert reffakd["student"] == "lenet5_bn"
+    assert reffakd["teacher"] == "fashion_cnn_large"
+    assert reffakd["protocol_epochs"] == [200, 200]
+    assert "--protocol=reffakd_fashion" in reffakd["flags"]
+    assert "--reffakd_ae_epochs=20" in reffakd["flags"]
+    assert "--reffakd_diagonal=0.008" in reffakd["flags"]
 
 
 def test_times_are_quoted_only_from_quiet_runs(report):

@@ -313,17 +313,17 @@ def test_fashion_subset_and_its_validation_split_are_stratified_and_disjoint(
 
 def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
     calls = []
-    scores = {"1": 0.70, "0.1": 0.80, "10": 0.75}
+    scores = {"x1": 0.70, "x0.1": 0.80, "x10": 0.75}
 
     def fake_run(dataset, methods, seeds, log, weights=None, tags=None, **kw):
         calls.append((methods, weights, tags, kw.get("validate", False)))
         assert kw.get("teacher_pool", seeds) == [0, 1, 2]
         if methods == ["kd"]:
             return []
-        factor = tags[methods[0]][len("_x") :]
+        label = tags[methods[0]][1:]
         runs = [{"method": methods[0], "seed": s, "last": 0.5} for s in seeds]
         for run in runs:
-            run["validation_last"] = scores[factor]
+            run["validation_last"] = scores[label]
         return runs
 
     monkeypatch.setattr(accuracy, "run_dataset", fake_run)
@@ -335,7 +335,7 @@ def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
     assert weights == {"fitnets": ["--hparam=fitnets_weight=1"]}
     assert tags == {"fitnets": "_x0.1"}
     assert record["fitnets"]["validation_accuracy"] == scores
-    assert record["fitnets"]["chosen"] == "0.1"
+    assert record["fitnets"]["chosen"] == "x0.1"
     # The centre of the grid first; every sweep run is scored on validation
     # and has its own folder tag.
     sweep = [c for c in calls if c[0] != ["kd"]]
@@ -344,19 +344,33 @@ def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
 
 
 def test_tune_flags_scale_every_term_weight_of_a_method(accuracy):
-    assert accuracy.tune_flags("dkd", 10.0, "fashion") == [
+    suites = importlib.import_module("accuracy_suites")
+    assert suites.tune_flags("dkd", 10.0, "fashion") == [
         "--hparam=alpha=10",
         "--hparam=beta=80",
     ]
-    assert accuracy.tune_flags("fa_multi", 0.1, "digits") == ["--hparam=fa_weight=1"]
-    assert accuracy.tune_flags("fa", 1.0, "fashion") == ["--hparam=fa_weight=100"]
-    assert accuracy.tune_flags("dlkd", 0.1, "fashion") == [
+    assert suites.tune_flags("fa_multi", 0.1, "digits") == ["--hparam=fa_weight=1"]
+    assert suites.tune_flags("fa", 1.0, "fashion") == ["--hparam=fa_weight=100"]
+    assert suites.tune_flags("dlkd", 0.1, "fashion") == [
         "--hparam=dlkd_correlation_weight=5",
         "--hparam=dlkd_contrastive_weight=0.1",
         "--hparam=dlkd_alignment_weight=2",
     ]
-    for method in accuracy.TUNE_WEIGHTS:  # Every name is a hyper-parameter.
-        assert accuracy.tune_flags(method, 1.0, "fashion")
+    for method in suites.TUNE_WEIGHTS:  # Every name is a hyper-parameter.
+        assert suites.tune_flags(method, 1.0, "fashion")
+    assert [label for label, _ in suites.tune_points("fa", "fashion")] == [
+        "x1",
+        "x0.1",
+        "x10",
+    ]
+    assert suites.tune_points("kd", "fashion") == []
+    # ReffAKD's (T, α) on its own protocol, the recipe's defaults first.
+    grid = suites.tune_points("reffakd", "reffakd_fashion")
+    assert len(grid) == 12 and grid[0] == (
+        "T5_a0.9",
+        ["--reffakd_temperature=5", "--reffakd_alpha=0.9"],
+    )
+    assert suites.tune_points("reffakd", "fashion") == []
 
 
 def test_validation_accuracy_scores_the_saved_student(accuracy_runs, tmp_path):
