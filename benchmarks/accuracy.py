@@ -218,7 +218,9 @@ def run_dataset(
 ):
     """Trains the teachers and every (method, seed); returns the runs.
 
-    `weights` maps a method to extra recipe flags (its term weights) and
+    The dataset's `method_flags` add recipe flags to one method's runs
+    (e.g. ReffAKD's autoencoder epochs); `weights` maps a method to more
+    recipe flags (its term weights) and
     `tags` to a suffix of its runs' folder names (`fa_x10_s0`), so that
     runs with other weights never share a folder; with `validate`, each
     run's student is also scored on the dataset's validation split
@@ -260,8 +262,9 @@ def run_dataset(
                 }
             )
             continue
+        extra = dataset.get("method_flags", {}).get(method, [])
         script, args, phases = recipe_call(
-            method, seed, dataset, common + list(weights.get(method, [])), out, picked
+            method, seed, dataset, common + extra + weights.get(method, []), out, picked
         )
         log_path = os.path.join(work, f"{name}_s{seed}.log")
         code, seconds, command = run_recipe(script, args, log_path)

@@ -174,6 +174,13 @@ def _fashion_converged(path):
         ),
         "protocol": "fashion",
         "protocol_epochs": [fashion["epochs"], fashion["teacher_epochs"]],
+        # ReffAKD's notebooks train the autoencoder on the students'
+        # schedule (the recipe's default outside digits is their 200).
+        "method_flags": {
+            "reffakd": [
+                f"--reffakd_ae_epochs={fashion['epochs'] if epochs is None else epochs}"
+            ]
+        },
         "note": f"Fashion-MNIST (exact data), {images}, all 10,000 test "
         f"images; teacher and students on all of them; recipes' fashion "
         f"protocol (SGD 0.05 momentum 0.9, ×0.1 at 50/75% of the epochs, "

@@ -170,6 +170,7 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
     suites(*args, "--fashion_protocol=fashion", "--fashion_epochs=7")
     (fashion,) = suites_module.suite_datasets("cpu")
     assert (fashion["epochs"], fashion["teacher_epochs"]) == (7, 30)
+    assert fashion["method_flags"] == {"reffakd": ["--reffakd_ae_epochs=7"]}
     # --tune sweeps the presets' weights (no protocol term_weights).
     fitnets = accuracy.presets.get("fitnets").defaults["fitnets_weight"]
     assert [
@@ -223,3 +224,51 @@ def test_training_time_counts_phases_and_the_sweeps_other_grid_points(report):
         "tuning": {"fa": {"chosen": "1", "train_seconds": {"1": 60.0, "10": 7.0}}},
     }
     assert report.training_seconds(dataset) == (217.0, 3, 1)
+
+
+def test_run_dataset_adds_method_flags_weights_and_validation(
+    suites, monkeypatch, tmp_path
+):
+    accuracy = suites()
+    calls = []
+
+    def fake_run(script, args, log_path):
+        out = next(a.split("=", 1)[1] for a in args if a.startswith("--output_dir="))
+        os.makedirs(out, exist_ok=True)
+        result = {"last_epoch_test_accuracy": 0.5, "best_epoch_test_accuracy": 0.6}
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump({"models": {"distilled": result}}, f)
+        calls.append((script, args))
+        return 0, 1.0, "command"
+
+    monkeypatch.setattr(accuracy, "run_recipe", fake_run)
+    monkeypatch.setattr(accuracy, "wait_for_teacher", lambda w, s, log: f"/t{s}.keras")
+    monkeypatch.setattr(
+        accuracy, "validation_accuracy", lambda out, folder: {"/val": 0.7}[folder]
+    )
+    dataset = {
+        "key": "d",
+        "flags": ["--dataset=npz:/d"],
+        "student": "s",
+        "teacher": "t",
+        "epochs": 2,
+        "teacher_epochs": 3,
+        "method_flags": {"reffakd": ["--reffakd_ae_epochs=2"]},
+        "validation": {"path": "/val"},
+    }
+    runs = accuracy.run_dataset(
+        dataset,
+        ["reffakd", "fa"],
+        [0],
+        lambda _: None,
+        weights={"fa": ["--hparam=fa_weight=10"]},
+        tags={"fa": "_x0.1"},
+        validate=True,
+    )
+    (reffakd_script, reffakd_args), (_, fa_args) = calls
+    assert reffakd_script == "reffakd.py"
+    assert "--reffakd_ae_epochs=2" in reffakd_args
+    assert "--reffakd_ae_epochs=2" not in fa_args
+    assert "--hparam=fa_weight=10" in fa_args and "--teacher=/t0.keras" in fa_args
+    assert f"--output_dir={tmp_path}/d/fa_x0.1_s0" in fa_args
+    assert [r["validation_last"] for r in runs] == [0.7, 0.7]
