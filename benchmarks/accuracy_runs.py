@@ -84,7 +84,8 @@ def wait_for_teacher(work, seed, log, timeout=3600):
 # SKD's own protocol (docs/methods.md §2): `recipes/specialize.py` on a
 # class subset, beside its three baselines, from the seed's kd teacher;
 # `skd_subset` on every image of the subset's classes, `skd_subset_<n>` on
-# n per class (the paper frames specialisation as too little data).
+# n per class repeated to as many steps (the paper frames specialisation
+# as too little data).
 SKD_SUBSET = "skd_subset"
 SKD_SUBSET_CLASSES = "0,1,2,3,4"
 SKD_SUBSET_PHASES = [
@@ -147,7 +148,9 @@ def recipe_call(method, seed, dataset, common, out, teachers):
                 f"--teacher={teachers[0]}",
                 f"--classes={SKD_SUBSET_CLASSES}",
                 f"--images_per_class={images}",
-            ],
+            ]
+            # Few images per class, as many steps as on all of them.
+            + ["--match_full_steps"] * bool(images),
             _subset_phases(images),
         )
     args = common + [f"--method={method}"] + args

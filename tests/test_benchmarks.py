@@ -514,13 +514,14 @@ def test_skd_subset_runs_the_specialize_recipe_from_the_seeds_teacher(accuracy):
     assert "--teacher=/t1.keras" in args and "--seed=1" in args
     assert not [a for a in args if a.startswith("--reffakd_")]
     assert [p for p, _ in phases] == ["skd", "scratch", "finetune", "subset_kd"]
-    assert "--images_per_class=0" in args
+    assert "--images_per_class=0" in args and "--match_full_steps" not in args
     assert [name for _, name in phases][0] == "subset: skd"
     # The paper's small-data regime: n images per class.
     script, args, phases = accuracy.recipe_call(
         "skd_subset_10", 2, dataset, common, "/out", ["/t2.keras"]
     )
     assert script == "specialize.py" and "--images_per_class=10" in args
+    assert "--match_full_steps" in args
     assert [name for _, name in phases] == [
         "subset: skd (10/class)",
         "subset: scratch (10/class)",

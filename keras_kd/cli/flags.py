@@ -455,6 +455,13 @@ def define_specialize_flags():
         "Training images per task class, picked at random with --seed "
         "(0: all). Protocol default: 10 digits, 0 cifar and fashion.",
     )
+    flags.DEFINE_bool(
+        "match_full_steps",
+        False,
+        "With --images_per_class: repeat the picked images to as many as "
+        "the task classes have, so that every phase takes as many steps "
+        "as on all of them (a data-size comparison at equal training).",
+    )
     flags.DEFINE_list(
         "baselines",
         ["scratch", "finetune", "subset_kd"],

@@ -3,6 +3,8 @@
 import os
 import time
 
+import numpy as np
+
 import keras_kd as kd
 from keras_kd.cli import flags as cli_flags
 from keras_kd.cli.common import FLAGS
@@ -66,6 +68,8 @@ def _task_data(data, cfg):
         )
     except ValueError as e:
         raise RecipeError(f"--classes={','.join(spec)}: {e}") from None
+    if FLAGS.match_full_steps and per_class:
+        x, y = repeat_to(x, y, int(np.isin(data.y, mapping.original_ids).sum()))
     task = Data(
         x,
         y,
@@ -78,6 +82,14 @@ def _task_data(data, cfg):
         data.std,
     )
     return task, mapping, per_class
+
+
+def repeat_to(x, y, count):
+    """`x` and `y` repeated in order and cut to `count` examples (each
+    example `count // len(x)` or one more times): `repeat_to(x, y, 25)` of
+    10 examples holds them 3, 3, 3, 3, 3, 2, 2, 2, 2, 2 times."""
+    times = -(-count // len(x))
+    return np.concatenate([x] * times)[:count], np.concatenate([y] * times)[:count]
 
 
 def _baselines():
@@ -180,7 +192,8 @@ class _Specialization:
         prepare_output_dir("specialize")
         print(
             f"Task: classes {self.mapping!r}, {len(self.task.x)} training "
-            f"images ({self.per_class or 'all'} per class), "
+            f"images ({self.per_class or 'all'} per class"
+            f"{', repeated' if FLAGS.match_full_steps and self.per_class else ''}), "
             f"{len(self.task.x_test)} test."
         )
         print_config(
@@ -279,6 +292,8 @@ class _Specialization:
                 "classes": mapping.original_ids.tolist(),
                 "names": mapping.names,
                 "train_images": int(len(task.x)),
+                "images_per_class": self.per_class,
+                "match_full_steps": FLAGS.match_full_steps,
                 "test_images": int(len(task.x_test)),
                 "normalization": {"mean": self.data.mean, "std": self.data.std},
             },

@@ -257,12 +257,44 @@ def test_specialize_recipe(tmp_path, digits_split):
     assert results["task"]["classes"] == [3, 5, 8]
     assert results["task"]["train_images"] == 30
     assert results["task"]["test_images"] == int(np.isin(y_test, [3, 5, 8]).sum())
+    assert results["task"]["images_per_class"] == 10
     assert set(results["models"]) == {"teacher", "scratch", "subset_kd", "skd"}
     student = keras.models.load_model(os.path.join(out, "student.keras"))
     assert student.outputs[0].shape[-1] == 3
     log = read_csv(os.path.join(out, "skd", "log.csv"))
     assert {"skd_stage1", "skd_stage2"} <= set(log[0])
     assert "kd" not in log[0]  # SKD has no logit term.
+
+
+def test_repeat_to_repeats_in_order_and_cuts():
+    from keras_kd.cli.specialize import repeat_to
+
+    x = np.arange(10)[:, None] * np.ones((1, 3))
+    rx, ry = repeat_to(x, np.arange(10), 25)
+    assert rx.shape == (25, 3) and ry.tolist() == list(range(10)) * 2 + [0, 1, 2, 3, 4]
+    assert np.bincount(ry).tolist() == [3] * 5 + [2] * 5
+    np.testing.assert_array_equal(rx[:, 0], ry)
+
+
+@pytest.mark.slow
+def test_specialize_matches_the_full_steps_on_few_images(tmp_path, digits_split):
+    x, y, _, _ = digits_split
+    out = str(tmp_path / "skd_few")
+    recipe(
+        "specialize",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--classes=3,5,8",
+        "--images_per_class=4",
+        "--match_full_steps",
+        "--baselines=scratch",
+        "--export=",
+        f"--output_dir={out}",
+    )
+    task = read_json(os.path.join(out, "results.json"))["task"]
+    # 12 distinct images repeated to as many as the three classes have.
+    assert task["train_images"] == int(np.isin(y, [3, 5, 8]).sum())
+    assert task["images_per_class"] == 4 and task["match_full_steps"]
 
 
 def write_npz_folder(path, digits_split, x_dtype="uint8", test_shape=None):
