@@ -73,6 +73,7 @@ from accuracy_runs import wait_for_teacher  # noqa: E402
 from accuracy_suites import default_methods  # noqa: E402
 from accuracy_suites import suite_datasets  # noqa: E402
 from accuracy_suites import tune_points  # noqa: E402
+from report_files import code_version  # noqa: E402
 
 from keras_kd import machine  # noqa: E402
 from keras_kd import presets  # noqa: E402
@@ -416,6 +417,7 @@ def main(argv):
         "command": " ".join(
             [f"KERAS_BACKEND={keras.backend.backend()}", "python"] + sys.argv
         ),
+        "code": code_version(ROOT),
         "seeds": seeds,
         "methods": methods,
         "datasets": [],

@@ -66,6 +66,7 @@ def format_markdown(report):
         f"CPUs ({report['machine']['device']})",
         f"- backend: {report['backend']}",
         f"- command: `{report['command']}`",
+        _code_line(report.get("code")),
         f"- seeds: {', '.join(map(str, report['seeds']))}; mean ± std "
         f"(population) over seeds; accuracy on the test split.",
         "",
@@ -138,6 +139,16 @@ def format_markdown(report):
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _code_line(code):
+    """The code's commit (and files changed from it) of a report."""
+    if not code:
+        return "- code: not recorded"
+    changed = f", with changes to {', '.join(code['modified'])}" * bool(
+        code["modified"]
+    )
+    return f"- code: commit {code['commit'][:12]}{changed}"
 
 
 def _loaded(row):

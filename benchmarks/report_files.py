@@ -10,6 +10,7 @@ paths = write_outputs("results/gpu_suite_x", result, markdown, plot)
 import json
 import os
 import platform
+import subprocess
 import sys
 
 import keras
@@ -84,3 +85,21 @@ def versions():
         if sys.modules.get(module) is not None:
             versions[module] = getattr(sys.modules[module], "__version__", "?")
     return versions
+
+
+def code_version(root):
+    """The git commit of the checkout at `root` and the tracked files that
+    differ from it (None where git or the checkout is missing), so that a
+    result can be re-made on the same code."""
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", root, *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        modified = git("diff", "--name-only", "HEAD").splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "modified": modified}

@@ -30,6 +30,7 @@ from keras_kd.data import RandomPaddedCrop
 from keras_kd.data import flip_rotation
 from keras_kd.data import steps_per_epoch
 from keras_kd.models.common import l2
+from keras_kd.training import step_schedule
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -282,14 +283,8 @@ def multistep_schedule(learning_rate, milestones, decay, epochs, steps_per_epoch
     Milestone `m` moves to epoch `round(m · epochs / 200)`; from that epoch
     on (0-based) the rate is multiplied by `decay` once more.
     """
-    boundaries = sorted({round(m * epochs / 200) for m in milestones} - {0})
-    if not boundaries:
-        return learning_rate
-    # PiecewiseConstantDecay keeps values[i] while step <= boundary.
-    return keras.optimizers.schedules.PiecewiseConstantDecay(
-        [b * steps_per_epoch - 1 for b in boundaries],
-        [learning_rate * decay**i for i in range(len(boundaries) + 1)],
-    )
+    epochs_at = sorted({round(m * epochs / 200) for m in milestones} - {0})
+    return step_schedule(learning_rate, epochs_at, decay, steps_per_epoch)
 
 
 def best_checkpoint(epochs):

@@ -116,6 +116,30 @@ def steps_per_epoch(n, config):
     )
 
 
+def step_schedule(learning_rate, decay_epochs, factor, steps_per_epoch):
+    """PyTorch's `MultiStepLR` stepped once per epoch, as a Keras schedule:
+    the rate times `factor` once more from the first batch of each epoch in
+    `decay_epochs` (0-based).
+
+    Example:
+
+    ```python
+    schedule = step_schedule(0.1, [2, 4], 0.2, steps_per_epoch=100)
+    schedule(199), schedule(200)  # 0.1, 0.02
+    ```
+    """
+    import keras
+
+    if not decay_epochs:
+        return learning_rate
+    # The update at iteration i uses the rate at i, and the schedule keeps
+    # a value up to and including its boundary: the epoch's last step.
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        [e * steps_per_epoch - 1 for e in decay_epochs],
+        [learning_rate * factor**i for i in range(len(decay_epochs) + 1)],
+    )
+
+
 def make_optimizer(config, steps):
     """SGD (momentum) or Adam with the step schedule of `config` and its
     coupled weight decay on every trainable variable.
@@ -128,18 +152,11 @@ def make_optimizer(config, steps):
     optimizer = make_optimizer(config, steps=469)  # 0.1, 0.02, 0.004
     ```
     """
-    import keras
-
     from keras_kd import optimizers
 
-    lr = config.lr
-    boundaries = [e * steps for e in config.lr_decay_epochs]
-    schedule = lr
-    if boundaries:
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries,
-            [lr * config.lr_decay_factor**i for i in range(len(boundaries) + 1)],
-        )
+    schedule = step_schedule(
+        config.lr, config.lr_decay_epochs, config.lr_decay_factor, steps
+    )
     if config.optimizer == "sgd":
         return optimizers.SGD(
             schedule, momentum=config.momentum, l2=config.weight_decay

@@ -545,3 +545,29 @@ def test_plot_colours_are_distinct_and_refuse_more_methods_than_colours(
     assert len(set(colours.values())) == 60
     with pytest.raises(ValueError, match="61 methods, 60 colours"):
         accuracy_report._colours(names + ["one more"], plt)
+
+
+def test_code_version_names_the_commit_and_the_changed_files(tmp_path):
+    import subprocess
+
+    report_files = _load("report_files")
+    assert report_files.code_version(str(tmp_path)) is None  # Not a checkout.
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert report_files.code_version(str(tmp_path)) == {
+        "commit": head,
+        "modified": [],
+    }
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert report_files.code_version(str(tmp_path))["modified"] == ["a.py"]

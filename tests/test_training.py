@@ -151,7 +151,9 @@ def test_step_schedule_multiplies_by_lr_decay_factor(factor):
         epochs=3, batch_size=1, lr=1.0, optimizer="sgd", lr_decay_epochs=[1, 2], **extra
     )
     gamma = factor or 0.1
-    got = learning_rates(training.make_optimizer(config, steps=4), [3, 6, 11])
-    np.testing.assert_allclose(got, [1.0, gamma, gamma**2], rtol=1e-6)
+    # Every batch of an epoch, its first included (iterations 4 and 8).
+    got = learning_rates(training.make_optimizer(config, steps=4), range(12))
+    expected = [1.0] * 4 + [gamma] * 4 + [gamma**2] * 4
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
     cfg = {"epochs": 3, "batch_size": 1, "lr_decay_factor": 0.2, "ignored": 1}
     assert training.TrainConfig.from_dict(cfg, lr=0.1).lr_decay_factor == 0.2
