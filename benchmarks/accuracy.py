@@ -159,7 +159,7 @@ def define_flags():
         "training data (digits: --digits_val images; Fashion-MNIST: "
         "--fashion_val), then run --seeds with the chosen weights and "
         "report their test accuracy. The sweep's runs are the suite's "
-        "(folders tagged _x<factor>); it goes to the JSON.",
+        "(folders tagged _<label>, e.g. _x0.1); it goes to the JSON.",
     )
     flags.DEFINE_list("tune_seeds", ["0"], "--tune: seeds of the sweep.")
     flags.DEFINE_integer(

@@ -151,6 +151,7 @@ def _fashion_converged(path):
     protocol, its batch size pinned, its epochs unless the flags give them."""
     fashion = PROTOCOLS["fashion"]
     epochs, teacher_epochs = FLAGS.fashion_epochs, FLAGS.fashion_teacher_epochs
+    epochs = fashion["epochs"] if epochs is None else epochs
     train = FLAGS.fashion_train
     images = (
         f"all 60,000 training images less the {FLAGS.fashion_val} of the "
@@ -168,7 +169,7 @@ def _fashion_converged(path):
             "--train_limit=0",
             "--reffakd_diagonal=0.008",
         ],
-        "epochs": fashion["epochs"] if epochs is None else epochs,
+        "epochs": epochs,
         "teacher_epochs": (
             fashion["teacher_epochs"] if teacher_epochs is None else teacher_epochs
         ),
@@ -176,11 +177,7 @@ def _fashion_converged(path):
         "protocol_epochs": [fashion["epochs"], fashion["teacher_epochs"]],
         # ReffAKD's notebooks train the autoencoder on the students'
         # schedule (the recipe's default outside digits is their 200).
-        "method_flags": {
-            "reffakd": [
-                f"--reffakd_ae_epochs={fashion['epochs'] if epochs is None else epochs}"
-            ]
-        },
+        "method_flags": {"reffakd": [f"--reffakd_ae_epochs={epochs}"]},
         "note": f"Fashion-MNIST (exact data), {images}, all 10,000 test "
         f"images; teacher and students on all of them; recipes' fashion "
         f"protocol (SGD 0.05 momentum 0.9, ×0.1 at 50/75% of the epochs, "
