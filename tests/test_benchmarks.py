@@ -571,3 +571,23 @@ def test_code_version_names_the_commit_and_the_changed_files(tmp_path):
     }
     (tmp_path / "a.py").write_text("x = 2\n")
     assert report_files.code_version(str(tmp_path))["modified"] == ["a.py"]
+
+
+def test_loss_balance_reads_first_and_last_epoch(tmp_path):
+    loss_balance = _load("loss_balance")
+    log = tmp_path / "log.csv"
+    log.write_text(
+        "epoch,accuracy,distillation_loss,fa,kd,loss,student_loss,val_fa\n"
+        "0,0.5,50.0,0.49,1.0,51.0,1.0,0.4\n"
+        "1,0.7,20.0,0.19,1.0,20.5,0.5,0.2\n"
+    )
+    b = loss_balance.balance(str(log))
+    assert b["first"]["epoch"] == 0 and b["last"]["epoch"] == 1
+    assert b["first"]["ratio"] == pytest.approx(50.0)
+    assert b["last"]["ratio"] == pytest.approx(40.0)
+    assert b["last"]["terms"] == {"fa": pytest.approx(0.19), "kd": 1.0}
+    table = loss_balance.format_markdown({"fa_s0": b})
+    assert "| fa_s0 | 1.000 | 50.000 | 50.0 | 0.500 | 20.000 | 40.0 |" in table
+    alone = tmp_path / "alone.csv"
+    alone.write_text("epoch,accuracy,loss\n0,0.5,1.0\n")
+    assert loss_balance.balance(str(alone)) is None
