@@ -591,3 +591,22 @@ def test_loss_balance_reads_first_and_last_epoch(tmp_path):
     alone = tmp_path / "alone.csv"
     alone.write_text("epoch,accuracy,loss\n0,0.5,1.0\n")
     assert loss_balance.balance(str(alone)) is None
+
+
+def test_feature_floor_is_zero_for_a_linear_teacher_and_the_variance_for_noise():
+    feature_floor = _load("feature_floor")
+    rng = np.random.default_rng(0)
+    student = rng.normal(size=(64, 4, 4, 3)).astype("float32")
+    weights, bias = rng.normal(size=(3, 5)), rng.normal(size=5)
+    teacher = student @ weights + bias
+    variance, residual = feature_floor.linear_floor(student, teacher)
+    assert variance == pytest.approx(np.var(teacher.reshape(-1, 5), axis=0).mean())
+    assert residual == pytest.approx(0.0, abs=1e-8)
+    noise = rng.normal(size=(64, 4, 4, 5))
+    variance, residual = feature_floor.linear_floor(student, noise)
+    # 4 fitted coefficients per channel over 1,024 positions: about 4/1024
+    # of the variance is explained by chance.
+    assert residual == pytest.approx(variance, rel=0.02) and residual < variance
+    small = rng.normal(size=(64, 2, 2, 3)).astype("float32")
+    variance, residual = feature_floor.linear_floor(small, noise)
+    assert 0 < residual < variance
