@@ -71,6 +71,7 @@ from accuracy_runs import teacher_seeds  # noqa: E402
 from accuracy_runs import validation_accuracy  # noqa: E402
 from accuracy_runs import wait_for_teacher  # noqa: E402
 from accuracy_suites import default_methods  # noqa: E402
+from accuracy_suites import edge_point  # noqa: E402
 from accuracy_suites import suite_datasets  # noqa: E402
 from accuracy_suites import tune_points  # noqa: E402
 from report_files import code_version  # noqa: E402
@@ -162,6 +163,12 @@ def define_flags():
         "(folders tagged _<label>, e.g. _x0.1); it goes to the JSON.",
     )
     flags.DEFINE_list("tune_seeds", ["0"], "--tune: seeds of the sweep.")
+    flags.DEFINE_integer(
+        "tune_extend",
+        2,
+        "--tune: the most points added past a weight grid's edge while the "
+        "edge wins on validation (×0.01 after ×0.1, ...).",
+    )
     flags.DEFINE_integer(
         "digits_val", 300, "--tune on digits: validation images (stratified)."
     )
@@ -317,7 +324,7 @@ def run_dataset(
     return runs
 
 
-def tune_dataset(dataset, methods, seeds, log, teacher_pool):
+def tune_dataset(dataset, methods, seeds, log, teacher_pool, extend=0):
     """For every method with a grid (`tune_points`), the grid point with
     the best mean last-epoch validation accuracy over `seeds`.
 
@@ -327,36 +334,46 @@ def tune_dataset(dataset, methods, seeds, log, teacher_pool):
     are then the suite's runs of those seeds (`teacher_pool`: the suite's
     seeds, whose teachers a method with several teachers takes, as in the
     suite). Returns `(weights, tags, record)`: the chosen recipe flags and
-    folder tags per method, and the sweep."""
+    folder tags per method, and the sweep. While a weight grid's best
+    point is its edge, up to `extend` points past it are added
+    (`edge_point`)."""
     protocol = dataset.get("protocol", "digits")
     grids = {m: dict(tune_points(m, protocol)) for m in methods}
     grids = {m: grid for m, grid in grids.items() if grid}
     scores = {m: {} for m in grids}
     seconds = {m: {} for m in grids}
     run_dataset(dataset, ["kd"], teacher_pool, log)  # The teachers.
+
+    def sweep(method, label):
+        runs = run_dataset(
+            dataset,
+            [method],
+            seeds,
+            log,
+            weights={method: grids[method][label]},
+            tags={method: f"_{label}"},
+            validate=True,
+            teacher_pool=teacher_pool,
+        )
+        done = [r["validation_last"] for r in runs if "validation_last" in r]
+        if len(done) == len(seeds):
+            scores[method][label] = float(np.mean(done))
+            seconds[method][label] = sum(r.get("train_seconds") or 0.0 for r in runs)
+
     # Point by point across methods: an interrupted sweep has every
     # method's centre first.
     for i in range(max(map(len, grids.values()), default=0)):
         for method, grid in grids.items():
-            if i >= len(grid):
-                continue
-            label = list(grid)[i]
-            runs = run_dataset(
-                dataset,
-                [method],
-                seeds,
-                log,
-                weights={method: grid[label]},
-                tags={method: f"_{label}"},
-                validate=True,
-                teacher_pool=teacher_pool,
-            )
-            done = [r["validation_last"] for r in runs if "validation_last" in r]
-            if len(done) == len(seeds):
-                scores[method][label] = float(np.mean(done))
-                seconds[method][label] = sum(
-                    r.get("train_seconds") or 0.0 for r in runs
-                )
+            if i < len(grid):
+                sweep(method, list(grid)[i])
+    # Past an edge that wins, up to `extend` points per method.
+    for method, grid in grids.items():
+        for _ in range(extend):
+            point = edge_point(method, protocol, scores[method])
+            if point is None or point[0] in grid:
+                break
+            grid[point[0]] = point[1]
+            sweep(method, point[0])
     weights, tags, record = {}, {}, {}
     for method, grid in grids.items():
         if not scores[method]:
@@ -457,7 +474,12 @@ def main(argv):
                     f"--tune: {dataset['key']} has no validation split."
                 )
             weights, tags, dataset["tuning"] = tune_dataset(
-                dataset, methods, [int(s) for s in FLAGS.tune_seeds], print, seeds
+                dataset,
+                methods,
+                [int(s) for s in FLAGS.tune_seeds],
+                print,
+                seeds,
+                extend=FLAGS.tune_extend,
             )
         runs = run_dataset(
             dataset,

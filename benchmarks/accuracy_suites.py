@@ -271,6 +271,27 @@ def tune_points(method, protocol="digits"):
     return [(f"x{f:g}", tune_flags(method, f, protocol)) for f in TUNE_FACTORS]
 
 
+def edge_point(method, protocol, scores):
+    """`(label, flags)` of the weight factor one step past the grid's edge
+    when the best of `scores` (`{label: validation accuracy}`) is that
+    edge — ×0.1 of the lowest factor, ×10 of the highest — or None: a
+    sweep whose winner is its edge has not found the optimum. Not for
+    explicit grids (`TUNE_GRIDS`), nor past a point that did not finish.
+
+    Example: `{"x1": .85, "x0.1": .88, "x10": .80}` → `("x0.01", ...)`."""
+    if (protocol, method) in TUNE_GRIDS or method not in TUNE_WEIGHTS or not scores:
+        return None
+    factors = {label: float(label[1:]) for label in scores}
+    best = factors[max(scores, key=scores.get)]
+    if best == min(factors.values()):
+        factor = best / 10
+    elif best == max(factors.values()):
+        factor = best * 10
+    else:
+        return None
+    return f"x{factor:g}", tune_flags(method, factor, protocol)
+
+
 def tune_flags(method, factor, protocol="digits"):
     """The recipe flags that scale `method`'s term weights by `factor`:
     `tune_flags("fitnets", 0.1)` → `["--hparam=fitnets_weight=1"]` (the

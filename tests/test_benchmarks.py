@@ -610,3 +610,40 @@ def test_feature_floor_is_zero_for_a_linear_teacher_and_the_variance_for_noise()
     small = rng.normal(size=(64, 2, 2, 3)).astype("float32")
     variance, residual = feature_floor.linear_floor(small, noise)
     assert 0 < residual < variance
+
+
+def test_tune_extends_a_weight_grid_past_a_winning_edge(accuracy, monkeypatch):
+    scores = {"x1": 0.70, "x0.1": 0.80, "x10": 0.75, "x0.01": 0.85}
+    swept = []
+
+    def fake_run(dataset, methods, seeds, log, weights=None, tags=None, **kw):
+        if methods == ["kd"]:
+            return []
+        label = tags[methods[0]][1:]
+        swept.append((label, weights[methods[0]]))
+        if label == "x0.001":  # A point that fails (e.g. diverges).
+            return [{"method": methods[0], "seed": 0, "failed": "NaN"}]
+        return [{"method": methods[0], "seed": 0, "validation_last": scores[label]}]
+
+    monkeypatch.setattr(accuracy, "run_dataset", fake_run)
+    dataset = {"key": "d", "flags": [], "validation": {"path": "/v"}}
+    weights, tags, record = accuracy.tune_dataset(
+        dataset, ["fitnets"], [0], lambda _: None, [0], extend=3
+    )
+    # x0.1 wins the grid, then x0.01 wins, then x0.001 fails: the sweep
+    # stops there, with x0.01 chosen (the digits FitNets weight is 10).
+    assert [label for label, _ in swept] == ["x1", "x0.1", "x10", "x0.01", "x0.001"]
+    assert swept[3][1] == ["--hparam=fitnets_weight=0.1"]
+    assert tags == {"fitnets": "_x0.01"} and record["fitnets"]["chosen"] == "x0.01"
+    assert record["fitnets"]["validation_accuracy"] == scores
+    suites = importlib.import_module("accuracy_suites")
+    # A winner inside the grid, an explicit grid or no score: no extension.
+    assert (
+        suites.edge_point("fa", "fashion", {"x1": 0.9, "x0.1": 0.8, "x10": 0.7}) is None
+    )
+    assert suites.edge_point("fa", "fashion", {}) is None
+    assert suites.edge_point("reffakd", "reffakd_fashion", {"T5_a0.9": 0.9}) is None
+    assert suites.edge_point("fa", "fashion", {"x1": 0.8, "x10": 0.9}) == (
+        "x100",
+        ["--hparam=fa_weight=10000"],
+    )
