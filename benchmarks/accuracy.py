@@ -164,10 +164,7 @@ def define_flags():
     )
     flags.DEFINE_list("tune_seeds", ["0"], "--tune: seeds of the sweep.")
     flags.DEFINE_integer(
-        "tune_extend",
-        2,
-        "--tune: the most points added past a weight grid's edge while the "
-        "edge wins on validation (×0.01 after ×0.1, ...).",
+        "tune_extend", 2, "--tune: most points added past a winning grid edge."
     )
     flags.DEFINE_integer(
         "digits_val", 300, "--tune on digits: validation images (stratified)."
@@ -473,13 +470,9 @@ def main(argv):
                 raise app.UsageError(
                     f"--tune: {dataset['key']} has no validation split."
                 )
+            tune_seeds = [int(s) for s in FLAGS.tune_seeds]
             weights, tags, dataset["tuning"] = tune_dataset(
-                dataset,
-                methods,
-                [int(s) for s in FLAGS.tune_seeds],
-                print,
-                seeds,
-                extend=FLAGS.tune_extend,
+                dataset, methods, tune_seeds, print, seeds, FLAGS.tune_extend
             )
         runs = run_dataset(
             dataset,

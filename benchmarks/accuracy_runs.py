@@ -48,23 +48,25 @@ def curve(path):
         return [float(row["val_accuracy"]) for row in csv.DictReader(f)]
 
 
+def normalize_like_run(images, out):
+    """`images` normalised as the finished run in `out` normalised its data
+    (the mean and std in its `results.json`)."""
+    with open(os.path.join(out, "results.json")) as f:
+        norm = json.load(f)["dataset"]["normalization"]
+    mean, std = np.float32(norm["mean"]), np.float32(norm["std"])
+    return ((images.astype("float32") - mean) / std).astype("float32")
+
+
 def validation_accuracy(out, folder):
     """Accuracy of a finished run's student (`out/student.keras`) on the
     `test.npz` of a validation folder, its images normalised as the run
-    normalised its data (`results.json`)."""
+    normalised its data (`normalize_like_run`)."""
     import keras
 
-    from keras_kd import training
-
-    with open(os.path.join(out, "results.json")) as f:
-        norm = json.load(f)["dataset"]["normalization"]
     split = np.load(os.path.join(folder, "test.npz"))
-    x, y = split["x"], split["y"]
-    data = training.Data.from_arrays(
-        x, y, x, y, mean=np.float32(norm["mean"]), std=np.float32(norm["std"])
-    )
+    x, y = normalize_like_run(split["x"], out), split["y"]
     model = keras.models.load_model(os.path.join(out, "student.keras"), compile=False)
-    logits = model.predict(data.normalize(x), batch_size=500, verbose=0)
+    logits = model.predict(x, batch_size=500, verbose=0)
     return float(np.mean(np.argmax(logits, -1) == y.reshape(-1)))
 
 

@@ -268,7 +268,12 @@ def tune_points(method, protocol="digits"):
         return TUNE_GRIDS[(protocol, method)]
     if method not in TUNE_WEIGHTS:
         return []
-    return [(f"x{f:g}", tune_flags(method, f, protocol)) for f in TUNE_FACTORS]
+    return [_weight_point(method, f, protocol) for f in TUNE_FACTORS]
+
+
+def _weight_point(method, factor, protocol):
+    """`(label, flags)` of `method`'s term weights × `factor`: `x0.1`, ..."""
+    return f"x{factor:g}", tune_flags(method, factor, protocol)
 
 
 def edge_point(method, protocol, scores):
@@ -276,7 +281,8 @@ def edge_point(method, protocol, scores):
     when the best of `scores` (`{label: validation accuracy}`) is that
     edge — ×0.1 of the lowest factor, ×10 of the highest — or None: a
     sweep whose winner is its edge has not found the optimum. Not for
-    explicit grids (`TUNE_GRIDS`), nor past a point that did not finish.
+    explicit grids (`TUNE_GRIDS`). A point that did not finish has no
+    score, so the same point comes back: the caller stops there.
 
     Example: `{"x1": .85, "x0.1": .88, "x10": .80}` → `("x0.01", ...)`."""
     if (protocol, method) in TUNE_GRIDS or method not in TUNE_WEIGHTS or not scores:
@@ -289,7 +295,7 @@ def edge_point(method, protocol, scores):
         factor = best * 10
     else:
         return None
-    return f"x{factor:g}", tune_flags(method, factor, protocol)
+    return _weight_point(method, factor, protocol)
 
 
 def tune_flags(method, factor, protocol="digits"):

@@ -16,11 +16,9 @@ W=/work/fashion_work/suite/fashion_mnist_converged_60000
 python benchmarks/feature_floor.py --teacher=$W/kd_s0/teacher_0.keras \
     --students=$W/kd_s0/student.keras,$W/fa_x1_s0/student.keras \
     --split=/work/fashion_work/suite/fashion_mnist_60000_val5000/test.npz \
-    --normalization_from=$W/kd_s0/results.json
+    --normalize_like=$W/kd_s0
 ```
 """
-
-import json
 
 import numpy as np
 from absl import app
@@ -34,7 +32,7 @@ def define_flags():
     flags.DEFINE_list("students", [], "Student .keras files.")
     flags.DEFINE_string("split", None, "An .npz with the images as `x`.")
     flags.DEFINE_string(
-        "normalization_from", None, "A run's results.json: its mean and std."
+        "normalize_like", None, "A finished run's folder: its mean and std."
     )
     flags.DEFINE_string("layer", None, "Layer of both models (default: last stage).")
 
@@ -71,18 +69,19 @@ def linear_floor(student_map, teacher_map):
 def main(argv):
     del argv
     import keras
+    from accuracy_runs import normalize_like_run
 
-    x = np.load(FLAGS.split)["x"].astype("float32")
+    x = np.load(FLAGS.split)["x"]
     x = x[..., None] if x.ndim == 3 else x
-    if FLAGS.normalization_from:
-        with open(FLAGS.normalization_from) as f:
-            norm = json.load(f)["dataset"]["normalization"]
-        x = (x - np.float32(norm["mean"])) / np.float32(norm["std"])
-    load = lambda path: keras.models.load_model(path, compile=False)  # noqa: E731
-    teacher_map = feature_map(load(FLAGS.teacher), x, FLAGS.layer)
+    if FLAGS.normalize_like:
+        x = normalize_like_run(x, FLAGS.normalize_like)
+    x = x.astype("float32")
+    teacher = keras.models.load_model(FLAGS.teacher, compile=False)
+    teacher_map = feature_map(teacher, x, FLAGS.layer)
     print(f"teacher {FLAGS.teacher}: map {teacher_map.shape[1:]}")
     for path in FLAGS.students:
-        student_map = feature_map(load(path), x, FLAGS.layer)
+        student = keras.models.load_model(path, compile=False)
+        student_map = feature_map(student, x, FLAGS.layer)
         variance, residual = linear_floor(student_map, teacher_map)
         print(
             f"{path}: map {student_map.shape[1:]}, teacher variance "
