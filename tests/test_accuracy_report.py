@@ -170,7 +170,10 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
     suites(*args, "--fashion_protocol=fashion", "--fashion_epochs=7")
     (fashion,) = suites_module.suite_datasets("cpu")
     assert (fashion["epochs"], fashion["teacher_epochs"]) == (7, 30)
-    assert fashion["method_flags"] == {"reffakd": ["--reffakd_ae_epochs=7"]}
+    assert fashion["method_flags"] == {
+        "reffakd": ["--reffakd_ae_epochs=7"],
+        "crd": ["--hparam=num_negatives=1024"],
+    }
     # --tune sweeps the presets' weights (no protocol term_weights).
     fitnets = accuracy.presets.get("fitnets").defaults["fitnets_weight"]
     assert [
