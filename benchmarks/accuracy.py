@@ -66,6 +66,7 @@ from accuracy_runs import curve  # noqa: E402
 from accuracy_runs import recipe_call  # noqa: E402
 from accuracy_runs import run_recipe  # noqa: E402
 from accuracy_runs import skd_subset_images  # noqa: E402
+from accuracy_runs import suite_method  # noqa: E402
 from accuracy_runs import tail  # noqa: E402
 from accuracy_runs import teacher_seeds  # noqa: E402
 from accuracy_runs import validation_accuracy  # noqa: E402
@@ -77,7 +78,6 @@ from accuracy_suites import tune_points  # noqa: E402
 from report_files import code_version  # noqa: E402
 
 from keras_kd import machine  # noqa: E402
-from keras_kd import presets  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -404,9 +404,7 @@ def main(argv):
         return
 
     methods = FLAGS.methods or default_methods()
-    unknown = [
-        m for m in methods if m not in presets.names() and skd_subset_images(m) is None
-    ]
+    unknown = [m for m in methods if not suite_method(m)]
     if unknown:
         raise app.UsageError(
             f"Unknown methods {unknown}; the recipes know {default_methods()}."

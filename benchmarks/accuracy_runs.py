@@ -115,6 +115,28 @@ def _subset_phases(images):
     return [(phase, f"subset: {name}{suffix}") for phase, name in SKD_SUBSET_PHASES]
 
 
+# Suite methods that run a preset with more recipe flags: `kd_ce1` is KD
+# at the 1·CE + 0.9·KD mix the FA, AFD and RTK presets train on (the kd
+# row's protocol trains on 0.1·CE + 0.9·KD): the control that isolates
+# what their feature terms add.
+VARIANTS = {"kd_ce1": ("kd", ["--ce_weight=1", "--kd_weight=0.9"])}
+
+
+def preset_of(method):
+    """The preset a suite method runs: `preset_of("kd_ce1")` → `"kd"`."""
+    return VARIANTS.get(method, (method, []))[0]
+
+
+def suite_method(method):
+    """Whether the suite can run `method`: a preset, a variant or an SKD
+    class-subset method (`skd_subset_10`)."""
+    return (
+        method in presets.names()
+        or method in VARIANTS
+        or skd_subset_images(method) is not None
+    )
+
+
 # Flags of the suite's datasets that only recipes/distill.py knows.
 _DISTILL_ONLY = ("--reffakd_",)
 
@@ -122,7 +144,7 @@ _DISTILL_ONLY = ("--reffakd_",)
 def teacher_seeds(method, seed, seeds):
     """The seeds whose kd teachers a method of `seed` distils from: its own
     and, for several teachers, those of the next seeds in turn."""
-    spec = presets.get(method)
+    spec = presets.get(preset_of(method))
     if spec.teacher != "model":
         return []
     rotation = seeds[seeds.index(seed) :] + seeds[: seeds.index(seed)]
@@ -155,7 +177,8 @@ def recipe_call(method, seed, dataset, common, out, teachers):
             + ["--match_full_steps"] * bool(images),
             _subset_phases(images),
         )
-    args = common + [f"--method={method}"] + args
+    variant = VARIANTS.get(method, (method, []))[1]
+    args = common + [f"--method={preset_of(method)}"] + variant + args
     phases = [("distilled", method)]
     if method == "kd":
         args += [
@@ -168,6 +191,6 @@ def recipe_call(method, seed, dataset, common, out, teachers):
         args.append("--nobaseline")
         if teachers:
             args.append("--teacher=" + ",".join(teachers))
-    spec = presets.get(method)
+    spec = presets.get(preset_of(method))
     script = "reffakd.py" if spec.teacher == "soft_labels" else "distill.py"
     return script, args, phases

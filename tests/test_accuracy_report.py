@@ -9,6 +9,8 @@ import os
 import pytest
 from absl import flags as absl_flags
 
+from keras_kd import presets
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -146,7 +148,7 @@ def suites(tmp_path):
 
 def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
     args = ["--datasets=fashion_mnist", "--fashion_mnist=/src", "--fashion_val=5000"]
-    accuracy = suites(*args)
+    suites(*args)
     suites_module = importlib.import_module("accuracy_suites")
     monkeypatch.setattr(suites_module, "fashion_subset", lambda *a: ("/train", "/val"))
     (digits,) = suites_module.suite_datasets("cpu")
@@ -175,7 +177,7 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
         "crd": ["--hparam=num_negatives=1024"],
     }
     # --tune sweeps the presets' weights (no protocol term_weights).
-    fitnets = accuracy.presets.get("fitnets").defaults["fitnets_weight"]
+    fitnets = presets.get("fitnets").defaults["fitnets_weight"]
     assert [
         suites_module.tune_flags("fitnets", f, "fashion")
         for f in suites_module.TUNE_FACTORS

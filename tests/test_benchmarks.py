@@ -647,3 +647,19 @@ def test_tune_extends_a_weight_grid_past_a_winning_edge(accuracy, monkeypatch):
         "x100",
         ["--hparam=fa_weight=10000"],
     )
+
+
+def test_kd_at_the_presets_ce_mix_is_a_kd_run_from_the_seeds_teacher(accuracy):
+    dataset = {"student": "s", "teacher": "t", "epochs": 2, "teacher_epochs": 3}
+    assert accuracy.teacher_seeds("kd_ce1", 1, [0, 1, 2]) == [1]
+    script, args, phases = accuracy.recipe_call(
+        "kd_ce1", 1, dataset, ["--dataset=npz:/d"], "/out", ["/t1.keras"]
+    )
+    assert script == "distill.py"
+    assert "--method=kd" in args and "--method=kd_ce1" not in args
+    assert {"--ce_weight=1", "--kd_weight=0.9", "--nobaseline"} <= set(args)
+    assert "--teacher=/t1.keras" in args and "--baseline" not in args
+    # Its own row, not a second kd row.
+    assert phases == [("distilled", "kd_ce1")]
+    assert accuracy.suite_method("kd_ce1") and accuracy.suite_method("skd_subset_10")
+    assert not accuracy.suite_method("kd_ce2")
