@@ -337,8 +337,7 @@ def tune_dataset(dataset, methods, seeds, log, teacher_pool, extend=0):
     protocol = dataset.get("protocol", "digits")
     grids = {m: dict(tune_points(m, protocol)) for m in methods}
     grids = {m: grid for m, grid in grids.items() if grid}
-    scores = {m: {} for m in grids}
-    seconds = {m: {} for m in grids}
+    scores, seconds, failed = ({m: {} for m in grids} for _ in range(3))
     run_dataset(dataset, ["kd"], teacher_pool, log)  # The teachers.
 
     def sweep(method, label):
@@ -353,6 +352,9 @@ def tune_dataset(dataset, methods, seeds, log, teacher_pool, extend=0):
             teacher_pool=teacher_pool,
         )
         done = [r["validation_last"] for r in runs if "validation_last" in r]
+        errors = [r["failed"].strip().splitlines() for r in runs if "failed" in r]
+        if errors:  # The error's last line, e.g. a non-finite loss.
+            failed[method][label] = (errors[0] or ["no output"])[-1][:160]
         if len(done) == len(seeds):
             scores[method][label] = float(np.mean(done))
             seconds[method][label] = sum(r.get("train_seconds") or 0.0 for r in runs)
@@ -384,6 +386,7 @@ def tune_dataset(dataset, methods, seeds, log, teacher_pool, extend=0):
             "seeds": seeds,
             "criterion": "mean last-epoch validation accuracy",
             "train_seconds": seconds[method],
+            "failed": failed[method],
         }
         log(f"[{dataset['key']}] {method}: {best} (validation {scores[method]})")
     return weights, tags, record

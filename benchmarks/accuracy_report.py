@@ -357,11 +357,12 @@ def _training_time(dataset):
 
 
 def _tuning_line(method, tuning):
-    """A method's sweep: the chosen point's label and flags and the
-    validation accuracy of each grid point (earlier reports: the weight of
-    one flag)."""
+    """A method's sweep: the chosen point's label and flags, the
+    validation accuracy of each grid point and why a point that failed did
+    (earlier reports: the weight of one flag)."""
     grid = ", ".join(
-        f"{w}: {100 * a:.2f}%" for w, a in tuning["validation_accuracy"].items()
+        [f"{w}: {100 * a:.2f}%" for w, a in tuning["validation_accuracy"].items()]
+        + [f"{w}: failed ({why})" for w, why in tuning.get("failed", {}).items()]
     )
     if "flag" in tuning:
         chosen = f"`--{tuning['flag']}={tuning['chosen']}`"

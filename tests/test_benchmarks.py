@@ -311,9 +311,10 @@ def test_fashion_subset_and_its_validation_split_are_stratified_and_disjoint(
     np.testing.assert_array_equal(test["x"], data["test"][0])
 
 
-def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
+def test_tune_chooses_by_validation_accuracy(accuracy, accuracy_report, monkeypatch):
     calls = []
-    scores = {"x1": 0.70, "x0.1": 0.80, "x10": 0.75}
+    scores = {"x1": 0.70, "x0.1": 0.80}
+    nan = "Traceback\nFloatingPointError: Non-finite loss at epoch 1, batch 40\n"
 
     def fake_run(dataset, methods, seeds, log, weights=None, tags=None, **kw):
         calls.append((methods, weights, tags, kw.get("validate", False)))
@@ -321,6 +322,8 @@ def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
         if methods == ["kd"]:
             return []
         label = tags[methods[0]][1:]
+        if label == "x10":  # Diverged: the run's log tail.
+            return [{"method": methods[0], "seed": s, "failed": nan} for s in seeds]
         runs = [{"method": methods[0], "seed": s, "last": 0.5} for s in seeds]
         for run in runs:
             run["validation_last"] = scores[label]
@@ -336,6 +339,11 @@ def test_tune_chooses_by_validation_accuracy(accuracy, monkeypatch):
     assert tags == {"fitnets": "_x0.1"}
     assert record["fitnets"]["validation_accuracy"] == scores
     assert record["fitnets"]["chosen"] == "x0.1"
+    # A point that failed is scored nowhere, but the record says why.
+    why = "FloatingPointError: Non-finite loss at epoch 1, batch 40"
+    assert record["fitnets"]["failed"] == {"x10": why}
+    line = accuracy_report._tuning_line("fitnets", record["fitnets"])
+    assert "x1: 70.00%, x0.1: 80.00%, x10: failed (FloatingPointError" in line
     # The centre of the grid first; every sweep run is scored on validation
     # and has its own folder tag.
     sweep = [c for c in calls if c[0] != ["kd"]]
