@@ -177,8 +177,8 @@ def recipe_call(method, seed, dataset, common, out, teachers):
             + ["--match_full_steps"] * bool(images),
             _subset_phases(images),
         )
-    variant = VARIANTS.get(method, (method, []))[1]
-    args = common + [f"--method={preset_of(method)}"] + variant + args
+    preset, variant = VARIANTS.get(method, (method, []))
+    args = common + [f"--method={preset}"] + variant + args
     phases = [("distilled", method)]
     if method == "kd":
         args += [
@@ -191,6 +191,6 @@ def recipe_call(method, seed, dataset, common, out, teachers):
         args.append("--nobaseline")
         if teachers:
             args.append("--teacher=" + ",".join(teachers))
-    spec = presets.get(preset_of(method))
+    spec = presets.get(preset)
     script = "reffakd.py" if spec.teacher == "soft_labels" else "distill.py"
     return script, args, phases
