@@ -11,6 +11,12 @@ method and seed, each in its own process and `--work_dir` folder
 - `.json`: every run's numbers, the settings and the commands;
 - `.png`: accuracy per method and the mean learning curves.
 
+With `--store_dir` (a folder in the repository; `accuracy_store.py`),
+every finished run's rows and each seed's teacher file are kept there and
+not run again, so a suite in parts resumes from what was committed even
+when `--work_dir` is lost. `--weights=fa=x0.01,...` runs the points of
+the `--tune` grid chosen in an earlier sweep.
+
 For each seed, the KD run trains the teacher (zoo model, seeded by the
 recipe) and the student alone (`--baseline`, same protocol and seed); the
 other methods of that seed distil from that teacher's file (`fa_multi`
@@ -59,6 +65,7 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from accuracy_flags import define_flags  # noqa: E402
 from accuracy_report import merge_reports  # noqa: E402
 from accuracy_report import summarize  # noqa: E402
 from accuracy_report import write_report  # noqa: E402
@@ -71,6 +78,10 @@ from accuracy_runs import tail  # noqa: E402
 from accuracy_runs import teacher_seeds  # noqa: E402
 from accuracy_runs import validation_accuracy  # noqa: E402
 from accuracy_runs import wait_for_teacher  # noqa: E402
+from accuracy_store import load_runs  # noqa: E402
+from accuracy_store import save_runs  # noqa: E402
+from accuracy_store import stored_teacher  # noqa: E402
+from accuracy_suites import chosen_weights  # noqa: E402
 from accuracy_suites import default_methods  # noqa: E402
 from accuracy_suites import edge_point  # noqa: E402
 from accuracy_suites import suite_datasets  # noqa: E402
@@ -80,134 +91,6 @@ from report_files import code_version  # noqa: E402
 from keras_kd import machine  # noqa: E402
 
 FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """The command-line flags (defined only when run as a script, so the
-    module can be imported beside other absl programs)."""
-    flags.DEFINE_enum("suite", "cpu", ["cpu", "cifar"], "Which suite to run.")
-    flags.DEFINE_list(
-        "methods",
-        None,
-        "Methods (recipes' --method names; default: every method the recipes "
-        "know). The student alone is always reported, from the kd runs.",
-    )
-    flags.DEFINE_list("seeds", ["0", "1"], "Seeds; each method runs once each.")
-    flags.DEFINE_integer(
-        "epochs",
-        None,
-        "Student epochs (default: the recipes' protocol's, 240 cifar; the "
-        "Fashion-MNIST subset uses --fashion_epochs).",
-    )
-    flags.DEFINE_integer(
-        "teacher_epochs", None, "Teacher epochs (default: 30 digits, --epochs cifar)."
-    )
-    flags.DEFINE_list(
-        "datasets",
-        ["digits", "fashion_mnist"],
-        "cpu suite: which of digits, fashion_mnist to run.",
-    )
-    flags.DEFINE_string(
-        "fashion_mnist",
-        None,
-        "cpu suite: folder with Fashion-MNIST's train.npz/test.npz (e.g. "
-        "../shared/data/fashion_mnist); omitted: digits only.",
-    )
-    flags.DEFINE_integer(
-        "fashion_train",
-        20000,
-        "Fashion-MNIST: training images, a class-stratified subset of the "
-        "60,000 (fixed seed 0); 60000 takes them all.",
-    )
-    flags.DEFINE_integer(
-        "fashion_val",
-        5000,
-        "Fashion-MNIST: validation images, class-stratified, carved from the "
-        "training images the subset leaves out (from the subset when it "
-        "takes all 60,000); used for every choice (--tune), never test.",
-    )
-    flags.DEFINE_enum(
-        "fashion_protocol",
-        "digits",
-        ["digits", "fashion", "reffakd_fashion"],
-        "Fashion-MNIST: the recipes' protocol: digits (Adam 3e-3, no "
-        "augmentation, --fashion_batch_size; unset --fashion_epochs, "
-        "--fashion_teacher_epochs: 2, 3), fashion (converged; unset: its "
-        "epochs; its batch size; keras_kd.cli.protocols) or "
-        "reffakd_fashion (ReffAKD's notebooks: 32x32, LeNet-5 with batch "
-        "norm; --fashion_epochs for teachers, students and the "
-        "autoencoder, 200 unset).",
-    )
-    flags.DEFINE_integer("fashion_epochs", None, "Fashion-MNIST student epochs.")
-    flags.DEFINE_integer("fashion_teacher_epochs", None, "Fashion teacher epochs.")
-    flags.DEFINE_integer(
-        "fashion_batch_size", 128, "Fashion-MNIST batch size (digits protocol, Adam)."
-    )
-    flags.DEFINE_bool(
-        "with_kd",
-        True,
-        "Run the kd runs (teachers, student alone) first. --nowith_kd: "
-        "another process runs them in the same --work_dir; this one waits "
-        "for their teachers (a suite in parts, merged with --merge).",
-    )
-    flags.DEFINE_bool(
-        "tune",
-        False,
-        "First choose each method's term weights (accuracy_suites."
-        "tune_points: the protocol's or preset's ×1, ×0.1, ×10; ReffAKD's "
-        "(T, α) on reffakd_fashion) by "
-        "last-epoch accuracy on a validation split carved from the "
-        "training data (digits: --digits_val images; Fashion-MNIST: "
-        "--fashion_val), then run --seeds with the chosen weights and "
-        "report their test accuracy. The sweep's runs are the suite's "
-        "(folders tagged _<label>, e.g. _x0.1); it goes to the JSON.",
-    )
-    flags.DEFINE_list("tune_seeds", ["0"], "--tune: seeds of the sweep.")
-    flags.DEFINE_integer(
-        "tune_extend", 2, "--tune: most points added past a winning grid edge."
-    )
-    flags.DEFINE_integer(
-        "digits_val", 300, "--tune on digits: validation images (stratified)."
-    )
-    flags.DEFINE_string(
-        "part",
-        None,
-        "A name for this part of a suite run in parts (added to the file names).",
-    )
-    flags.DEFINE_list(
-        "merge",
-        None,
-        "Merge these JSON files (parts of one suite: runs of the same "
-        "datasets) into --output_dir and exit.",
-    )
-    flags.DEFINE_string(
-        "cifar_dataset",
-        None,
-        "cifar suite: the recipes' --dataset (cifar100, or npz:PATH).",
-    )
-    flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory.")
-    flags.DEFINE_string(
-        "output_dir",
-        os.path.join(ROOT, "benchmarks", "results"),
-        "Where the table, JSON and plot go.",
-    )
-    flags.DEFINE_string(
-        "work_dir", "/tmp/keras_kd_accuracy", "Where the runs (checkpoints, logs) go."
-    )
-    flags.DEFINE_list(
-        "extra_flags", [], "More flags for every recipe run, e.g. --jit_compile."
-    )
-    flags.DEFINE_string(
-        "report_from",
-        None,
-        "Rewrite the table and plot of an earlier run's JSON and exit.",
-    )
-    flags.DEFINE_string(
-        "note",
-        None,
-        "With --report_from: a note to add to the JSON and the table (e.g. "
-        "what changed during the run).",
-    )
 
 
 def run_dataset(
@@ -230,7 +113,9 @@ def run_dataset(
     runs with other weights never share a folder; with `validate`, each
     run's student is also scored on the dataset's validation split
     (`validation_last`). A method with several teachers takes them from
-    the seeds of `teacher_pool` (default `seeds`; see `teacher_seeds`)."""
+    the seeds of `teacher_pool` (default `seeds`; see `teacher_seeds`).
+    Runs found in `--store_dir` are taken from there, and finished runs
+    are stored there."""
     work = os.path.join(FLAGS.work_dir, dataset["key"])
     os.makedirs(work, exist_ok=True)
     common = dataset["flags"] + FLAGS.extra_flags
@@ -243,9 +128,20 @@ def run_dataset(
     order = [("kd", seed) for seed in seeds if "kd" in methods] + [
         (method, seed) for seed in seeds for method in methods if method != "kd"
     ]
+    store = FLAGS.store_dir
     for method, seed in order:
         name = method + tags.get(method, "")
         out = os.path.join(work, f"{name}_s{seed}")
+        stored = load_runs(store, dataset["key"], name, seed)
+        if method == "kd" and not stored_teacher(store, dataset["key"], seed):
+            stored = None  # Its teacher is needed too.
+        if stored and (not validate or "validation_last" in stored[0]):
+            runs += stored
+            if method == "kd":
+                teachers[seed] = stored_teacher(store, dataset["key"], seed)
+            log(f"[{dataset['key']}] {name} seed {seed}: stored in {store}")
+            on_update(runs)
+            continue
         needed = (
             [seed]
             if skd_subset_images(method) is not None
@@ -255,17 +151,12 @@ def run_dataset(
         )
         for s in needed:
             if s not in teachers:
-                teachers[s] = wait_for_teacher(work, s, log)
+                teachers[s] = stored_teacher(
+                    store, dataset["key"], s
+                ) or wait_for_teacher(work, s, log)
         picked = [teachers[s] for s in needed]
         if None in picked:
-            runs.append(
-                {
-                    "method": method,
-                    "seed": seed,
-                    "failed": "its kd run (teacher) failed",
-                    "command": "",
-                }
-            )
+            runs.append(_failed(method, seed, "its kd run (teacher) failed", ""))
             continue
         extra = dataset.get("method_flags", {}).get(method, [])
         script, args, phases = recipe_call(
@@ -274,51 +165,59 @@ def run_dataset(
         log_path = os.path.join(work, f"{name}_s{seed}.log")
         code, seconds, command = run_recipe(script, args, log_path)
         if code != 0:
-            runs.append(
-                {
-                    "method": method,
-                    "seed": seed,
-                    "failed": tail(log_path),
-                    "command": command,
-                }
-            )
+            runs.append(_failed(method, seed, tail(log_path), command))
             if method == "kd":
                 teachers[seed] = None
             log(f"[{dataset['key']}] {method} seed {seed}: FAILED (see {log_path})")
             on_update(runs)
             continue
-        with open(os.path.join(out, "results.json")) as f:
-            models = json.load(f)["models"]
-        if method == "kd":
-            teachers[seed] = os.path.join(out, "teacher_0.keras")
-        for phase, name in phases:
-            result = models[phase]
-            runs.append(
-                {
-                    "method": name,
-                    "seed": seed,
-                    "last": result["last_epoch_test_accuracy"],
-                    "best": result["best_epoch_test_accuracy"],
-                    "best_epoch": result.get("best_epoch"),
-                    "epochs": result.get("epochs"),
-                    "train_seconds": result.get("train_seconds"),
-                    "images_per_second": result.get("images_per_second"),
-                    "load_average": result.get("load_average"),
-                    "curve": curve(os.path.join(out, phase, "log.csv")),
-                    "command": command,
-                }
-            )
+        done = _phase_rows(out, phases, seed, command)
         if validate:
-            runs[-len(phases)]["validation_last"] = validation_accuracy(
+            done[0]["validation_last"] = validation_accuracy(
                 out, dataset["validation"]["path"]
             )
+        teacher = os.path.join(out, "teacher_0.keras") if method == "kd" else None
+        if method == "kd":
+            teachers[seed] = teacher
+        if store:
+            save_runs(store, dataset["key"], name, seed, done, teacher)
+        runs += done
         log(
             f"[{dataset['key']}] {method} seed {seed}: "
-            f"{models[phases[0][0]]['last_epoch_test_accuracy']:.4f} "
-            f"({seconds:.0f} s)"
+            f"{done[0]['last']:.4f} ({seconds:.0f} s)"
         )
         on_update(runs)
     return runs
+
+
+def _failed(method, seed, reason, command):
+    return {"method": method, "seed": seed, "failed": reason, "command": command}
+
+
+def _phase_rows(out, phases, seed, command):
+    """One row per phase (`[(results key, method name), ...]`) of the
+    finished recipe run in `out`."""
+    with open(os.path.join(out, "results.json")) as f:
+        models = json.load(f)["models"]
+    rows = []
+    for phase, name in phases:
+        result = models[phase]
+        rows.append(
+            {
+                "method": name,
+                "seed": seed,
+                "last": result["last_epoch_test_accuracy"],
+                "best": result["best_epoch_test_accuracy"],
+                "best_epoch": result.get("best_epoch"),
+                "epochs": result.get("epochs"),
+                "train_seconds": result.get("train_seconds"),
+                "images_per_second": result.get("images_per_second"),
+                "load_average": result.get("load_average"),
+                "curve": curve(os.path.join(out, phase, "log.csv")),
+                "command": command,
+            }
+        )
+    return rows
 
 
 def tune_dataset(dataset, methods, seeds, log, teacher_pool, extend=0):
@@ -390,6 +289,25 @@ def tune_dataset(dataset, methods, seeds, log, teacher_pool, extend=0):
         }
         log(f"[{dataset['key']}] {method}: {best} (validation {scores[method]})")
     return weights, tags, record
+
+
+def _chosen_weights(dataset, methods):
+    """`--weights` for `dataset`: `(weights, tags)`, recorded in the
+    dataset's entry (`weights`); checked before any training."""
+    if FLAGS.tune and FLAGS.weights:
+        raise app.UsageError("--weights gives the weights --tune would choose.")
+    try:
+        weights, tags = chosen_weights(FLAGS.weights, dataset.get("protocol", "digits"))
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    unused = sorted(set(weights) - set(methods))
+    if unused:
+        raise app.UsageError(f"--weights names {unused}, not in --methods.")
+    if weights:
+        dataset["weights"] = {
+            m: {"label": tags[m][1:], "flags": weights[m]} for m in weights
+        }
+    return weights, tags
 
 
 def main(argv):
@@ -464,8 +382,9 @@ def main(argv):
         with open(partial, "w") as f:
             json.dump(snapshot, f, indent=1)
 
+    chosen = {d["key"]: _chosen_weights(d, methods) for d in datasets}
     for dataset in datasets:
-        weights, tags = {}, {}
+        weights, tags = chosen[dataset["key"]]
         if FLAGS.tune:
             if "validation" not in dataset:
                 raise app.UsageError(

@@ -96,6 +96,12 @@ def format_markdown(report):
             lines.append(_tuning_line(method, t))
         if dataset.get("tuning"):
             lines.append("")
+        if dataset.get("weights"):
+            chosen = ", ".join(
+                f"{m} {w['label']} (`{' '.join(w['flags'])}`)"
+                for m, w in dataset["weights"].items()
+            )
+            lines += [f"Term weights chosen earlier (`--weights`): {chosen}.", ""]
         lines += [_training_time(dataset), ""]
         protocol = dataset.get("protocol_epochs")
         if protocol and [dataset["epochs"], dataset["teacher_epochs"]] != (

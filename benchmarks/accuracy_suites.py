@@ -321,3 +321,42 @@ def tune_flags(method, factor, protocol="digits"):
         weight = defaults[name] if weight is None else weight
         flags.append(f"--hparam={name}={weight * factor:g}")
     return flags
+
+
+def chosen_weights(choices, protocol="digits"):
+    """`(weights, tags)` of term weights chosen earlier (`--weights`):
+    each `method=label` names a point of `method`'s `--tune` grid, or a
+    factor `x<F>` of its term weights, and gives that point's recipe
+    flags and folder tag, as `--tune` would have chosen them.
+
+    Example: `chosen_weights(["fa=x0.01"], "fashion")` →
+    `({"fa": ["--hparam=fa_weight=..."]}, {"fa": "_x0.01"})`."""
+    weights, tags = {}, {}
+    for choice in choices:
+        method, _, label = choice.partition("=")
+        flags = _grid_point(method, label, protocol)
+        if flags is None:
+            labels = [label for label, _ in tune_points(method, protocol)]
+            raise ValueError(
+                f"--weights={choice}: {method!r} has no grid point {label!r} on "
+                f"the {protocol} protocol. Give method=label with a label of "
+                f"its grid ({labels or 'it has none'}), or for a weight grid "
+                "a factor such as x0.01."
+            )
+        weights[method], tags[method] = flags, f"_{label}"
+    return weights, tags
+
+
+def _grid_point(method, label, protocol):
+    """The recipe flags of `label` in `method`'s grid, a weight factor
+    `x<F>` (written as `_weight_point` writes it) included; or None."""
+    grid = dict(tune_points(method, protocol))
+    if label in grid or (protocol, method) in TUNE_GRIDS:
+        return grid.get(label)
+    if method not in TUNE_WEIGHTS or not label.startswith("x"):
+        return None
+    try:
+        factor = float(label[1:])
+    except ValueError:
+        return None
+    return tune_flags(method, factor, protocol) if label == f"x{factor:g}" else None

@@ -5,8 +5,10 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 
 import pytest
+from absl import app as absl_app
 from absl import flags as absl_flags
 
 from keras_kd import presets
@@ -277,3 +279,86 @@ def test_run_dataset_adds_method_flags_weights_and_validation(
     assert "--hparam=fa_weight=10" in fa_args and "--teacher=/t0.keras" in fa_args
     assert f"--output_dir={tmp_path}/d/fa_x0.1_s0" in fa_args
     assert [r["validation_last"] for r in runs] == [0.7, 0.7]
+
+
+def _fake_recipe(calls):
+    """A recipe run that writes every phase's results and a teacher file."""
+
+    def run(script, args, log_path):
+        out = next(a.split("=", 1)[1] for a in args if a.startswith("--output_dir="))
+        os.makedirs(out, exist_ok=True)
+        result = {"last_epoch_test_accuracy": 0.5, "best_epoch_test_accuracy": 0.6}
+        models = dict.fromkeys(["distilled", "teacher_0", "student_alone"], result)
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump({"models": models}, f)
+        with open(os.path.join(out, "teacher_0.keras"), "w") as f:
+            f.write(out)  # Names the run that trained it.
+        calls.append(args)
+        return 0, 1.0, "command " + out
+
+    return run
+
+
+def test_stored_runs_are_reused_and_their_teacher_serves_the_seed(
+    suites, monkeypatch, tmp_path
+):
+    store = tmp_path / "store"
+    accuracy = suites(f"--store_dir={store}")
+    calls = []
+    monkeypatch.setattr(accuracy, "run_recipe", _fake_recipe(calls))
+    monkeypatch.setattr(accuracy, "validation_accuracy", lambda out, folder: 0.7)
+    dataset = {
+        "key": "d",
+        "flags": ["--dataset=npz:/d"],
+        "student": "s",
+        "teacher": "t",
+        "epochs": 2,
+        "teacher_epochs": 3,
+        "validation": {"path": "/val"},
+    }
+    first = accuracy.run_dataset(dataset, ["kd", "fa"], [0], lambda _: None)
+    assert len(calls) == 2
+    assert [r["method"] for r in first] == ["kd", "teacher", "student", "fa"]
+    assert (store / "d" / "kd_s0.json").exists()
+    assert (store / "d" / "fa_s0.json").exists()
+    kd_out = tmp_path / "d" / "kd_s0"
+    assert (store / "d" / "teacher_s0.keras").read_text() == str(kd_out)
+    # The work folder is lost: nothing runs again, the rows are the same,
+    # and a new method of seed 0 distils from the stored teacher.
+    shutil.rmtree(tmp_path / "d")
+    again = accuracy.run_dataset(dataset, ["kd", "fa", "at"], [0], lambda _: None)
+    assert len(calls) == 3 and again[:4] == first
+    assert f"--teacher={store}/d/teacher_s0.keras" in calls[-1]
+    # A stored run without the validation score a sweep needs runs again.
+    accuracy.run_dataset(dataset, ["fa"], [0], lambda _: None, validate=True)
+    assert len(calls) == 4
+    with open(store / "d" / "fa_s0.json") as f:
+        assert json.load(f)["runs"][0]["validation_last"] == 0.7
+    # Without the teacher file, the kd record is not enough.
+    (store / "d" / "teacher_s0.keras").unlink()
+    accuracy.run_dataset(dataset, ["kd"], [0], lambda _: None)
+    assert len(calls) == 5 and (store / "d" / "teacher_s0.keras").exists()
+
+
+def test_weights_chosen_earlier_name_points_of_the_grid(suites):
+    accuracy = suites("--weights=fa=x0.01,dlkd=x0.1")
+    suites_module = importlib.import_module("accuracy_suites")
+    weights, tags = suites_module.chosen_weights(["fa=x0.01", "dlkd=x0.1"], "fashion")
+    assert weights == {
+        "fa": suites_module.tune_flags("fa", 0.01, "fashion"),
+        "dlkd": suites_module.tune_flags("dlkd", 0.1, "fashion"),
+    }
+    fa = presets.get("fa").defaults["fa_weight"]
+    assert weights["fa"] == [f"--hparam=fa_weight={fa * 0.01:g}"]
+    assert tags == {"fa": "_x0.01", "dlkd": "_x0.1"}
+    weights, tags = suites_module.chosen_weights(["reffakd=T1_a0.5"], "reffakd_fashion")
+    assert weights["reffakd"] == ["--reffakd_temperature=1", "--reffakd_alpha=0.5"]
+    for bad in ("fa=x.01", "fa=0.01", "kd=x1", "reffakd=x1", "fa"):
+        with pytest.raises(ValueError, match="has no grid point"):
+            suites_module.chosen_weights([bad], "fashion")
+    # Recorded in the dataset's entry; checked against --methods first.
+    dataset = {"protocol": "fashion"}
+    weights, tags = accuracy._chosen_weights(dataset, ["kd", "fa", "dlkd"])
+    assert dataset["weights"]["fa"] == {"label": "x0.01", "flags": weights["fa"]}
+    with pytest.raises(absl_app.UsageError, match="not in --methods"):
+        accuracy._chosen_weights({"protocol": "fashion"}, ["kd", "fa"])
