@@ -112,6 +112,24 @@ def test_table_has_paired_columns_vs_kd_and_the_student_alone(report):
         assert cells[name][3:6] == ["–", "–", "–"]
 
 
+def test_a_kd_ce1_control_gets_its_own_paired_column(report):
+    # fitnets − kd_ce1: +0.3 − 0.2, +0.4 − 0.4, +0.5 − 0.1 points → +0.1,
+    # 0.0, +0.4: mean +0.17, sample std 0.21, 2 of 3 above.
+    runs = _runs() + [
+        {"method": "kd_ce1", "seed": s, "last": v, "best": v}
+        for s, v in enumerate((0.802, 0.814, 0.821))
+    ]
+    table, cells = _table(runs, report)
+    assert "vs kd_ce1, paired by seed" in table
+    assert cells["fitnets"][4:7] == [
+        "+0.40 ± 0.10 (3/3 above)",
+        "+2.40 ± 1.05 (3/3 above)",
+        "+0.17 ± 0.21 (2/3 above)",
+    ]
+    assert cells["kd_ce1"][6] == "–" and len(cells["kd"]) == len(cells["fitnets"])
+    assert "kd_ce1" not in _table(_runs(), report)[0]
+
+
 def test_one_seed_has_no_spread(report):
     runs = [r for r in _runs() if r["seed"] == 0]
     _, cells = _table(runs, report)
