@@ -251,6 +251,20 @@ def test_training_time_counts_phases_and_the_sweeps_other_grid_points(report):
     assert report.training_seconds(dataset) == (217.0, 3, 1)
 
 
+def _dataset(**more):
+    """A suite dataset entry for run_dataset with a faked recipe."""
+    return {
+        "key": "d",
+        "flags": ["--dataset=npz:/d"],
+        "student": "s",
+        "teacher": "t",
+        "epochs": 2,
+        "teacher_epochs": 3,
+        "validation": {"path": "/val"},
+        **more,
+    }
+
+
 def test_run_dataset_adds_method_flags_weights_and_validation(
     suites, monkeypatch, tmp_path
 ):
@@ -271,16 +285,7 @@ def test_run_dataset_adds_method_flags_weights_and_validation(
     monkeypatch.setattr(
         accuracy, "validation_accuracy", lambda out, folder: {"/val": 0.7}[folder]
     )
-    dataset = {
-        "key": "d",
-        "flags": ["--dataset=npz:/d"],
-        "student": "s",
-        "teacher": "t",
-        "epochs": 2,
-        "teacher_epochs": 3,
-        "method_flags": {"reffakd": ["--reffakd_ae_epochs=2"]},
-        "validation": {"path": "/val"},
-    }
+    dataset = _dataset(method_flags={"reffakd": ["--reffakd_ae_epochs=2"]})
     runs = accuracy.run_dataset(
         dataset,
         ["reffakd", "fa"],
@@ -325,15 +330,7 @@ def test_stored_runs_are_reused_and_their_teacher_serves_the_seed(
     calls = []
     monkeypatch.setattr(accuracy, "run_recipe", _fake_recipe(calls))
     monkeypatch.setattr(accuracy, "validation_accuracy", lambda out, folder: 0.7)
-    dataset = {
-        "key": "d",
-        "flags": ["--dataset=npz:/d"],
-        "student": "s",
-        "teacher": "t",
-        "epochs": 2,
-        "teacher_epochs": 3,
-        "validation": {"path": "/val"},
-    }
+    dataset = _dataset()
     first = accuracy.run_dataset(dataset, ["kd", "fa"], [0], lambda _: None)
     assert len(calls) == 2
     assert [r["method"] for r in first] == ["kd", "teacher", "student", "fa"]
