@@ -133,12 +133,13 @@ def run_dataset(
         name = method + tags.get(method, "")
         out = os.path.join(work, f"{name}_s{seed}")
         stored = load_runs(store, dataset["key"], name, seed)
-        if method == "kd" and not stored_teacher(store, dataset["key"], seed):
-            stored = None  # Its teacher is needed too.
+        if method == "kd":
+            teacher = stored_teacher(store, dataset["key"], seed)
+            stored = stored if teacher else None  # Its teacher is needed too.
         if stored and (not validate or "validation_last" in stored[0]):
             runs += stored
             if method == "kd":
-                teachers[seed] = stored_teacher(store, dataset["key"], seed)
+                teachers[seed] = teacher
             log(f"[{dataset['key']}] {name} seed {seed}: stored in {store}")
             on_update(runs)
             continue

@@ -369,7 +369,7 @@ def _grid_point(method, label, protocol):
     if method not in TUNE_WEIGHTS or not label.startswith("x"):
         return None
     try:
-        factor = float(label[1:])
+        written, flags = _weight_point(method, float(label[1:]), protocol)
     except ValueError:
         return None
-    return tune_flags(method, factor, protocol) if label == f"x{factor:g}" else None
+    return flags if written == label else None

@@ -379,3 +379,7 @@ def test_weights_chosen_earlier_name_points_of_the_grid(suites):
     assert dataset["weights"]["fa"] == {"label": "x0.01", "flags": weights["fa"]}
     with pytest.raises(absl_app.UsageError, match="not in --methods"):
         accuracy._chosen_weights({"protocol": "fashion"}, ["kd", "fa"])
+    with pytest.raises(absl_app.UsageError, match="has no grid point"):
+        suites("--weights=fa=bogus")._chosen_weights(dataset, ["fa"])
+    with pytest.raises(absl_app.UsageError, match="--tune would choose"):
+        suites("--weights=fa=x0.01", "--tune")._chosen_weights(dataset, ["fa"])
