@@ -178,10 +178,12 @@ def run_dataset(
                 out, dataset["validation"]["path"]
             )
         teacher = os.path.join(out, "teacher_0.keras") if method == "kd" else None
-        if method == "kd":
-            teachers[seed] = teacher
         if store:
             save_runs(store, dataset["key"], name, seed, done, teacher)
+        if method == "kd":
+            # The stored copy, so that every run of this seed, in this process
+            # or a resumed one, names the same teacher file (and flags).
+            teachers[seed] = stored_teacher(store, dataset["key"], seed) or teacher
         runs += done
         log(
             f"[{dataset['key']}] {method} seed {seed}: "

@@ -338,6 +338,9 @@ def test_stored_runs_are_reused_and_their_teacher_serves_the_seed(
     assert (store / "d" / "fa_s0.json").exists()
     kd_out = tmp_path / "d" / "kd_s0"
     assert (store / "d" / "teacher_s0.keras").read_text() == str(kd_out)
+    # Already in the first process, fa reads the stored copy: a resumed
+    # run of fa then has the same --teacher flag.
+    assert f"--teacher={store}/d/teacher_s0.keras" in calls[1]
     # The work folder is lost: nothing runs again, the rows are the same,
     # and a new method of seed 0 distils from the stored teacher.
     shutil.rmtree(tmp_path / "d")
