@@ -31,7 +31,9 @@ def quiet(run):
 
 
 def summarize(runs):
-    """Per method: mean ± std (population over seeds) of every number; the
+    """Per method: mean ± sample std (ddof=1, 0 for one seed) over seeds of
+    every number (`std_ddof`; reports before 2026-12-04 have the
+    population std and no `std_ddof`); the
     times only over the runs measured on a quiet machine (`quiet`; the
     others are counted as `loaded`)."""
     table = {}
@@ -51,9 +53,15 @@ def summarize(runs):
             ]
             if values:
                 row[key] = float(np.mean(values))
-                row[key + "_std"] = float(np.std(values))
+                row[key + "_std"] = float(np.std(values, ddof=min(1, len(values) - 1)))
+        row["std_ddof"] = 1
         rows.append(row)
     return rows
+
+
+def _std_kind(report):
+    rows = [row for d in report["datasets"] for row in d["summary"]]
+    return "sample" if all(r.get("std_ddof") == 1 for r in rows) else "population"
 
 
 def format_markdown(report):
@@ -68,7 +76,7 @@ def format_markdown(report):
         f"- command: `{report['command']}`",
         _code_line(report.get("code")),
         f"- seeds: {', '.join(map(str, report['seeds']))}; mean ± std "
-        f"(population) over seeds; accuracy on the test split.",
+        f"({_std_kind(report)}) over seeds; accuracy on the test split.",
         "",
     ]
     if report.get("interrupted"):

@@ -134,6 +134,15 @@ def test_one_seed_has_no_spread(report):
     runs = [r for r in _runs() if r["seed"] == 0]
     _, cells = _table(runs, report)
     assert cells["fitnets"][4] == "+0.30 (1/1 above)"
+    assert {r["method"]: r["last_std"] for r in report.summarize(runs)}["kd"] == 0
+
+
+def test_summary_std_is_the_sample_std(report):
+    # kd: 0.800, 0.810, 0.820 -> sample std 0.010 (population would be 0.0082);
+    # at: 0.790, 0.812, 0.816 -> mean 0.806, squares 256 + 36 + 100 (1e-6) over 2.
+    rows = {r["method"]: r for r in report.summarize(_runs())}
+    assert rows["kd"]["last_std"] == pytest.approx(0.010)
+    assert rows["at"]["last_std"] == pytest.approx((392e-6 / 2) ** 0.5)
 
 
 @pytest.mark.parametrize(
