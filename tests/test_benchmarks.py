@@ -383,9 +383,22 @@ def test_tune_flags_scale_every_term_weight_of_a_method(accuracy):
     # On the converged protocol: the defaults, the notebooks' KLDivLoss()
     # mean (the KL's weight / 10 classes, CE at 1 - α), smaller α.
     grid = dict(suites.tune_points("reffakd", "fashion"))
-    assert list(grid) == ["T5_a0.9", "T5_a0.9_mean", "T5_a0.5", "T5_a0.1"]
+    assert list(grid) == [
+        "T5_a0.9",
+        "T5_a0.9_mean",
+        "T5_a0.5",
+        "T5_a0.1",
+        "T5_a0.9_d0.0225",
+    ]
     assert "--reffakd_alpha=0.09" in grid["T5_a0.9_mean"]
     assert "--ce_weight=0.1" in grid["T5_a0.9_mean"]
+    # The diagonal point's flag comes after the dataset's 0.008, so it wins
+    # (absl keeps a repeated flag's last value).
+    dataset = {"student": "s", "teacher": "t", "epochs": 2, "teacher_epochs": 3}
+    common = ["--reffakd_diagonal=0.008"] + grid["T5_a0.9_d0.0225"]
+    _, args, _ = accuracy.recipe_call("reffakd", 0, dataset, common, "/o", [])
+    diagonals = [a for a in args if a.startswith("--reffakd_diagonal=")]
+    assert diagonals[-1] == "--reffakd_diagonal=0.0225"
     assert suites.tune_points("reffakd", "digits") == []
 
 
