@@ -21,6 +21,7 @@ distiller = kd.Distiller(
 """
 
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -365,7 +366,9 @@ def soft_label_table(similarity):
     """Row-wise softmax of a class-similarity matrix: ReffAKD's soft labels.
 
     Row `y` is the target distribution for class `y`, as used by
-    `kd.SoftLabelTeacher(table)`.
+    `kd.SoftLabelTeacher(table)`. Warns when a row gives another class at
+    least its own label's mass (`label_margins`): distilling from it
+    teaches that class wrong.
 
     Example:
 
@@ -374,5 +377,37 @@ def soft_label_table(similarity):
     ```
     """
     similarity = np.asarray(similarity, "float64")
+    margins = label_margins(similarity)
+    if (margins <= 0).any():
+        wrong = np.flatnonzero(margins <= 0)
+        rivals = np.where(np.eye(len(similarity), dtype=bool), -np.inf, similarity)
+        pairs = ", ".join(f"{c} -> {rivals[c].argmax()}" for c in wrong)
+        warnings.warn(
+            f"ReffAKD soft labels: {len(wrong)} of {len(margins)} classes "
+            f"give another class at least their own mass ({pairs}), so "
+            f"distilling from the table teaches them wrong (the official "
+            f"notebooks count these rows, fashion_mnist/autoencoder.ipynb "
+            f"cell 30). Raise the diagonal bonus by more than "
+            f"{-margins.min():.4f} (class_similarity(diagonal_boost=...), "
+            f"--reffakd_diagonal) or train the autoencoder longer.",
+            stacklevel=2,
+        )
     exp = np.exp(similarity - similarity.max(axis=1, keepdims=True))
     return (exp / exp.sum(axis=1, keepdims=True)).astype("float32")
+
+
+def label_margins(similarity):
+    """Per class, its own similarity minus the largest other one in its row.
+
+    The soft-label table ranks the label first in exactly the rows whose
+    margin is positive (the softmax keeps the order).
+
+    Example:
+
+    ```python
+    label_margins([[1.0, 0.2], [0.5, 0.4]])  # [0.8, -0.1]
+    ```
+    """
+    similarity = np.asarray(similarity, "float64")
+    others = np.where(np.eye(len(similarity), dtype=bool), -np.inf, similarity)
+    return np.diag(similarity) - others.max(axis=1)
