@@ -622,6 +622,36 @@ def test_loss_balance_reads_first_and_last_epoch(tmp_path):
     assert loss_balance.balance(str(alone)) is None
 
 
+def test_soft_label_rows_margins_and_per_class_accuracy_by_hand(tmp_path):
+    rows = _load("soft_label_rows")
+    table = np.array([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2], [0.1, 0.6, 0.3]])
+    margins, rivals = rows.log_margins(table)
+    np.testing.assert_allclose(margins, [math.log(5 / 3), 0.0, math.log(0.5)])
+    assert list(rivals) == [1, 0, 1]
+    logits = np.eye(3)[[0, 0, 1, 2, 2, 1]]
+    y = np.array([0, 1, 1, 2, 2, 2])
+    np.testing.assert_allclose(rows.per_class_accuracy(logits, y, 3), [1, 0.5, 2 / 3])
+    # The whole report: a run folder and a student that predicts the
+    # largest of its 3 inputs.
+    run = tmp_path / "reffakd_s0"
+    run.mkdir()
+    np.save(run / "soft_labels.npy", table)
+    (run / "results.json").write_text(
+        json.dumps({"dataset": {"normalization": {"mean": 1.0, "std": 2.0}}})
+    )
+    student = keras.Sequential([keras.Input((3,)), keras.layers.Identity()])
+    student.save(run / "student.keras")
+    np.savez(tmp_path / "test.npz", x=2 * logits + 1, y=y)
+    out = rows.report(
+        [str(run)],
+        [("same", str(run / "student.keras"))],
+        str(tmp_path / "test.npz"),
+        str(run),
+    )
+    assert "| 1 | +0.0000 | 0 | 50.0 | 50.0 |" in out
+    assert "| mean |  |  | 72.22 | 72.22 |" in out
+
+
 def test_feature_floor_is_zero_for_a_linear_teacher_and_the_variance_for_noise():
     feature_floor = _load("feature_floor")
     rng = np.random.default_rng(0)
