@@ -389,6 +389,8 @@ def test_tune_flags_scale_every_term_weight_of_a_method(accuracy):
         "T5_a0.5",
         "T5_a0.1",
         "T5_a0.9_d0.0225",
+        "T20_a0.9",
+        "T20_a0.5",
     ]
     assert "--reffakd_alpha=0.09" in grid["T5_a0.9_mean"]
     assert "--ce_weight=0.1" in grid["T5_a0.9_mean"]
