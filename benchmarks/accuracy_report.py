@@ -452,6 +452,7 @@ def merge_reports(paths, output_dir):
             report["suite"], "_".join(datasets), report["backend"], report["date"][:10]
         ),
     )
+    os.makedirs(output_dir, exist_ok=True)
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1)
     write_report(report, stem)

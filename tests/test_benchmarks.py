@@ -491,13 +491,12 @@ def test_merge_replaces_a_rerun_of_the_same_method_and_seed(accuracy, tmp_path):
         paths.append(str(tmp_path / f"part{i}.json"))
         with open(paths[-1], "w") as f:
             json.dump(part, f)
-    accuracy.merge_reports(paths, str(tmp_path))
+    out = tmp_path / "merged"  # Made by merge_reports.
+    accuracy.merge_reports(paths, str(out))
     (merged,) = [
-        p
-        for p in os.listdir(tmp_path)
-        if p.startswith("accuracy_") and p.endswith(".json")
+        p for p in os.listdir(out) if p.startswith("accuracy_") and p.endswith(".json")
     ]
-    with open(tmp_path / merged) as f:
+    with open(out / merged) as f:
         report = json.load(f)
     kept = [
         r
