@@ -30,6 +30,8 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from accuracy_runs import normalize_like_run  # noqa: E402
 
+from keras_kd.reffakd import label_margins  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 
@@ -41,14 +43,6 @@ def define_flags():
     flags.DEFINE_string(
         "normalize_like", None, "A finished run's folder: its mean and std."
     )
-
-
-def log_margins(table):
-    """`(margins, rivals)`: per row, log of its label's mass minus the log
-    of the largest other class's mass, and that class."""
-    logs = np.log(np.asarray(table, "float64"))
-    others = np.where(np.eye(len(logs), dtype=bool), -np.inf, logs)
-    return np.diag(logs) - others.max(axis=1), others.argmax(axis=1)
 
 
 def per_class_accuracy(logits, y, num_classes):
@@ -90,7 +84,7 @@ def report(runs, students, split, normalize_like, model=None):
         header += [f"margin, {os.path.basename(run)}", "rival"]
     header += [f"test %, {name}" for name, _ in students]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    columns = [log_margins(table) for table in tables]
+    columns = [label_margins(np.log(table.astype("float64"))) for table in tables]
     for c in range(num_classes):
         cells = [str(c)]
         for margins, rivals in columns:

@@ -377,11 +377,10 @@ def soft_label_table(similarity):
     ```
     """
     similarity = np.asarray(similarity, "float64")
-    margins = label_margins(similarity)
+    margins, rivals = label_margins(similarity)
     if (margins <= 0).any():
         wrong = np.flatnonzero(margins <= 0)
-        rivals = np.where(np.eye(len(similarity), dtype=bool), -np.inf, similarity)
-        pairs = ", ".join(f"{c} -> {rivals[c].argmax()}" for c in wrong)
+        pairs = ", ".join(f"{c} -> {rivals[c]}" for c in wrong)
         warnings.warn(
             f"ReffAKD soft labels: {len(wrong)} of {len(margins)} classes "
             f"give another class at least their own mass ({pairs}), so "
@@ -397,17 +396,19 @@ def soft_label_table(similarity):
 
 
 def label_margins(similarity):
-    """Per class, its own similarity minus the largest other one in its row.
+    """`(margins, rivals)`: per class, its own similarity minus the largest
+    other one in its row, and that other class.
 
     The soft-label table ranks the label first in exactly the rows whose
-    margin is positive (the softmax keeps the order).
+    margin is positive (the softmax keeps the order); on the log of a table,
+    the margins are the same as on its similarities.
 
     Example:
 
     ```python
-    label_margins([[1.0, 0.2], [0.5, 0.4]])  # [0.8, -0.1]
+    label_margins([[1.0, 0.2], [0.5, 0.4]])  # ([0.8, -0.1], [1, 0])
     ```
     """
     similarity = np.asarray(similarity, "float64")
     others = np.where(np.eye(len(similarity), dtype=bool), -np.inf, similarity)
-    return np.diag(similarity) - others.max(axis=1)
+    return np.diag(similarity) - others.max(axis=1), others.argmax(axis=1)

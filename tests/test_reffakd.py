@@ -100,9 +100,9 @@ def test_label_margins_and_the_warning_for_rows_that_rank_another_class_first():
     similarity = np.array(
         [[0.710, 0.700, 0.690], [0.690, 0.720, 0.700], [0.705, 0.690, 0.700]]
     )
-    np.testing.assert_allclose(
-        reffakd.label_margins(similarity), [0.010, 0.020, -0.005], atol=1e-12
-    )
+    margins, rivals = reffakd.label_margins(similarity)
+    np.testing.assert_allclose(margins, [0.010, 0.020, -0.005], atol=1e-12)
+    np.testing.assert_array_equal(rivals, [1, 2, 0])
     with pytest.warns(UserWarning, match=r"1 of 3 classes .*\(2 -> 0\).* 0\.0050"):
         table = reffakd.soft_label_table(similarity)
     assert table[2].argmax() == 0
