@@ -448,10 +448,13 @@ def _callbacks(phase_dir, backup_dir, log_path, timer, tensorboard):
     import keras
 
     callbacks = [
+        # The epoch's log row is written before its checkpoint: a kill in
+        # between leaves a row that resuming truncates, never a checkpoint
+        # without its row.
+        keras.callbacks.CSVLogger(log_path, append=True),
         # Two checkpoints, so a kill while one is written falls back to the
         # previous epoch's.
         keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
-        keras.callbacks.CSVLogger(log_path, append=True),
         timer,
     ]
     if tensorboard and tensorboard_available():

@@ -45,6 +45,37 @@ def test_results_and_csv_log(tmp_path, monkeypatch):
     assert again == result
 
 
+class _Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so nothing catches it."""
+
+
+def test_kill_right_after_a_checkpoint_keeps_every_log_row(tmp_path, monkeypatch):
+    """A run killed just after epoch 1's checkpoint resumes at epoch 2 with
+    the rows of epochs 0 and 1 in its log (CI once lost a row this way)."""
+    save = keras.callbacks.BackupAndRestore._save_model
+
+    def save_then_kill(self):
+        save(self)
+        if self._current_epoch == 2:
+            raise _Killed()
+
+    data, model = _setup()
+    config = training.TrainConfig(epochs=4, batch_size=16, lr=1e-3)
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.callbacks.BackupAndRestore, "_save_model", save_then_kill)
+        with pytest.raises(_Killed):
+            training.fit_resumable(
+                "phase", model, data, data.x, data.y, config, str(tmp_path)
+            )
+    messages = []
+    training.fit_resumable(
+        "phase", model, data, data.x, data.y, config, str(tmp_path), log=messages.append
+    )
+    assert any("resuming at epoch 3/4" in m for m in messages)
+    with open(tmp_path / "phase" / "log.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+
+
 def test_missing_tensorboard_warns_and_keeps_the_csv_log(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "tensorboard_available", lambda: False)
     data, model = _setup()
