@@ -127,14 +127,22 @@ def preset_of(method):
     return VARIANTS.get(method, (method, []))[0]
 
 
+def preset_parts(method):
+    """The `Preset`s a suite method runs, e.g. two for `"kd+dlkd"`."""
+    return presets.parse(preset_of(method))
+
+
 def suite_method(method):
-    """Whether the suite can run `method`: a preset, a variant or an SKD
-    class-subset method (`skd_subset_10`)."""
-    return (
-        method in presets.names()
-        or method in VARIANTS
-        or skd_subset_images(method) is not None
-    )
+    """Whether the suite can run `method`: a preset or presets joined by
+    '+' (`kd+dlkd`), a variant or an SKD class-subset method
+    (`skd_subset_10`)."""
+    if skd_subset_images(method) is not None:
+        return True
+    try:
+        preset_parts(method)
+    except ValueError:
+        return False
+    return True
 
 
 # Flags of the suite's datasets that only recipes/distill.py knows.
@@ -144,11 +152,12 @@ _DISTILL_ONLY = ("--reffakd_",)
 def teacher_seeds(method, seed, seeds):
     """The seeds whose kd teachers a method of `seed` distils from: its own
     and, for several teachers, those of the next seeds in turn."""
-    spec = presets.get(preset_of(method))
-    if spec.teacher != "model":
+    parts = preset_parts(method)
+    if parts[0].teacher != "model":
         return []
+    count = max(max(p.min_teachers for p in parts), 1)
     rotation = seeds[seeds.index(seed) :] + seeds[: seeds.index(seed)]
-    return [rotation[i % len(rotation)] for i in range(max(spec.min_teachers, 1))]
+    return [rotation[i % len(rotation)] for i in range(count)]
 
 
 def recipe_call(method, seed, dataset, common, out, teachers):
@@ -191,6 +200,6 @@ def recipe_call(method, seed, dataset, common, out, teachers):
         args.append("--nobaseline")
         if teachers:
             args.append("--teacher=" + ",".join(teachers))
-    spec = presets.get(preset)
-    script = "reffakd.py" if spec.teacher == "soft_labels" else "distill.py"
+    teacher_kind = preset_parts(method)[0].teacher
+    script = "reffakd.py" if teacher_kind == "soft_labels" else "distill.py"
     return script, args, phases

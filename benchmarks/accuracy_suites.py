@@ -246,6 +246,13 @@ TUNE_WEIGHTS = {
     ),
     "dkd": ("alpha", "beta"),
     "kd+ls": ("kd_weight",),
+    # DLKD beside KD at 1·CE + 0.9·KD (a join's CE weight is 1): what
+    # DLKD's terms add to `kd_ce1` (item 4's DLKD diagnosis).
+    "kd+dlkd": (
+        "dlkd_correlation_weight",
+        "dlkd_contrastive_weight",
+        "dlkd_alignment_weight",
+    ),
     "pkt": ("pkt_weight",),
     "crd": ("weight",),
     "reviewkd": ("weight",),
@@ -344,7 +351,7 @@ def tune_flags(method, factor, protocol="digits"):
     digits protocol's weight is 10; the preset's, 100, where the protocol
     names none)."""
     protocol_weights = PROTOCOLS[protocol].get("term_weights", {})
-    defaults = presets.get(method).defaults
+    defaults = {k: v for p in presets.parse(method) for k, v in p.defaults.items()}
     flags = []
     for name in TUNE_WEIGHTS[method]:
         weight = protocol_weights.get(name.removesuffix("_weight"))

@@ -724,3 +724,23 @@ def test_kd_at_the_presets_ce_mix_is_a_kd_run_from_the_seeds_teacher(accuracy):
     assert phases == [("distilled", "kd_ce1")]
     assert accuracy.suite_method("kd_ce1") and accuracy.suite_method("skd_subset_10")
     assert not accuracy.suite_method("kd_ce2")
+
+
+def test_joined_presets_are_a_suite_method(accuracy):
+    """`kd+dlkd`: DLKD's terms beside KD at the join's 1·CE, from the
+    seed's teacher, its DLKD weights scaled as DLKD's own are."""
+    suites = importlib.import_module("accuracy_suites")
+    dataset = {"student": "s", "teacher": "t", "epochs": 2, "teacher_epochs": 3}
+    assert accuracy.suite_method("kd+dlkd") and not accuracy.suite_method("kd+nope")
+    assert accuracy.teacher_seeds("kd+dlkd", 2, [0, 1, 2]) == [2]
+    assert accuracy.teacher_seeds("kd+fa_multi", 2, [0, 1, 2]) == [2, 0]
+    script, args, phases = accuracy.recipe_call(
+        "kd+dlkd", 2, dataset, ["--dataset=npz:/d"], "/out", ["/t2.keras"]
+    )
+    assert script == "distill.py" and "--method=kd+dlkd" in args
+    assert "--teacher=/t2.keras" in args and phases == [("distilled", "kd+dlkd")]
+    assert suites.tune_flags("kd+dlkd", 0.1, "fashion") == suites.tune_flags(
+        "dlkd", 0.1, "fashion"
+    )
+    weights, tags = suites.chosen_weights(["kd+dlkd=x0.1"], "fashion")
+    assert tags == {"kd+dlkd": "_x0.1"}
