@@ -246,17 +246,13 @@ TUNE_WEIGHTS = {
     ),
     "dkd": ("alpha", "beta"),
     "kd+ls": ("kd_weight",),
-    # DLKD beside KD at 1·CE + 0.9·KD (a join's CE weight is 1): what
-    # DLKD's terms add to `kd_ce1` (item 4's DLKD diagnosis).
-    "kd+dlkd": (
-        "dlkd_correlation_weight",
-        "dlkd_contrastive_weight",
-        "dlkd_alignment_weight",
-    ),
     "pkt": ("pkt_weight",),
     "crd": ("weight",),
     "reviewkd": ("weight",),
 }
+# DLKD beside KD at 1·CE + 0.9·KD (a join's CE weight is 1): what DLKD's
+# terms add to `kd_ce1` (item 4's DLKD diagnosis); DLKD's weights scaled.
+TUNE_WEIGHTS["kd+dlkd"] = TUNE_WEIGHTS["dlkd"]
 # The grid's centre first, so that an interrupted sweep has it for every
 # method.
 TUNE_FACTORS = (1.0, 0.1, 10.0)
