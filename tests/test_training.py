@@ -50,8 +50,9 @@ class _Killed(BaseException):
 
 
 def test_kill_right_after_a_checkpoint_keeps_every_log_row(tmp_path, monkeypatch):
-    """A run killed just after epoch 1's checkpoint resumes at epoch 2 with
-    the rows of epochs 0 and 1 in its log (CI once lost a row this way)."""
+    """A run killed just after its second epoch's checkpoint resumes at
+    epoch 3/4 with the first two epochs' rows in its log (CI once lost a
+    row this way)."""
     save = keras.callbacks.BackupAndRestore._save_model
 
     def save_then_kill(self):
