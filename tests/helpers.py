@@ -1,4 +1,8 @@
-"""Test helpers shared by the test modules: tiny models, NumPy softmaxes."""
+"""Test helpers shared by the test modules: tiny models, NumPy softmaxes,
+benchmark scripts as modules."""
+
+import importlib.util
+import os
 
 import keras
 import numpy as np
@@ -164,3 +168,14 @@ def half_pixel_bilinear(images, size):
     rows = rows + images[:, r1] * fr[None, :, None, None]
     cols = rows[:, :, c0] * (1 - fc)[None, None, :, None]
     return cols + rows[:, :, c1] * fc[None, None, :, None]
+
+
+def load_benchmark(name):
+    """Imports `benchmarks/<name>.py` (not a package) as a module."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        f"benchmarks_{name}", os.path.join(root, "benchmarks", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

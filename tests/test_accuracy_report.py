@@ -10,24 +10,16 @@ import shutil
 import pytest
 from absl import app as absl_app
 from absl import flags as absl_flags
+from helpers import load_benchmark
 
 from keras_kd import presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(
-        f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def report():
-    return _load("accuracy_report")
+    return load_benchmark("accuracy_report")
 
 
 # Last-epoch accuracy per seed. Paired differences, by hand:
@@ -161,7 +153,7 @@ def suites(tmp_path):
     """accuracy.py's flags, defined and parsed for `args`, and its suites
     module; removed afterwards."""
     defined = set(absl_flags.FLAGS)
-    accuracy = _load("accuracy")
+    accuracy = load_benchmark("accuracy")
     accuracy.define_flags()
 
     def parse(*args):

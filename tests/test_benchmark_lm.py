@@ -1,7 +1,6 @@
 """benchmarks/lm.py: the paired differences of its report, and a smoke run
 end to end (three rows, one seed, tiny models)."""
 
-import importlib.util
 import json
 import math
 import os
@@ -9,21 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from helpers import load_benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(
-        f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_paired_differences_against_kd():
-    report = _load("lm_report")
+    report = load_benchmark("lm_report")
     runs = [
         {"row": "kd", "seed": 0, "perplexity": 10.0},
         {"row": "kd", "seed": 1, "perplexity": 11.0},
