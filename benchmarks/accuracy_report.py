@@ -20,6 +20,8 @@ import numpy as np
 
 # Above this 1-minute load average (2 cores) a run's times are void.
 LOAD_LIMIT = 1.5
+# The class-subset rows (SKD's own protocol) begin with this.
+SUBSET = "subset: "
 
 
 def quiet(run):
@@ -157,6 +159,13 @@ def format_markdown(report):
                 + f"| {runs} | {pm('train_seconds', 1, '.0f')} | "
                 f"{pm('images_per_second', 1, '.0f')}{_loaded(row)} |"
             )
+        if any(r["method"].startswith(SUBSET) for r in dataset["summary"]):
+            lines += [
+                "",
+                "Class-subset rows: accuracy on the subset's classes; each is "
+                "paired by seed with its subset's scratch row, in the student "
+                "alone's column.",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -188,7 +197,7 @@ def _versus(row, kd_row):
         kd_row is None
         or "last" not in row
         or row is kd_row
-        or (row["method"] == "teacher" or row["method"].startswith("subset:"))
+        or (row["method"] == "teacher" or row["method"].startswith(SUBSET))
     ):
         return "–"
     diff = 100 * (row["last"] - kd_row["last"])
@@ -234,11 +243,23 @@ def paired_differences(runs, method, reference):
     return float(np.mean(diffs)), std, above, below, len(diffs)
 
 
+def _subset_scratch(method):
+    """A class-subset row's own student alone, trained from scratch on the
+    same images: `"subset: skd (10/class)"` → `"subset: scratch (10/class)"`."""
+    name = method[len(SUBSET) :]
+    return SUBSET + "scratch" + name[name.find(" (") :] * (" (" in name)
+
+
 def _paired_cell(runs, method, reference):
     """`paired_differences` in points, e.g. "+0.42 ± 0.10 (3/3 above)": the
-    seeds agreeing in sign with the mean. Not for the reference itself, the
-    teacher or the class-subset rows (another task)."""
-    if method in (reference, "teacher") or method.startswith("subset:"):
+    seeds agreeing in sign with the mean. Not for the reference itself or the
+    teacher. A class-subset row (another task) is paired only in the student
+    alone's column, against its subset's scratch row."""
+    if method.startswith(SUBSET):
+        if reference != "student":
+            return "–"
+        reference = _subset_scratch(method)
+    if method in (reference, "teacher"):
         return "–"
     paired = paired_differences(runs, method, reference)
     if paired is None:

@@ -35,6 +35,8 @@ LAST = {
     "fitnets": (0.803, 0.814, 0.825),
     "at": (0.790, 0.812, 0.816),
     "subset: skd": (0.950, 0.960, 0.970),
+    "subset: skd (10/class)": (0.600, 0.580, 0.650),
+    "subset: scratch (10/class)": (0.580, 0.590, 0.600),
 }
 
 
@@ -100,8 +102,16 @@ def test_table_has_paired_columns_vs_kd_and_the_student_alone(report):
     assert cells["at"][4] == "-0.40 ± 0.60 (2/3 below)"
     assert cells["kd"][4:6] == ["–", "+2.00 ± 1.00 (3/3 above)"]
     assert cells["student"][4:6] == ["-2.00 ± 1.00 (3/3 below)", "–"]
-    for name in ("teacher", "subset: skd"):
-        assert cells[name][3:6] == ["–", "–", "–"]
+    assert cells["teacher"][3:6] == ["–", "–", "–"]
+    # A class-subset row is paired only with its subset's scratch row:
+    # skd − scratch at 10/class: +2, −1, +5 points → +2.00 ± 3.00 (2/3).
+    assert cells["subset: skd (10/class)"][3:6] == [
+        "–",
+        "–",
+        "+2.00 ± 3.00 (2/3 above)",
+    ]
+    assert cells["subset: skd"][3:6] == ["–", "–", "–"]  # No scratch row.
+    assert "paired by seed with its subset's scratch row" in table
 
 
 def test_a_kd_ce1_control_gets_its_own_paired_column(report):
