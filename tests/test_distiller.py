@@ -1,4 +1,5 @@
-"""The Distiller's training step, metrics, saving and bad-input errors.
+"""The Distiller's training step, metrics and saving (its errors for bad
+input: test_distiller_errors.py).
 
 Marked multi_backend per test. The tests of what the Distiller builds from
 its models (normalised teacher weights, one aligner per teacher, layers
@@ -12,6 +13,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from helpers import DictStudent
 from helpers import numpy_log_softmax
 from helpers import numpy_softmax
 from helpers import small_cnn
@@ -299,22 +301,6 @@ def test_sequential_models_work_by_layer_name(digits):
     assert "feature_alignment" in history.history
 
 
-class DictStudent(keras.Model):
-    """A subclassed model that names its outputs, as keras_kd requires."""
-
-    def __init__(self, return_dict=True, **kwargs):
-        super().__init__(**kwargs)
-        self.return_dict = return_dict
-        self.conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
-        self.pool = keras.layers.GlobalAveragePooling2D()
-        self.dense = keras.layers.Dense(10)
-
-    def call(self, x):
-        features = self.conv(x)
-        logits = self.dense(self.pool(features))
-        return {"logits": logits, "conv": features} if self.return_dict else logits
-
-
 @multi_backend
 def test_subclassed_student_returning_a_dict(digits):
     x_train, _, y_train, _ = digits
@@ -434,73 +420,3 @@ def test_nan_loss_stops_training_naming_the_terms(digits):
     with pytest.raises(FloatingPointError, match="broken") as error:
         distiller.fit(x_train[:64], y_train[:64], batch_size=32, epochs=2, verbose=0)
     assert "logits_distillation'" not in str(error.value)
-
-
-def bad_cases():
-    t, s = small_cnn(8, name="teacher"), small_cnn(4, name="student")
-    logits = kd.losses.LogitsDistillation()
-    plain = DictStudent(return_dict=False, name="plain")
-    plain(np.zeros((1, 8, 8, 1), "float32"))
-    return {
-        "unknown layer": (
-            lambda: kd.Distiller(t, s, kd.losses.FeatureAlignment("stage9", "stage2")),
-            r"no layer named 'stage9'.*Available layers: \[.*'stage2'",
-        ),
-        "feature shapes": (
-            lambda: kd.Distiller(
-                t, s, kd.losses.FeatureDistillation("stage2", "stage2")
-            ),
-            "Use kd.losses.FeatureAlignment",
-        ),
-        "weights length": (
-            lambda: kd.Distiller(t, s, [logits], distillation_loss_weights=[1.0, 2.0]),
-            "one weight per term",
-        ),
-        "student weight": (
-            lambda: kd.Distiller(t, s, logits, student_loss_weight=1.5),
-            r"student_loss_weight must be a number in \[0, 1\]",
-        ),
-        "teacher weights": (
-            lambda: kd.Distiller([t, t], s, logits, teacher_weights=[1.0]),
-            "one positive weight per teacher",
-        ),
-        "subclassed tensor output, feature term": (
-            lambda: kd.Distiller(
-                t, plain, kd.losses.FeatureAlignment("stage2", "conv")
-            ),
-            r"the terms read \['conv'\].*a dict of named outputs",
-        ),
-        "table size": (
-            lambda: kd.Distiller(kd.SoftLabelTeacher(np.eye(5)), s, logits),
-            "5 classes and the student 10",
-        ),
-        "label teacher features": (
-            lambda: kd.Distiller(
-                kd.SoftLabelTeacher(np.eye(10)),
-                s,
-                kd.losses.FeatureAlignment("a", "stage2"),
-            ),
-            "SoftLabelTeacher has no features",
-        ),
-        "input shapes": (
-            lambda: kd.Distiller(small_cnn(8, input_shape=(16, 16, 1)), s, logits),
-            "must agree",
-        ),
-        "weighting": (
-            lambda: kd.Distiller(t, s, logits, weighting="mean"),
-            "weighting must be",
-        ),
-        "no terms": (lambda: kd.Distiller(t, s, []), "at least one term"),
-        "no loss": (
-            lambda: kd.Distiller(t, s, logits).compile(optimizer="adam"),
-            "needs the student's supervised `loss`",
-        ),
-    }
-
-
-@multi_backend
-@pytest.mark.parametrize("case", sorted(bad_cases()))
-def test_bad_input_is_rejected_before_training(case):
-    make, message = bad_cases()[case]
-    with pytest.raises(ValueError, match=message):
-        make()
