@@ -111,9 +111,10 @@ def run_dataset(
     recipe flags (its term weights) and
     `tags` to a suffix of its runs' folder names (`fa_x10_s0`), so that
     runs with other weights never share a folder; with `validate`, each
-    run's student is also scored on the dataset's validation split
-    (`validation_last`). A method with several teachers takes them from
-    the seeds of `teacher_pool` (default `seeds`; see `teacher_seeds`).
+    run's student (but a class-subset run's, another task) is also scored
+    on the dataset's validation split (`validation_last`). A method with
+    several teachers takes them from the seeds of `teacher_pool` (default
+    `seeds`; see `teacher_seeds`).
     Runs found in `--store_dir` are taken from there, and finished runs
     are stored there."""
     work = os.path.join(FLAGS.work_dir, dataset["key"])
@@ -133,10 +134,13 @@ def run_dataset(
         name = method + tags.get(method, "")
         out = os.path.join(work, f"{name}_s{seed}")
         stored = load_runs(store, dataset["key"], name, seed)
+        # A class-subset run is another task (its classes only): nothing is
+        # chosen on it, and the validation split's classes do not apply.
+        scored = validate and skd_subset_images(method) is None
         if method == "kd":
             teacher = stored_teacher(store, dataset["key"], seed)
             stored = stored if teacher else None  # Its teacher is needed too.
-        if stored and (not validate or "validation_last" in stored[0]):
+        if stored and (not scored or "validation_last" in stored[0]):
             runs += stored
             if method == "kd":
                 teachers[seed] = teacher
@@ -173,7 +177,7 @@ def run_dataset(
             on_update(runs)
             continue
         done = _phase_rows(out, phases, seed, command)
-        if validate:
+        if scored:
             done[0]["validation_last"] = validation_accuracy(
                 out, dataset["validation"]["path"]
             )

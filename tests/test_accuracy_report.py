@@ -397,3 +397,65 @@ def test_weights_chosen_earlier_name_points_of_the_grid(suites):
         suites("--weights=fa=bogus")._chosen_weights(dataset, ["fa"])
     with pytest.raises(absl_app.UsageError, match="--tune would choose"):
         suites("--weights=fa=x0.01", "--tune")._chosen_weights(dataset, ["fa"])
+
+
+def test_class_subset_runs_are_not_scored_on_the_validation_split(
+    suites, tmp_path, monkeypatch
+):
+    """The converged suite scores each student on its validation split, but
+    an SKD class-subset run is another task (specialize.py's results have
+    no normalisation to score with): it is run, stored and read back from
+    the store unscored, while a 10-class run is scored."""
+    import keras
+    import numpy as np
+
+    accuracy = suites(f"--store_dir={tmp_path / 'store'}")
+    val = tmp_path / "val"
+    val.mkdir()
+    np.savez(val / "test.npz", x=np.eye(4, dtype="float32"), y=[0, 1, 1, 3])
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Identity()])
+    calls = []
+
+    def fake_recipe(script, args, log_path):
+        out = next(a.split("=", 1)[1] for a in args if a.startswith("--output_dir"))
+        calls.append(script)
+        os.makedirs(out, exist_ok=True)
+        result = {"last_epoch_test_accuracy": 0.5, "best_epoch_test_accuracy": 0.5}
+        if script == "specialize.py":
+            phases = ["skd", "scratch", "finetune", "subset_kd"]
+            results = {"models": {p: result for p in phases}}
+        else:
+            norm = {"mean": 0.0, "std": 1.0}
+            phases = ["distilled", "teacher_0", "student_alone"]
+            results = {
+                "dataset": {"normalization": norm},
+                "models": {p: result for p in phases},
+            }
+            model.save(os.path.join(out, "student.keras"))
+            model.save(os.path.join(out, "teacher_0.keras"))
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(results, f)
+        return 0, 1.0, f"python {script}"
+
+    monkeypatch.setattr(accuracy, "run_recipe", fake_recipe)
+    dataset = {
+        "key": "d",
+        "flags": [],
+        "student": "s",
+        "teacher": "t",
+        "epochs": 1,
+        "teacher_epochs": 1,
+        "validation": {"path": str(val)},
+    }
+
+    def run():
+        runs = accuracy.run_dataset(
+            dataset, ["kd", "skd_subset_10"], [0], lambda _: None, validate=True
+        )
+        return {r["method"]: r for r in runs}
+
+    rows = run()
+    assert calls == ["distill.py", "specialize.py"]
+    assert rows["kd"]["validation_last"] == 0.75  # Argmax 0, 1, 2, 3.
+    assert "validation_last" not in rows["subset: skd (10/class)"]
+    assert run().keys() == rows.keys() and len(calls) == 2  # From the store.
