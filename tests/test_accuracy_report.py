@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 
+import keras
+import numpy as np
 import pytest
 from absl import app as absl_app
 from absl import flags as absl_flags
@@ -406,9 +408,6 @@ def test_class_subset_runs_are_not_scored_on_the_validation_split(
     an SKD class-subset run is another task (specialize.py's results have
     no normalisation to score with): it is run, stored and read back from
     the store unscored, while a 10-class run is scored."""
-    import keras
-    import numpy as np
-
     accuracy = suites(f"--store_dir={tmp_path / 'store'}")
     val = tmp_path / "val"
     val.mkdir()
