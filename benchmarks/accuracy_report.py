@@ -15,8 +15,12 @@ write_report(report, "benchmarks/results/accuracy_cpu_digits")
 
 import json
 import os
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from accuracy_plot import plot  # noqa: E402
 
 # Above this 1-minute load average (2 cores) a run's times are void.
 LOAD_LIMIT = 1.5
@@ -270,96 +274,34 @@ def _paired_cell(runs, method, reference):
     return f"{100 * mean:+.2f}{spread} ({agree})"
 
 
-def _colours(names, plt):
-    """One colour per method: tab20, tab20b and tab20c give 60."""
-    palette = [
-        plt.get_cmap(name)(i)
-        for name in ("tab20", "tab20b", "tab20c")
-        for i in range(20)
-    ]
-    if len(names) > len(palette):
-        raise ValueError(f"{len(names)} methods, {len(palette)} colours.")
-    return {m: palette[i] for i, m in enumerate(names)}
+def panels(report):
+    """The plot's panels (`accuracy_plot.plot`): per dataset, its 10-class
+    rows under the teacher's line and, apart, its class-subset rows, which
+    are scored on fewer classes and have no teacher line of their own."""
+    result = []
+    for dataset in report["datasets"]:
+        title = f"{dataset['key']}: {dataset['teacher']} → {dataset['student']}"
+        rows = [r for r in dataset["summary"] if "last" in r]
 
+        def panel(suffix, keep, teacher):
+            return {
+                "title": title + suffix,
+                "rows": [r for r in rows if keep(r["method"])],
+                "teacher": teacher,
+                "runs": dataset["runs"],
+            }
 
-def plot(report, path):
-    """Writes the bar and curve figure to `path`; returns False (printing
-    why) when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        print(
-            f"matplotlib is not installed: no plot at {path} (pip install matplotlib)."
-        )
-        return False
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = report["datasets"]
-    widest = max(len(d["summary"]) for d in datasets)
-    fig, axes = plt.subplots(
-        len(datasets),
-        2,
-        figsize=(max(12, 0.5 * widest + 8), 5 * len(datasets)),
-        squeeze=False,
-    )
-    for (bars, curves), dataset in zip(axes, datasets):
-        # The teacher is a reference line, not a method.
-        teacher = [
-            r for r in dataset["summary"] if r["method"] == "teacher" and "last" in r
-        ]
-        rows = [
-            r for r in dataset["summary"] if "last" in r and r["method"] != "teacher"
-        ]
-        names = [r["method"] for r in rows]
-        colours = _colours(names, plt)
-        bars.bar(
-            names,
-            [100 * r["last"] for r in rows],
-            yerr=[100 * r["last_std"] for r in rows],
-            capsize=3,
-            color=[colours[m] for m in names],
-        )
-        for r in teacher:
-            bars.axhline(
-                100 * r["last"],
-                color="black",
-                linestyle="--",
-                linewidth=1,
-                label=f"teacher {100 * r['last']:.1f}%",
+        result.append(
+            panel(
+                "",
+                lambda m: m != "teacher" and not m.startswith(SUBSET),
+                [r for r in rows if r["method"] == "teacher"],
             )
-            bars.legend(fontsize=7)
-        bars.set_ylabel("last-epoch test accuracy %")
-        bars.set_title(f"{dataset['key']}: {dataset['teacher']} → {dataset['student']}")
-        bars.set_xticks(range(len(names)))
-        bars.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-        low = min(100 * r["last"] for r in rows + teacher) if rows else 0
-        bars.set_ylim(max(0, low - 10), 100)
-        for method in names:
-            curves_ = [
-                r["curve"]
-                for r in dataset["runs"]
-                if r["method"] == method and r.get("curve")
-            ]
-            if not curves_:
-                continue
-            length = min(map(len, curves_))
-            mean = np.mean([c[:length] for c in curves_], axis=0)
-            curves.plot(
-                np.arange(1, length + 1),
-                100 * mean,
-                label=method,
-                color=colours[method],
-            )
-        curves.set_xlabel("epoch")
-        curves.xaxis.get_major_locator().set_params(integer=True)
-        curves.set_ylabel("test accuracy % (mean over seeds)")
-        curves.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return True
+        )
+        subset = panel(", class subsets", lambda m: m.startswith(SUBSET), [])
+        if subset["rows"]:
+            result.append(subset)
+    return result
 
 
 def write_report(report, stem):
@@ -378,7 +320,7 @@ def write_report(report, stem):
         markdown += f"\nNote: {note}\n"
     with open(stem + ".md", "w") as f:
         f.write(markdown)
-    plotted = plot(report, stem + ".png")
+    plotted = plot(panels(report), stem + ".png")
     print(markdown)
     print(f"Wrote {stem}.md, .json{', .png' if plotted else ''}")
 

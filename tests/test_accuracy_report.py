@@ -116,6 +116,25 @@ def test_table_has_paired_columns_vs_kd_and_the_student_alone(report):
     assert "paired by seed with its subset's scratch row" in table
 
 
+def test_class_subset_rows_get_their_own_plot_panel_without_the_teacher(report):
+    runs = _runs()
+    dataset = {"key": "d", "teacher": "t", "student": "s", "runs": runs}
+    full = {"datasets": [dict(dataset, summary=report.summarize(runs))]}
+    main, subset = report.panels(full)
+    assert [r["method"] for r in main["rows"]] == ["kd", "student", "fitnets", "at"]
+    assert [r["method"] for r in main["teacher"]] == ["teacher"]
+    assert [r["method"] for r in subset["rows"]] == [
+        "subset: skd",
+        "subset: skd (10/class)",
+        "subset: scratch (10/class)",
+    ]
+    assert subset["teacher"] == [] and subset["title"] == "d: t → s, class subsets"
+    # Without class-subset rows, one panel.
+    plain = [r for r in runs if not r["method"].startswith("subset: ")]
+    full = {"datasets": [dict(dataset, runs=plain, summary=report.summarize(plain))]}
+    assert [p["title"] for p in report.panels(full)] == ["d: t → s"]
+
+
 def test_a_kd_ce1_control_gets_its_own_paired_column(report):
     # fitnets − kd_ce1: +0.3 − 0.2, +0.4 − 0.4, +0.5 − 0.1 points → +0.1,
     # 0.0, +0.4: mean +0.17, sample std 0.21, 2 of 3 above.

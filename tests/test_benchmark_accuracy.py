@@ -408,15 +408,14 @@ def test_skd_subset_runs_the_specialize_recipe_from_the_seeds_teacher(accuracy):
     assert [name for _, name in phases] == ["kd", "teacher", "student"]
 
 
-def test_plot_colours_are_distinct_and_refuse_more_methods_than_colours(
-    accuracy_report,
-):
+def test_plot_colours_are_distinct_and_refuse_more_methods_than_colours():
     plt = pytest.importorskip("matplotlib.pyplot")
+    accuracy_plot = load_benchmark("accuracy_plot")
     names = [f"m{i}" for i in range(60)]
-    colours = accuracy_report._colours(names, plt)
+    colours = accuracy_plot._colours(names, plt)
     assert len(set(colours.values())) == 60
     with pytest.raises(ValueError, match="61 methods, 60 colours"):
-        accuracy_report._colours(names + ["one more"], plt)
+        accuracy_plot._colours(names + ["one more"], plt)
 
 
 def test_tune_extends_a_weight_grid_past_a_winning_edge(accuracy, monkeypatch):
