@@ -147,6 +147,9 @@ def run_dataset(
             log(f"[{dataset['key']}] {name} seed {seed}: stored in {store}")
             on_update(runs)
             continue
+        if FLAGS.store_only:
+            log(f"[{dataset['key']}] {name} seed {seed}: not in {store}; left out")
+            continue
         needed = (
             [seed]
             if skd_subset_images(method) is not None
@@ -294,6 +297,9 @@ def tune_dataset(dataset, methods, seeds, log, teacher_pool, extend=0):
             "train_seconds": seconds[method],
             "failed": failed[method],
         }
+        not_run = [p for p in grid if p not in scores[method] | failed[method]]
+        if not_run:  # --store_only, on a sweep in progress.
+            record[method]["not_run"] = not_run
         log(f"[{dataset['key']}] {method}: {best} (validation {scores[method]})")
     return weights, tags, record
 
@@ -340,6 +346,8 @@ def main(argv):
     if FLAGS.merge:
         merge_reports(FLAGS.merge, FLAGS.output_dir)
         return
+    if FLAGS.store_only and not FLAGS.store_dir:
+        raise app.UsageError("--store_only reads runs from --store_dir: give it.")
     if "kd" not in methods and FLAGS.with_kd:
         # Its runs train the teachers and the student alone.
         methods = ["kd"] + methods

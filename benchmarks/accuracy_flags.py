@@ -146,6 +146,14 @@ def define_flags():
     flags.DEFINE_list(
         "extra_flags", [], "More flags for every recipe run, e.g. --jit_compile."
     )
+    flags.DEFINE_bool(
+        "store_only",
+        False,
+        "Train nothing: take every run from --store_dir and leave out (and "
+        "log) what is not there yet, e.g. to render a suite in progress. A "
+        "--tune sweep then chooses among its stored points and lists the "
+        "others as not run.",
+    )
     flags.DEFINE_string(
         "report_from",
         None,

@@ -358,6 +358,7 @@ def _tuning_line(method, tuning):
     grid = ", ".join(
         [f"{w}: {100 * a:.2f}%" for w, a in tuning["validation_accuracy"].items()]
         + [f"{w}: failed ({why})" for w, why in tuning.get("failed", {}).items()]
+        + [f"{w}: not run yet" for w in tuning.get("not_run", [])]
     )
     if "flag" in tuning:
         chosen = f"`--{tuning['flag']}={tuning['chosen']}`"

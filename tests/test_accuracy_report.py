@@ -477,3 +477,19 @@ def test_class_subset_runs_are_not_scored_on_the_validation_split(
     assert rows["kd"]["validation_last"] == 0.75  # Argmax 0, 1, 2, 3.
     assert "validation_last" not in rows["subset: skd (10/class)"]
     assert run().keys() == rows.keys() and len(calls) == 2  # From the store.
+    # --store_only: what the store lacks (fitnets, seed 1) is left out, and
+    # nothing trains.
+    accuracy = suites(f"--store_dir={tmp_path / 'store'}", "--store_only")
+    runs = accuracy.run_dataset(
+        dataset, ["kd", "fitnets", "skd_subset_10"], [0, 1], lambda _: None
+    )
+    assert len(calls) == 2
+    assert {(r["method"], r["seed"]) for r in runs} == {
+        ("kd", 0),
+        ("teacher", 0),
+        ("student", 0),
+        ("subset: skd (10/class)", 0),
+        ("subset: scratch (10/class)", 0),
+        ("subset: finetune teacher (10/class)", 0),
+        ("subset: renormalised-logits kd (10/class)", 0),
+    }

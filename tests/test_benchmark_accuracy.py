@@ -216,6 +216,8 @@ def test_tune_chooses_by_validation_accuracy(accuracy, accuracy_report, monkeypa
         label = tags[methods[0]][1:]
         if label == "x10":  # Diverged: the run's log tail.
             return [{"method": methods[0], "seed": s, "failed": nan} for s in seeds]
+        if label not in scores:  # Not in the store (--store_only).
+            return []
         runs = [{"method": methods[0], "seed": s, "last": 0.5} for s in seeds]
         for run in runs:
             run["validation_last"] = scores[label]
@@ -241,6 +243,16 @@ def test_tune_chooses_by_validation_accuracy(accuracy, accuracy_report, monkeypa
     sweep = [c for c in calls if c[0] != ["kd"]]
     assert [c[2]["fitnets"] for c in sweep] == ["_x1", "_x0.1", "_x10"]
     assert all(c[3] for c in sweep)
+    # A sweep in progress (--store_only): a point with no runs yet is
+    # listed, not scored.
+    del scores["x1"]
+    calls.clear()
+    _, tags, record = accuracy.tune_dataset(
+        dataset, ["fitnets"], [0], lambda _: None, [0, 1, 2]
+    )
+    assert tags == {"fitnets": "_x0.1"} and record["fitnets"]["not_run"] == ["x1"]
+    line = accuracy_report._tuning_line("fitnets", record["fitnets"])
+    assert line.endswith("x10: failed (" + why + "), x1: not run yet")
 
 
 def test_tune_flags_scale_every_term_weight_of_a_method(accuracy):
