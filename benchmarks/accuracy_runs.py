@@ -24,6 +24,9 @@ import numpy as np
 
 from keras_kd import presets
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from accuracy_report import SUBSET  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -112,7 +115,7 @@ def skd_subset_images(method):
 def _subset_phases(images):
     """The reported names of a class-subset run's models."""
     suffix = f" ({images}/class)" if images else ""
-    return [(phase, f"subset: {name}{suffix}") for phase, name in SKD_SUBSET_PHASES]
+    return [(phase, SUBSET + name + suffix) for phase, name in SKD_SUBSET_PHASES]
 
 
 # Suite methods that run a preset with more recipe flags: `kd_ce1` is KD
