@@ -2,6 +2,7 @@
 
 import csv
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -75,6 +76,34 @@ def test_kill_right_after_a_checkpoint_keeps_every_log_row(tmp_path, monkeypatch
     assert any("resuming at epoch 3/4" in m for m in messages)
     with open(tmp_path / "phase" / "log.csv", newline="") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+
+
+def test_every_epoch_trains_exactly_its_own_steps(tmp_path, monkeypatch):
+    """40 images in batches of 4 are 10 steps per epoch, run in calls of 5
+    (not 8): each epoch ends on its own last batch. In calls of 8 the
+    epochs took 16, 14 and 0 steps and Keras warned that the input ran out
+    of data."""
+    assert training.steps_per_call(10) == 5
+    assert [training.steps_per_call(n) for n in (430, 469, 431, 3)] == [5, 7, 1, 3]
+    iterations = []
+
+    class Iterations(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            iterations.append(int(self.model.optimizer.iterations))
+
+    callbacks = training._callbacks
+    monkeypatch.setattr(
+        training, "_callbacks", lambda *a: callbacks(*a) + [Iterations()]
+    )
+    data, model = _setup()
+    config = training.TrainConfig(epochs=3, batch_size=4, lr=1e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        training.fit_resumable(
+            "phase", model, data, data.x, data.y, config, str(tmp_path), log=None
+        )
+    assert iterations == [10, 20, 30]
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
 
 
 def test_missing_tensorboard_warns_and_keeps_the_csv_log(tmp_path, monkeypatch):
