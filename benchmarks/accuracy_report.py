@@ -405,8 +405,9 @@ def merge_reports(paths, output_dir):
                 x for x in merged["runs"] if (x["method"], x["seed"]) not in again
             ]
             merged["runs"] += d["runs"]
-            if d.get("tuning"):
-                merged.setdefault("tuning", {}).update(d["tuning"])
+            for record in ("tuning", "weights"):  # Each part's choices.
+                if d.get(record):
+                    merged[record] = dict(merged.get(record, {}), **d[record])
     report["datasets"] = [
         dict(d, summary=summarize(d["runs"])) for d in datasets.values()
     ]

@@ -340,6 +340,12 @@ def test_merge_replaces_a_rerun_of_the_same_method_and_seed(accuracy, tmp_path):
     again = [{"method": "kd", "seed": 0, "last": 0.5, "best": 0.5}]
     second = _report(again, accuracy.summarize(again))
     second["methods"] = ["kd"]
+    # Each part's chosen weights and sweeps are kept.
+    first["datasets"][0]["weights"] = {"fitnets": {"label": "x1", "flags": ["-a"]}}
+    second["datasets"][0]["weights"] = {"kd+dlkd": {"label": "x0.1", "flags": ["-b"]}}
+    sweep = {"validation_accuracy": {"x10": 0.9}, "chosen": "x10", "seeds": [0]}
+    sweep.update(chosen_flags=["-c"], criterion="best")
+    second["datasets"][0]["tuning"] = {"at": sweep}
     paths = []
     for i, part in enumerate((first, second)):
         paths.append(str(tmp_path / f"part{i}.json"))
@@ -358,6 +364,8 @@ def test_merge_replaces_a_rerun_of_the_same_method_and_seed(accuracy, tmp_path):
         if r["method"] == "kd" and r["seed"] == 0
     ]
     assert kept == again  # The later part's run, once.
+    assert set(report["datasets"][0]["weights"]) == {"fitnets", "kd+dlkd"}
+    assert report["datasets"][0]["tuning"] == {"at": sweep}
     assert report["methods"] == ["kd", "fitnets"]
     others = [r for r in runs if (r["method"], r["seed"]) != ("kd", 0)]
     assert len(report["datasets"][0]["runs"]) == len(others) + 1
