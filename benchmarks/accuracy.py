@@ -116,7 +116,7 @@ def run_dataset(
     several teachers takes them from the seeds of `teacher_pool` (default
     `seeds`; see `teacher_seeds`).
     Runs found in `--store_dir` are taken from there, and finished runs
-    are stored there."""
+    are stored there, each with the commit it ran on (`code`)."""
     work = os.path.join(FLAGS.work_dir, dataset["key"])
     os.makedirs(work, exist_ok=True)
     common = dataset["flags"] + FLAGS.extra_flags
@@ -171,6 +171,7 @@ def run_dataset(
             method, seed, dataset, common + extra + weights.get(method, []), out, picked
         )
         log_path = os.path.join(work, f"{name}_s{seed}.log")
+        version = code_version(ROOT)  # The code the recipe process imports.
         code, seconds, command = run_recipe(script, args, log_path)
         if code != 0:
             runs.append(_failed(method, seed, tail(log_path), command))
@@ -179,7 +180,8 @@ def run_dataset(
             log(f"[{dataset['key']}] {method} seed {seed}: FAILED (see {log_path})")
             on_update(runs)
             continue
-        done = _phase_rows(out, phases, seed, command)
+        rows = _phase_rows(out, phases, seed, command)
+        done = [dict(row, code=version) for row in rows]
         if scored:
             done[0]["validation_last"] = validation_accuracy(
                 out, dataset["validation"]["path"]

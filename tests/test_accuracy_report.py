@@ -476,6 +476,8 @@ def test_class_subset_runs_are_not_scored_on_the_validation_split(
     assert calls == ["distill.py", "specialize.py"]
     assert rows["kd"]["validation_last"] == 0.75  # Argmax 0, 1, 2, 3.
     assert "validation_last" not in rows["subset: skd (10/class)"]
+    # Each run records the checkout it ran on.
+    assert rows["kd"]["code"] == accuracy.code_version(ROOT)
     assert run().keys() == rows.keys() and len(calls) == 2  # From the store.
     # --store_only: what the store lacks (fitnets, seed 1) is left out, and
     # nothing trains.
