@@ -282,26 +282,19 @@ def panels(report):
     for dataset in report["datasets"]:
         title = f"{dataset['key']}: {dataset['teacher']} → {dataset['student']}"
         rows = [r for r in dataset["summary"] if "last" in r]
-
-        def panel(suffix, keep, teacher):
-            return {
-                "title": title + suffix,
-                "rows": [r for r in rows if keep(r["method"])],
-                "teacher": teacher,
-                "runs": dataset["runs"],
-            }
-
-        result.append(
-            panel(
-                "",
-                lambda m: m != "teacher" and not m.startswith(SUBSET),
-                [r for r in rows if r["method"] == "teacher"],
+        teacher = [r for r in rows if r["method"] == "teacher"]
+        subset = [r for r in rows if r["method"].startswith(SUBSET)]
+        main = [r for r in rows if r not in teacher + subset]
+        result.append(_panel(title, main, teacher, dataset["runs"]))
+        if subset:
+            result.append(
+                _panel(title + ", class subsets", subset, [], dataset["runs"])
             )
-        )
-        subset = panel(", class subsets", lambda m: m.startswith(SUBSET), [])
-        if subset["rows"]:
-            result.append(subset)
     return result
+
+
+def _panel(title, rows, teacher, runs):
+    return {"title": title, "rows": rows, "teacher": teacher, "runs": runs}
 
 
 def write_report(report, stem):
