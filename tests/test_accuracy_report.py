@@ -495,3 +495,9 @@ def test_class_subset_runs_are_not_scored_on_the_validation_split(
         ("subset: finetune teacher (10/class)", 0),
         ("subset: renormalised-logits kd (10/class)", 0),
     }
+
+
+def test_store_only_without_a_store_is_refused_before_anything_runs(suites):
+    accuracy = suites("--store_only", "--datasets=digits")
+    with pytest.raises(absl_app.UsageError, match="reads runs from --store_dir"):
+        accuracy.main([])
