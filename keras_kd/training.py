@@ -387,23 +387,11 @@ def _compile(model, config, steps, jit_compile):
         # Several steps per call cut the per-step overhead of small models
         # (the torch backend allows only one).
         steps_per_execution=(
-            1 if keras.backend.backend() == "torch" else steps_per_call(steps)
+            1
+            if keras.backend.backend() == "torch"
+            else data_common.steps_per_call(steps)
         ),
     )
-
-
-def steps_per_call(steps, most=8):
-    """The largest divisor of `steps` up to `most`, as `steps_per_execution`.
-
-    Keras counts an epoch in calls of `steps_per_execution` steps: with a
-    value that does not divide the epoch's steps, each epoch takes a few
-    batches of the next (430 steps in calls of 8 take 432), so epochs
-    drift over the data, a resumed run starts at the wrong batch and the
-    last epoch is cut short ("Your input ran out of data").
-
-    Example: `steps_per_call(430)` → 5, `steps_per_call(469)` → 7.
-    """
-    return max(d for d in range(1, most + 1) if steps % d == 0)
 
 
 def _train_batches(

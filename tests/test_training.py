@@ -10,6 +10,7 @@ import pytest
 
 import keras_kd as kd
 from keras_kd import training
+from keras_kd.data import common as data_common
 
 
 def _setup(seed=0):
@@ -83,8 +84,8 @@ def test_every_epoch_trains_exactly_its_own_steps(tmp_path, monkeypatch):
     (not 8): each epoch ends on its own last batch. In calls of 8 the
     epochs took 16, 14 and 0 steps and Keras warned that the input ran out
     of data."""
-    assert training.steps_per_call(10) == 5
-    assert [training.steps_per_call(n) for n in (430, 469, 431, 3)] == [5, 7, 1, 3]
+    assert data_common.steps_per_call(10) == 5
+    assert [data_common.steps_per_call(n) for n in (430, 469, 431, 3)] == [5, 7, 1, 3]
     iterations = []
 
     class Iterations(keras.callbacks.Callback):

@@ -36,6 +36,20 @@ def steps_per_epoch(num_examples, batch_size, drop_remainder=False):
     return math.ceil(num_examples / batch_size)
 
 
+def steps_per_call(steps, most=8):
+    """The largest divisor of `steps` up to `most`, as `steps_per_execution`.
+
+    Keras counts an epoch in calls of `steps_per_execution` steps: with a
+    value that does not divide the epoch's steps, each epoch takes a few
+    batches of the next (430 steps in calls of 8 take 432), so epochs
+    drift over the data, a resumed run starts at the wrong batch and the
+    last epoch is cut short ("Your input ran out of data").
+
+    Example: `steps_per_call(430)` → 5, `steps_per_call(469)` → 7.
+    """
+    return max(d for d in range(1, most + 1) if steps % d == 0)
+
+
 def mean_std(normalize):
     """float32 `(mean, std)` of `normalize=(mean, std)` on the 0..255 scale;
     None (scaling to 0..1) gives `(0, 255)`."""
