@@ -148,6 +148,8 @@ def format_markdown(report):
             def pm(key, scale=1.0, fmt=".2f"):
                 if key not in row:
                     return "–"
+                if key in ("last", "best") and row["seeds"] == 1:
+                    return f"{scale * row[key]:{fmt}} (one seed)"
                 return f"{scale * row[key]:{fmt}} ± {scale * row[key + '_std']:{fmt}}"
 
             runs = f"{row['seeds']}" + (
@@ -205,6 +207,8 @@ def _versus(row, kd_row):
     ):
         return "–"
     diff = 100 * (row["last"] - kd_row["last"])
+    if row["seeds"] == 1:
+        return f"{diff:+.2f} (one seed)"
     noise = 100 * (row["last_std"] + kd_row["last_std"])
     verdict = (
         "above" if diff > noise else "below" if -diff > noise else ("within noise")

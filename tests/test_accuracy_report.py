@@ -157,6 +157,9 @@ def test_one_seed_has_no_spread(report):
     runs = [r for r in _runs() if r["seed"] == 0]
     _, cells = _table(runs, report)
     assert cells["fitnets"][4] == "+0.30 (1/1 above)"
+    # No "± 0.00" for one seed, and no verdict against KD's noise.
+    assert "±" not in cells["fitnets"][1] and cells["fitnets"][1].endswith("(one seed)")
+    assert cells["fitnets"][3].endswith("(one seed)")
     assert {r["method"]: r["last_std"] for r in report.summarize(runs)}["kd"] == 0
 
 
