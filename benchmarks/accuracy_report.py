@@ -197,7 +197,8 @@ def _loaded(row):
 def _versus(row, kd_row):
     """The difference of mean last-epoch accuracy to KD's, and whether it
     exceeds the two rows' standard deviations added (a plain, conservative
-    reading of 3 seeds). The teacher and the class-subset rows (another
+    reading of 3 seeds; one seed has no spread, so no verdict). The
+    teacher and the class-subset rows (another
     task: accuracy on the subset's classes) are not compared."""
     if (
         kd_row is None
