@@ -62,13 +62,23 @@ def normalize_like_run(images, out):
 
 def validation_accuracy(out, folder):
     """Accuracy of a finished run's student (`out/student.keras`) on the
-    `test.npz` of a validation folder, its images normalised as the run
-    normalised its data (`normalize_like_run`)."""
+    `test.npz` of a validation folder, its images prepared as the run
+    prepared its data: resized to the student's input size (a protocol's
+    `image_size`, e.g. `reffakd_fashion`'s 32x32), then normalised
+    (`normalize_like_run`)."""
     import keras
 
+    from keras_kd import data
+
     split = np.load(os.path.join(folder, "test.npz"))
-    x, y = normalize_like_run(split["x"], out), split["y"]
+    x, y = split["x"], split["y"]
+    if x.ndim == 3:  # NHW, one channel, as the recipes' npz loader reads it.
+        x = x[..., None]
     model = keras.models.load_model(os.path.join(out, "student.keras"), compile=False)
+    size = model.input_shape[1:3]
+    if None not in size:
+        x = data.resize_images(x, size)
+    x = normalize_like_run(x, out)
     logits = model.predict(x, batch_size=500, verbose=0)
     return float(np.mean(np.argmax(logits, -1) == y.reshape(-1)))
 

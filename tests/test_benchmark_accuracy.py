@@ -333,6 +333,38 @@ def test_validation_accuracy_scores_the_saved_student(accuracy_runs, tmp_path):
     assert accuracy_runs.validation_accuracy(str(out), str(folder)) == expected
 
 
+def test_validation_accuracy_resizes_like_the_protocol(accuracy_runs, tmp_path):
+    """A 32x32 student (reffakd_fashion's `image_size`) scored on 28x28 NHW
+    images: each image one grey level, so that the resized image keeps it
+    and a one-layer student's logits are the level's times the summed
+    kernel (a NumPy reference)."""
+    rng = np.random.default_rng(1)
+    levels = rng.integers(0, 256, size=40).astype("uint8")
+    x = np.broadcast_to(levels[:, None, None], (40, 28, 28)).copy()
+    y = rng.integers(0, 3, size=40)
+    folder, out = tmp_path / "val", tmp_path / "run"
+    folder.mkdir()
+    out.mkdir()
+    np.savez(folder / "test.npz", x=x, y=y)
+    mean, std = 70.0, 90.0
+    (out / "results.json").write_text(
+        json.dumps({"dataset": {"normalization": {"mean": [mean], "std": [std]}}})
+    )
+    student = keras.Sequential(
+        [
+            keras.Input((32, 32, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    student.save(out / "student.keras")
+    kernel, bias = (np.asarray(w) for w in student.layers[-1].get_weights())
+    normalised = (levels.astype("float32")[:, None] - mean) / std
+    logits = normalised @ kernel.sum(0, keepdims=True) + bias
+    expected = np.mean(np.argmax(logits, -1) == y)
+    assert accuracy_runs.validation_accuracy(str(out), str(folder)) == expected
+
+
 def test_merge_replaces_a_rerun_of_the_same_method_and_seed(accuracy, tmp_path):
     runs = _runs()
     first = _report(runs, accuracy.summarize(runs))
