@@ -183,9 +183,14 @@ def run_dataset(
         rows = _phase_rows(out, phases, seed, command)
         done = [dict(row, code=version) for row in rows]
         if scored:
-            done[0]["validation_last"] = validation_accuracy(
-                out, dataset["validation"]["path"]
-            )
+            folder = dataset["validation"]["path"]
+            done[0]["validation_last"] = validation_accuracy(out, folder)
+            alone = os.path.join(out, "student_alone.keras")
+            if os.path.exists(alone):  # A kd run's student alone.
+                row = next(r for r in done if r["method"] == "student")
+                row["validation_last"] = validation_accuracy(
+                    out, folder, "student_alone.keras"
+                )
         teacher = os.path.join(out, "teacher_0.keras") if method == "kd" else None
         if store:
             save_runs(store, dataset["key"], name, seed, done, teacher)

@@ -60,8 +60,8 @@ def normalize_like_run(images, out):
     return ((images.astype("float32") - mean) / std).astype("float32")
 
 
-def validation_accuracy(out, folder):
-    """Accuracy of a finished run's student (`out/student.keras`) on the
+def validation_accuracy(out, folder, model_file="student.keras"):
+    """Accuracy of a finished run's student (`out/<model_file>`) on the
     `test.npz` of a validation folder, its images prepared as the run
     prepared its data: resized to the student's input size (a protocol's
     `image_size`, e.g. `reffakd_fashion`'s 32x32), then normalised
@@ -74,7 +74,7 @@ def validation_accuracy(out, folder):
     x, y = split["x"], split["y"]
     if x.ndim == 3:  # NHW, one channel, as the recipes' npz loader reads it.
         x = x[..., None]
-    model = keras.models.load_model(os.path.join(out, "student.keras"), compile=False)
+    model = keras.models.load_model(os.path.join(out, model_file), compile=False)
     size = model.input_shape[1:3]
     if None not in size:
         x = data.resize_images(x, size)

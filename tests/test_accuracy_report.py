@@ -429,12 +429,16 @@ def test_class_subset_runs_are_not_scored_on_the_validation_split(
     """The converged suite scores each student on its validation split, but
     an SKD class-subset run is another task (specialize.py's results have
     no normalisation to score with): it is run, stored and read back from
-    the store unscored, while a 10-class run is scored."""
+    the store unscored, while a 10-class run is scored (a kd run's student
+    alone too)."""
     accuracy = suites(f"--store_dir={tmp_path / 'store'}")
     val = tmp_path / "val"
     val.mkdir()
     np.savez(val / "test.npz", x=np.eye(4, dtype="float32"), y=[0, 1, 1, 3])
     model = keras.Sequential([keras.Input((4,)), keras.layers.Identity()])
+    # The student alone: every image's argmax moved to the class before.
+    alone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, use_bias=False)])
+    alone.set_weights([np.roll(np.eye(4, dtype="float32"), -1, axis=1)])
     calls = []
 
     def fake_recipe(script, args, log_path):
@@ -454,6 +458,7 @@ def test_class_subset_runs_are_not_scored_on_the_validation_split(
             }
             model.save(os.path.join(out, "student.keras"))
             model.save(os.path.join(out, "teacher_0.keras"))
+            alone.save(os.path.join(out, "student_alone.keras"))
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(results, f)
         return 0, 1.0, f"python {script}"
@@ -478,6 +483,7 @@ def test_class_subset_runs_are_not_scored_on_the_validation_split(
     rows = run()
     assert calls == ["distill.py", "specialize.py"]
     assert rows["kd"]["validation_last"] == 0.75  # Argmax 0, 1, 2, 3.
+    assert rows["student"]["validation_last"] == 0.25  # Argmax 3, 0, 1, 2.
     assert "validation_last" not in rows["subset: skd (10/class)"]
     # Each run records the checkout it ran on.
     assert rows["kd"]["code"] == accuracy.code_version(ROOT)

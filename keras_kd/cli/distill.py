@@ -318,10 +318,11 @@ class _Distillation:
         return batches, {"path": self.cache, "reused": reused}
 
     def _train_baseline(self):
-        """The student alone (phase `student_alone`), unless --nobaseline."""
+        """The student alone (phase `student_alone`, saved as
+        `student_alone.keras`), unless --nobaseline."""
         if self.baseline is None:
             return None
-        return train_plain(
+        result = train_plain(
             "student_alone",
             self.baseline,
             self.data,
@@ -331,6 +332,8 @@ class _Distillation:
             self.lr,
             self.seed + 1,
         )
+        self.baseline.save(os.path.join(FLAGS.output_dir, "student_alone.keras"))
+        return result
 
     def _distil(self, batches):
         """The distilled student (phase `distilled`), saved."""
