@@ -185,12 +185,10 @@ def run_dataset(
         if scored:
             folder = dataset["validation"]["path"]
             done[0]["validation_last"] = validation_accuracy(out, folder)
-            alone = os.path.join(out, "student_alone.keras")
-            if os.path.exists(alone):  # A kd run's student alone.
+            alone = "student_alone.keras"  # A kd run's, with --baseline.
+            if os.path.exists(os.path.join(out, alone)):
                 row = next(r for r in done if r["method"] == "student")
-                row["validation_last"] = validation_accuracy(
-                    out, folder, "student_alone.keras"
-                )
+                row["validation_last"] = validation_accuracy(out, folder, alone)
         teacher = os.path.join(out, "teacher_0.keras") if method == "kd" else None
         if store:
             save_runs(store, dataset["key"], name, seed, done, teacher)
