@@ -213,6 +213,8 @@ def recipe_call(method, seed, dataset, common, out, teachers):
         args.append("--nobaseline")
         if teachers:
             args.append("--teacher=" + ",".join(teachers))
-    teacher_kind = preset_parts(method)[0].teacher
-    script = "reffakd.py" if teacher_kind == "soft_labels" else "distill.py"
-    return script, args, phases
+    if preset_parts(method)[0].teacher != "soft_labels":
+        return "distill.py", args, phases
+    # The (T, α) points of a seed share its autoencoder's table.
+    tables = os.path.join(os.path.dirname(out), "reffakd_tables")
+    return "reffakd.py", args + [f"--reffakd_soft_labels={tables}"], phases

@@ -300,9 +300,11 @@ def test_tune_flags_scale_every_term_weight_of_a_method(accuracy):
     # (absl keeps a repeated flag's last value).
     dataset = {"student": "s", "teacher": "t", "epochs": 2, "teacher_epochs": 3}
     common = ["--reffakd_diagonal=0.008"] + grid["T5_a0.9_d0.0225"]
-    _, args, _ = accuracy.recipe_call("reffakd", 0, dataset, common, "/o", [])
+    _, args, _ = accuracy.recipe_call("reffakd", 0, dataset, common, "/w/o", [])
     diagonals = [a for a in args if a.startswith("--reffakd_diagonal=")]
     assert diagonals[-1] == "--reffakd_diagonal=0.0225"
+    # Every point reads its seed's table from one folder of the suite's.
+    assert "--reffakd_soft_labels=/w/reffakd_tables" in args
     assert suites.tune_points("reffakd", "digits") == []
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import keras_kd as kd
 from keras_kd.cli import flags as cli_flags
 from keras_kd.cli import methods as method_flags
+from keras_kd.cli import soft_labels
 from keras_kd.cli import teacher_cache
 from keras_kd.cli import teachers as teachers_lib
 from keras_kd.cli.common import FLAGS
@@ -16,7 +17,6 @@ from keras_kd.cli.common import augmentation_layer
 from keras_kd.cli.common import build_student
 from keras_kd.cli.common import load_data
 from keras_kd.cli.common import run
-from keras_kd.cli.common import seed_all
 from keras_kd.cli.common import student_data
 from keras_kd.cli.common import train_phase
 from keras_kd.cli.common import train_plain
@@ -32,68 +32,6 @@ from keras_kd.cli.report import table_row
 from keras_kd.cli.run_dir import prepare_output_dir
 from keras_kd.cli.run_dir import run_flags
 from keras_kd.cli.run_dir import write_results
-
-
-def _soft_label_table(data, x, y, cfg, seed):
-    """ReffAKD: trains the autoencoder and returns `(table, cost)`."""
-    from keras_kd import reffakd
-
-    seed_all(seed + 200)
-    counts = np.bincount(y, minlength=data.info["num_classes"])
-    per_class = min(FLAGS.reffakd_per_class, int(counts.min()))
-    if per_class < 2:
-        raise RecipeError(
-            f"ReffAKD samples images of every class, but the student's "
-            f"training data has {int(counts.min())} image(s) of some class; "
-            f"raise --train_limit."
-        )
-    if per_class < FLAGS.reffakd_per_class:
-        print(
-            f"[reffakd] sampling {per_class} images per class (the "
-            f"smallest class has {int(counts.min())})."
-        )
-    epochs = FLAGS.reffakd_ae_epochs or (
-        30 if cfg["protocol"] == "digits" else 200
-    )  # The paper: 200.
-    # As the official notebooks: sizes that are not multiples of 8 are
-    # resized (Fashion-MNIST's 28 -> 32, here or by the protocol's
-    # image_size) and then neither padded nor cropped; CIFAR-size images
-    # get the 4-pixel crop. The notebooks encode augmented images for the
-    # similarities; the digits protocol (8x8, no notebook) encodes them as
-    # they are, where a 4-pixel crop and a rotation leave little of an 8x8
-    # digit.
-    unit = reffakd.autoencoder_size(x.astype("float32") / 255.0)
-    resized = unit.shape[1:3] != x.shape[1:3] or cfg["image_size"]
-    crop_padding = 0 if resized else 4
-    augment = None
-    if cfg["protocol"] != "digits":
-        augment = reffakd.augmentation(crop_padding, seed=seed)
-    val = max(1, len(unit) // 10)
-    autoencoder, cost = reffakd.train_autoencoder(
-        unit[val:],
-        unit[:val],
-        epochs=epochs,
-        batch_size=min(128, len(unit) - val),
-        crop_padding=crop_padding,
-    )
-    similarity = reffakd.class_similarity(
-        autoencoder.encoder,
-        unit,
-        y,
-        per_class=per_class,
-        diagonal_boost=FLAGS.reffakd_diagonal,
-        seed=seed,
-        augment=augment,
-    )
-    cost.update(
-        {
-            "epochs": epochs,
-            "per_class": per_class,
-            "crop_padding": crop_padding,
-            "similarity_of_augmented_images": augment is not None,
-        }
-    )
-    return reffakd.soft_label_table(similarity), cost
 
 
 def _first_value(hyperparameters, key):
@@ -292,7 +230,9 @@ class _Distillation:
 
     def _fit_soft_labels(self):
         """ReffAKD: the Distiller gets the trained soft-label table."""
-        table, cost = _soft_label_table(self.data, self.x, self.y, self.cfg, self.seed)
+        table, cost = soft_labels.soft_label_table(
+            self.data, self.x, self.y, self.cfg, self.seed
+        )
         np.save(os.path.join(FLAGS.output_dir, "soft_labels.npy"), table)
         # Rebuilt with the real table; the terms are built already.
         self.distiller = self._distiller(kd.SoftLabelTeacher(table))
@@ -366,7 +306,12 @@ class _Distillation:
                 f"ReffAKD autoencoder: {self.reffakd_cost['params']:,} "
                 f"parameters, trained in "
                 f"{self.reffakd_cost['train_seconds']:.1f} s (the "
-                f"teacher's place)."
+                f"teacher's place)"
+                + (
+                    f", read from {self.reffakd_cost['reused_from']}."
+                    if "reused_from" in self.reffakd_cost
+                    else "."
+                )
             )
         export_report = export_student(self.student, self.data, self.formats)
         results = {

@@ -378,6 +378,13 @@ def _define_reffakd_flags():
         0.0225,
         "ReffAKD: added to the similarity diagonal (0.008 for Fashion-MNIST; §5).",
     )
+    flags.DEFINE_string(
+        "reffakd_soft_labels",
+        None,
+        "ReffAKD: a folder of soft-label tables, one per training data, "
+        "seed and autoencoder flags; a run reads the one made with its own, "
+        "else trains it and writes it there (a T, α sweep trains once).",
+    )
 
 
 def _define_dlkd_flags():

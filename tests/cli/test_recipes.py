@@ -242,6 +242,29 @@ def test_reffakd_recipe(tmp_path, digits_split):
 
 
 @pytest.mark.slow
+def test_reffakd_sweep_trains_the_autoencoder_once(tmp_path):
+    tables = f"--reffakd_soft_labels={tmp_path / 'tables'}"
+    for temperature in (5, 20):
+        out = str(tmp_path / f"T{temperature}")
+        result = recipe(
+            "reffakd",
+            "--epochs=1",
+            "--reffakd_ae_epochs=2",
+            f"--reffakd_temperature={temperature}",
+            tables,
+            "--export=",
+            f"--output_dir={out}",
+        )
+    first, second = (read_json(tmp_path / f"T{t}" / "results.json") for t in (5, 20))
+    assert "reused_from" not in first["reffakd_autoencoder"]
+    assert second["reffakd_autoencoder"]["reused_from"].startswith(str(tmp_path))
+    assert "read from" in result.stdout
+    np.testing.assert_array_equal(
+        *(np.load(tmp_path / f"T{t}" / "soft_labels.npy") for t in (5, 20))
+    )
+
+
+@pytest.mark.slow
 def test_specialize_recipe(tmp_path, digits_split):
     _, _, x_test, y_test = digits_split
     out = str(tmp_path / "skd")
