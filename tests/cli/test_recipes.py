@@ -243,25 +243,37 @@ def test_reffakd_recipe(tmp_path, digits_split):
 
 @pytest.mark.slow
 def test_reffakd_sweep_trains_the_autoencoder_once(tmp_path):
+    """T = 20 trains and keeps the table, T = 5 reads it back and trains
+    the student exactly as a run that trains its own table."""
     tables = f"--reffakd_soft_labels={tmp_path / 'tables'}"
-    for temperature in (5, 20):
-        out = str(tmp_path / f"T{temperature}")
+    runs = {"T20": [tables], "T5": [tables], "T5_alone": []}
+    for name, extra in runs.items():
         result = recipe(
             "reffakd",
             "--epochs=1",
             "--reffakd_ae_epochs=2",
-            f"--reffakd_temperature={temperature}",
-            tables,
+            f"--reffakd_temperature={name.split('_')[0][1:]}",
+            *extra,
             "--export=",
-            f"--output_dir={out}",
+            f"--output_dir={tmp_path / name}",
         )
-    first, second = (read_json(tmp_path / f"T{t}" / "results.json") for t in (5, 20))
-    assert "reused_from" not in first["reffakd_autoencoder"]
-    assert second["reffakd_autoencoder"]["reused_from"].startswith(str(tmp_path))
-    assert "read from" in result.stdout
-    np.testing.assert_array_equal(
-        *(np.load(tmp_path / f"T{t}" / "soft_labels.npy") for t in (5, 20))
+        runs[name] = read_json(tmp_path / name / "results.json")
+        if name == "T5":
+            assert "read from" in result.stdout
+    assert "reused_from" not in runs["T20"]["reffakd_autoencoder"]
+    assert "reused_from" not in runs["T5_alone"]["reffakd_autoencoder"]
+    reused = runs["T5"]["reffakd_autoencoder"]["reused_from"]
+    assert reused.startswith(str(tmp_path / "tables"))
+    tables, logs = (
+        [load(tmp_path / name / file) for name in ("T20", "T5", "T5_alone")]
+        for load, file in (
+            (np.load, "soft_labels.npy"),
+            (read_csv, "distilled/log.csv"),
+        )
     )
+    np.testing.assert_array_equal(tables[0], tables[1])
+    np.testing.assert_array_equal(tables[1], tables[2])
+    assert logs[1] == logs[2]
 
 
 @pytest.mark.slow
