@@ -29,10 +29,10 @@ def soft_label_table(data, x, y, cfg, seed):
     """The `(table, cost)` of ReffAKD: read from `--reffakd_soft_labels`
     when it holds a table made with this run's settings, else trained (and
     then written there when the flag is set)."""
-    settings = _settings(x, y, cfg, seed)
+    settings = _autoencoder_settings(cfg)
     if not FLAGS.reffakd_soft_labels:
         return _train_table(data, x, y, cfg, seed, settings)
-    key = json.dumps(settings, sort_keys=True)
+    key = json.dumps(_table_identity(x, y, seed, settings), sort_keys=True)
     name = f"table_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     path = os.path.join(FLAGS.reffakd_soft_labels, name)
     if os.path.exists(path):
@@ -47,23 +47,24 @@ def soft_label_table(data, x, y, cfg, seed):
     return table, cost
 
 
-def _settings(x, y, cfg, seed):
-    """What the table depends on: the data, the seed, the autoencoder's."""
-    from keras_kd.offline import manifest
-
+def _autoencoder_settings(cfg):
+    """The protocol and the autoencoder's flags (epochs: the paper's 200
+    unless `--reffakd_ae_epochs`, 30 on digits)."""
     return {
-        "data": manifest.data_fingerprint(x, y),
-        "seed": int(seed),
         "protocol": cfg["protocol"],
-        "epochs": _epochs(cfg),
+        "epochs": FLAGS.reffakd_ae_epochs
+        or (30 if cfg["protocol"] == "digits" else 200),
         "per_class": int(FLAGS.reffakd_per_class),
         "diagonal": float(FLAGS.reffakd_diagonal),
     }
 
 
-def _epochs(cfg):
-    """`--reffakd_ae_epochs`, else the paper's 200 (30 on digits)."""
-    return FLAGS.reffakd_ae_epochs or (30 if cfg["protocol"] == "digits" else 200)
+def _table_identity(x, y, seed, settings):
+    """What a kept table must match: the data, the seed and `settings`
+    (the data's hash only here, where a table is kept)."""
+    from keras_kd.offline import manifest
+
+    return dict(settings, data=manifest.data_fingerprint(x, y), seed=int(seed))
 
 
 def _train_table(data, x, y, cfg, seed, settings):
