@@ -219,14 +219,21 @@ def _versus(row, kd_row):
 
 # The rows every method is paired against, by seed; `kd_ce1` (KD at the
 # FA/AFD/RTK presets' 1·CE + 0.9·KD) when the suite ran it, so that a
-# feature term is measured against its own loss mix without the term.
-REFERENCE_NAMES = {"kd": "kd", "student": "student alone", "kd_ce1": "kd_ce1"}
+# feature term is measured against its own loss mix without the term, and
+# `kd_tuned` (KD at the (T, α) its grid chose) when run.
+REFERENCE_NAMES = {
+    "kd": "kd",
+    "student": "student alone",
+    "kd_ce1": "kd_ce1",
+    "kd_tuned": "kd_tuned",
+}
 
 
 def _references(runs):
-    """The rows to pair against: kd, the student alone, and kd_ce1 when run."""
-    ran_kd_ce1 = any(r["method"] == "kd_ce1" and "last" in r for r in runs)
-    return ["kd", "student"] + (["kd_ce1"] if ran_kd_ce1 else [])
+    """The rows to pair against: kd, the student alone, and kd_ce1 and
+    kd_tuned when run."""
+    ran = {r["method"] for r in runs if "last" in r}
+    return ["kd", "student"] + [m for m in ("kd_ce1", "kd_tuned") if m in ran]
 
 
 def paired_differences(runs, method, reference):

@@ -131,8 +131,13 @@ def _subset_phases(images):
 # Suite methods that run a preset with more recipe flags: `kd_ce1` is KD
 # at the 1·CE + 0.9·KD mix the FA, AFD and RTK presets train on (the kd
 # row's protocol trains on 0.1·CE + 0.9·KD): the control that isolates
-# what their feature terms add.
-VARIANTS = {"kd_ce1": ("kd", ["--ce_weight=1", "--kd_weight=0.9"])}
+# what their feature terms add. `kd_tuned` is KD from the seed's teacher at
+# the (T, α) a `--tune` grid picks (`accuracy_suites.TUNE_GRIDS`; without
+# one, the protocol's), so that a tuned method meets a tuned KD.
+VARIANTS = {
+    "kd_ce1": ("kd", ["--ce_weight=1", "--kd_weight=0.9"]),
+    "kd_tuned": ("kd", []),
+}
 
 
 def preset_of(method):

@@ -258,18 +258,44 @@ TUNE_WEIGHTS["kd+dlkd"] = TUNE_WEIGHTS["dlkd"]
 TUNE_FACTORS = (1.0, 0.1, 10.0)
 
 
-# Grids that are not a weight's factors, per (protocol, method): ReffAKD's
-# (T, α) on its own protocol, from the notebooks' T of 20/10/5/1 and α of
-# 0.1 to 0.9 (docs/methods.md §5); the recipe's defaults first.
-TUNE_GRIDS = {
-    ("reffakd_fashion", "reffakd"): [
+# ReffAKD's notebooks weigh `(1 − α)·CE + α·T²·KLDivLoss()`, for ReffAKD
+# (tinySLG_distillation.ipynb) and KD (large_model_distillation.ipynb) alike;
+# `KLDivLoss()`'s mean over batch × 10 classes is 1/10 of our batch-mean KL.
+# Their grid: T in 20/10/5/1, α in 0.1 to 0.9 (docs/methods.md §5).
+NOTEBOOK_TEMPERATURES = (5.0, 20.0)
+NOTEBOOK_ALPHAS = (0.9, 0.5, 0.1)
+
+
+def notebook_points(temperature_flag, weight_flag, classes=10):
+    """`[(label, recipe flags), ...]`: the notebooks' (T, α) as our flags
+    (the term at α / classes, CE at 1 − α), labelled by the notebooks' α.
+
+    Example: `notebook_points("--kd_temperature", "--kd_weight")[0]` →
+    `("T5_a0.9", ["--kd_temperature=5", "--kd_weight=0.09", "--ce_weight=0.1"])`.
+    """
+    return [
         (
             f"T{t:g}_a{a:g}",
-            [f"--reffakd_temperature={t:g}", f"--reffakd_alpha={a:g}"],
+            [
+                f"{temperature_flag}={t:g}",
+                f"{weight_flag}={a / classes:g}",
+                f"--ce_weight={1 - a:g}",
+            ],
         )
-        for t in (5.0, 1.0, 10.0, 20.0)
-        for a in (0.9, 0.5, 0.1)
-    ],
+        for t in NOTEBOOK_TEMPERATURES
+        for a in NOTEBOOK_ALPHAS
+    ]
+
+
+# Grids that are not a weight's factors, per (protocol, method): on
+# ReffAKD's own protocol, ReffAKD's and KD's (T, α) in the notebooks'
+# weighting, the protocol's T = 5, α = 0.9 first (`kd_tuned`: KD from the
+# seed's teacher, `benchmarks/accuracy_runs.VARIANTS`).
+TUNE_GRIDS = {
+    ("reffakd_fashion", "reffakd"): notebook_points(
+        "--reffakd_temperature", "--reffakd_alpha"
+    ),
+    ("reffakd_fashion", "kd_tuned"): notebook_points("--kd_temperature", "--kd_weight"),
     # On the converged protocol, where ReffAKD at its defaults trails the
     # student alone (item 4 of the suite's issue): our batch-mean KL, the
     # notebooks' `KLDivLoss()` mean over batch × classes (1/10 of it with

@@ -404,8 +404,12 @@ def test_weights_chosen_earlier_name_points_of_the_grid(suites):
     fa = presets.get("fa").defaults["fa_weight"]
     assert weights["fa"] == [f"--hparam=fa_weight={fa * 0.01:g}"]
     assert tags == {"fa": "_x0.01", "dlkd": "_x0.1"}
-    weights, tags = suites_module.chosen_weights(["reffakd=T1_a0.5"], "reffakd_fashion")
-    assert weights["reffakd"] == ["--reffakd_temperature=1", "--reffakd_alpha=0.5"]
+    weights, _ = suites_module.chosen_weights(["reffakd=T20_a0.5"], "reffakd_fashion")
+    assert weights["reffakd"] == [
+        "--reffakd_temperature=20",
+        "--reffakd_alpha=0.05",
+        "--ce_weight=0.5",
+    ]
     weights, _ = suites_module.chosen_weights(["reffakd=T5_a0.9_mean"], "fashion")
     assert weights["reffakd"][1:] == ["--reffakd_alpha=0.09", "--ce_weight=0.1"]
     for bad in ("fa=x.01", "fa=0.01", "kd=x1", "reffakd=x1", "fa"):

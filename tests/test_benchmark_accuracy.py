@@ -11,6 +11,9 @@ import keras
 import numpy as np
 import pytest
 from helpers import load_benchmark
+from helpers import numpy_log_softmax
+from helpers import numpy_softmax
+from helpers import sparse_ce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -276,12 +279,13 @@ def test_tune_flags_scale_every_term_weight_of_a_method(accuracy):
         "x10",
     ]
     assert suites.tune_points("kd", "fashion") == []
-    # ReffAKD's (T, α) on its own protocol, the recipe's defaults first.
-    grid = suites.tune_points("reffakd", "reffakd_fashion")
-    assert len(grid) == 12 and grid[0] == (
-        "T5_a0.9",
-        ["--reffakd_temperature=5", "--reffakd_alpha=0.9"],
-    )
+    # ReffAKD's and KD's (T, α) on ReffAKD's protocol, in the notebooks'
+    # weighting (`test_notebook_grid_gives_the_notebooks_loss`), the
+    # protocol's T = 5, α = 0.9 first.
+    for method, flag in (("reffakd", "--reffakd_alpha"), ("kd_tuned", "--kd_weight")):
+        grid = suites.tune_points(method, "reffakd_fashion")
+        assert len(grid) == 6 and grid[0][0] == "T5_a0.9"
+        assert f"{flag}=0.09" in grid[0][1] and "--ce_weight=0.1" in grid[0][1]
     # On the converged protocol: the defaults, the notebooks' KLDivLoss()
     # mean (the KL's weight / 10 classes, CE at 1 - α), smaller α.
     grid = dict(suites.tune_points("reffakd", "fashion"))
@@ -543,3 +547,52 @@ def test_joined_presets_are_a_suite_method(accuracy):
     )
     weights, tags = suites.chosen_weights(["kd+dlkd=x0.1"], "fashion")
     assert tags == {"kd+dlkd": "_x0.1"}
+
+
+def _notebook_loss(student_logits, labels, targets, temperature, alpha):
+    """ReffAKD's notebooks' `(1 − α)·CE + α·T²·KLDivLoss()(log_softmax(z/T),
+    targets)`, `KLDivLoss()` averaging over batch × classes (NumPy)."""
+    ce = -numpy_log_softmax(student_logits)[np.arange(len(labels)), labels].mean()
+    log_q = numpy_log_softmax(student_logits / temperature)
+    kl = np.mean(targets * (np.log(targets) - log_q))
+    return (1 - alpha) * ce + alpha * temperature**2 * kl
+
+
+@pytest.mark.parametrize("method", ["kd_tuned", "reffakd"])
+def test_notebook_grid_gives_the_notebooks_loss(method):
+    """Every point of the reffakd_fashion grid, built as the recipe builds
+    its flags (`--ce_weight` the CE's weight, the term's weight and T),
+    gives the notebooks' loss at the point's (T, α)."""
+    import keras_kd as kd
+
+    suites = load_benchmark("accuracy_suites")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 5)).astype("float32")
+    y = rng.integers(0, 10, size=16)
+    student = keras.Sequential([keras.Input((5,)), keras.layers.Dense(10)])
+    teacher = keras.Sequential([keras.Input((5,)), keras.layers.Dense(10)])
+    table = numpy_softmax(rng.normal(size=(10, 10)))
+    for label, flags in suites.tune_points(method, "reffakd_fashion"):
+        t, a = (float(v) for v in label[1:].split("_a"))
+        values = dict(f[2:].split("=") for f in flags)
+        hp = {k: float(v) for k, v in values.items() if k != "ce_weight"}
+        hp["student_loss_weight"] = float(values["ce_weight"])
+        if method == "reffakd":
+            source = kd.SoftLabelTeacher(table)
+            built = kd.presets.build("reffakd", source, student, **hp)
+        else:
+            source = teacher
+            built = kd.presets.build("kd", teacher, student, **hp)
+        distiller = kd.Distiller(source, student, **built)
+        distiller.compile("sgd", sparse_ce())
+        # Training mode returns the teachers' outputs too (Dense layers: the
+        # same logits as inference).
+        y_pred = distiller(x, training=True)
+        total = float(distiller.compute_loss(x, y, y_pred))
+        z = keras.ops.convert_to_numpy(student(x))
+        if method == "reffakd":
+            targets = table[y]
+        else:
+            targets = numpy_softmax(keras.ops.convert_to_numpy(teacher(x)) / t)
+        expected = _notebook_loss(z, y, targets, t, a)
+        np.testing.assert_allclose(total, expected, rtol=1e-4, err_msg=label)
