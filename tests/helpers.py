@@ -1,11 +1,13 @@
 """Test helpers shared by the test modules: tiny models, NumPy softmaxes,
 benchmark scripts as modules."""
 
+import contextlib
 import importlib.util
 import os
 
 import keras
 import numpy as np
+from absl import flags as absl_flags
 from keras import layers
 
 
@@ -21,6 +23,22 @@ def small_cnn(width, num_classes=10, name=None, input_shape=(8, 8, 1)):
     h = keras.layers.GlobalAveragePooling2D(name="features")(h)
     outputs = keras.layers.Dense(num_classes, name="logits", dtype="float32")(h)
     return keras.Model(inputs, outputs, name=name)
+
+
+@contextlib.contextmanager
+def recipe_flag_scope():
+    """Flags defined inside are removed afterwards and the others unparsed,
+    so that the next recipe run in this process defines and parses its
+    flags anew, as a fresh process would.
+
+    Example: `with recipe_flag_scope(): distill.define_flags(); ...`."""
+    defined = set(absl_flags.FLAGS)
+    try:
+        yield absl_flags.FLAGS
+    finally:
+        for flag in set(absl_flags.FLAGS) - defined:
+            delattr(absl_flags.FLAGS, flag)
+        absl_flags.FLAGS.unparse_flags()
 
 
 def sparse_ce():

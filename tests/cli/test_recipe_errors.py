@@ -13,7 +13,7 @@ import sys
 from unittest import mock
 
 import pytest
-from absl import flags as absl_flags
+from helpers import recipe_flag_scope
 from test_recipes import recipe
 from test_recipes import write_npz_folder
 
@@ -100,15 +100,10 @@ def run_in_process(name, args):
     defines them anew, as a fresh process would.
     """
     module = importlib.import_module(f"keras_kd.cli.{name}")
-    defined = set(absl_flags.FLAGS)
-    try:
+    with recipe_flag_scope():
         with mock.patch.object(sys, "argv", [f"{name}.py", *args]):
             with pytest.raises(SystemExit) as exit_:
                 module.main()
-    finally:
-        for flag in set(absl_flags.FLAGS) - defined:
-            delattr(absl_flags.FLAGS, flag)
-        absl_flags.FLAGS.unparse_flags()
     return exit_.value.code
 
 

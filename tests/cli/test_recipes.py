@@ -18,7 +18,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from absl import flags as absl_flags
+from helpers import recipe_flag_scope
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -386,15 +386,10 @@ def distillation_in_process(args):
     (flags resolved; teachers, students, terms and Distiller built)."""
     from keras_kd.cli import distill
 
-    defined = set(absl_flags.FLAGS)
-    try:
+    with recipe_flag_scope() as flags:
         distill.define_flags()
-        absl_flags.FLAGS(["distill.py", *args])
+        flags(["distill.py", *args])
         return distill._Distillation("distill")
-    finally:
-        for flag in set(absl_flags.FLAGS) - defined:
-            delattr(absl_flags.FLAGS, flag)
-        absl_flags.FLAGS.unparse_flags()
 
 
 def test_the_recipe_scales_the_schedules_to_its_epochs(tmp_path):

@@ -8,7 +8,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from absl import flags as absl_flags
+from helpers import recipe_flag_scope
 
 from keras_kd import reffakd
 from keras_kd.cli import distill
@@ -21,15 +21,10 @@ INFO = types.SimpleNamespace(info={"num_classes": 10})
 @contextlib.contextmanager
 def recipe_flags(*args):
     """The recipe's flags parsed from `args`, removed again afterwards."""
-    defined = set(absl_flags.FLAGS)
-    try:
+    with recipe_flag_scope() as flags:
         distill.define_flags()
-        absl_flags.FLAGS(["reffakd.py", "--reffakd_ae_epochs=1", *args])
+        flags(["reffakd.py", "--reffakd_ae_epochs=1", *args])
         yield
-    finally:
-        for flag in set(absl_flags.FLAGS) - defined:
-            delattr(absl_flags.FLAGS, flag)
-        absl_flags.FLAGS.unparse_flags()
 
 
 def not_trained():
