@@ -1,6 +1,9 @@
 """The figure of `benchmarks/accuracy.py`'s reports: per panel, bars of
-last-epoch test accuracy (mean ± std over seeds, the teacher as a dashed
-reference line) beside the mean test-accuracy curve of every method.
+last-epoch test accuracy (mean ± std over seeds, best first, the teacher
+as a dashed reference line) beside the mean test-accuracy curve of every
+method, whole and over the second half of the epochs (where methods that
+differ by tenths of a point can be told apart; its legend ordered by the
+last epoch's accuracy).
 
 A panel is one set of rows that share a task: `accuracy_report` gives a
 dataset's 10-class rows one panel and its class-subset rows (another
@@ -30,7 +33,8 @@ def _colours(names, plt):
 
 
 def _draw_bars(bars, panel, colours):
-    rows, teacher = panel["rows"], panel["teacher"]
+    teacher = panel["teacher"]
+    rows = sorted(panel["rows"], key=lambda r: -r["last"])
     names = [r["method"] for r in rows]
     bars.bar(
         names,
@@ -52,32 +56,48 @@ def _draw_bars(bars, panel, colours):
     bars.set_title(panel["title"])
     bars.set_xticks(range(len(names)))
     bars.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    low = min(100 * r["last"] for r in rows + teacher) if rows else 0
-    bars.set_ylim(max(0, low - 10), 100)
+    if rows:
+        low = min(100 * (r["last"] - r["last_std"]) for r in rows)
+        high = max(100 * (r["last"] + r["last_std"]) for r in rows + teacher)
+        margin = max(0.5, 0.1 * (high - low))
+        bars.set_ylim(max(0, low - margin), min(100, high + margin))
 
 
-def _draw_curves(curves, panel, colours):
+def _mean_curves(panel):
+    """`{method: mean test-accuracy curve over its seeds}` (the shortest
+    run's length), in the panel's row order; methods without curves left
+    out."""
+    means = {}
     for method in (r["method"] for r in panel["rows"]):
         runs = [
             r["curve"]
             for r in panel["runs"]
             if r["method"] == method and r.get("curve")
         ]
-        if not runs:
-            continue
-        length = min(map(len, runs))
-        mean = np.mean([c[:length] for c in runs], axis=0)
-        curves.plot(
-            np.arange(1, length + 1), 100 * mean, label=method, color=colours[method]
-        )
-    curves.set_xlabel("epoch")
-    curves.xaxis.get_major_locator().set_params(integer=True)
-    curves.set_ylabel("test accuracy % (mean over seeds)")
-    curves.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        if runs:
+            length = min(map(len, runs))
+            means[method] = 100 * np.mean([c[:length] for c in runs], axis=0)
+    return means
+
+
+def _draw_curves(whole, late, panel, colours):
+    means = _mean_curves(panel)
+    for method in sorted(means, key=lambda m: -means[m][-1]):
+        mean = means[method]
+        epochs = np.arange(1, len(mean) + 1)
+        whole.plot(epochs, mean, color=colours[method])
+        start = len(mean) // 2
+        late.plot(epochs[start:], mean[start:], label=method, color=colours[method])
+    for axis in (whole, late):
+        axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    whole.set_ylabel("test accuracy % (mean over seeds)")
+    late.set_title("second half of the epochs", fontsize=9)
+    late.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def plot(panels, path):
-    """Writes one row of bars and curves per panel (a dict: `title`, the
+    """Writes one row of bars and two curve plots per panel (a dict: `title`, the
     summary `rows` to draw, the `teacher` summary rows drawn as lines, and
     the `runs` that hold the curves) to `path`; returns False (printing
     why) when matplotlib is not installed."""
@@ -95,14 +115,14 @@ def plot(panels, path):
     widest = max(len(p["rows"]) for p in panels)
     fig, axes = plt.subplots(
         len(panels),
-        2,
-        figsize=(max(12, 0.5 * widest + 8), 5 * len(panels)),
+        3,
+        figsize=(max(16, 0.5 * widest + 12), 5 * len(panels)),
         squeeze=False,
     )
-    for (bars, curves), panel in zip(axes, panels):
+    for (bars, whole, late), panel in zip(axes, panels):
         colours = _colours([r["method"] for r in panel["rows"]], plt)
         _draw_bars(bars, panel, colours)
-        _draw_curves(curves, panel, colours)
+        _draw_curves(whole, late, panel, colours)
     fig.tight_layout()
     fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
