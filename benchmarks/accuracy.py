@@ -182,6 +182,12 @@ def run_dataset(
             continue
         rows = _phase_rows(out, phases, seed, command)
         done = [dict(row, code=version) for row in rows]
+        # A stored run made again only for its validation score (a finished
+        # run resumed, or the same numbers trained anew) keeps the commit
+        # that trained it and its teacher file byte for byte.
+        kept = bool(stored) and [r["last"] for r in stored] == [r["last"] for r in done]
+        if kept:
+            done = [dict(r, code=old.get("code")) for r, old in zip(done, stored)]
         if scored:
             folder = dataset["validation"]["path"]
             done[0]["validation_last"] = validation_accuracy(out, folder)
@@ -189,7 +195,8 @@ def run_dataset(
             if os.path.exists(os.path.join(out, alone)):
                 row = next(r for r in done if r["method"] == "student")
                 row["validation_last"] = validation_accuracy(out, folder, alone)
-        teacher = os.path.join(out, "teacher_0.keras") if method == "kd" else None
+        trained = method == "kd" and not kept
+        teacher = os.path.join(out, "teacher_0.keras") if trained else None
         if store:
             save_runs(store, dataset["key"], name, seed, done, teacher)
         if method == "kd":

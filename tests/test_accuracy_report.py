@@ -350,7 +350,7 @@ def _fake_recipe(calls):
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump({"models": models}, f)
         with open(os.path.join(out, "teacher_0.keras"), "w") as f:
-            f.write(out)  # Names the run that trained it.
+            f.write(f"{out} run {len(calls) + 1}")  # The run that trained it.
         calls.append(args)
         return 0, 1.0, "command " + out
 
@@ -372,7 +372,7 @@ def test_stored_runs_are_reused_and_their_teacher_serves_the_seed(
     assert (store / "d" / "kd_s0.json").exists()
     assert (store / "d" / "fa_s0.json").exists()
     kd_out = tmp_path / "d" / "kd_s0"
-    assert (store / "d" / "teacher_s0.keras").read_text() == str(kd_out)
+    assert (store / "d" / "teacher_s0.keras").read_text() == f"{kd_out} run 1"
     # Already in the first process, fa reads the stored copy: a resumed
     # run of fa then has the same --teacher flag.
     assert f"--teacher={store}/d/teacher_s0.keras" in calls[1]
@@ -382,15 +382,28 @@ def test_stored_runs_are_reused_and_their_teacher_serves_the_seed(
     again = accuracy.run_dataset(dataset, ["kd", "fa", "at"], [0], lambda _: None)
     assert len(calls) == 3 and again[:4] == first
     assert f"--teacher={store}/d/teacher_s0.keras" in calls[-1]
-    # A stored run without the validation score a sweep needs runs again.
-    accuracy.run_dataset(dataset, ["fa"], [0], lambda _: None, validate=True)
-    assert len(calls) == 4
-    with open(store / "d" / "fa_s0.json") as f:
-        assert json.load(f)["runs"][0]["validation_last"] == 0.7
+    # A stored run without the validation score a sweep needs runs again;
+    # with the same numbers, it keeps the commit that trained it, and a kd
+    # run its stored teacher file.
+    for name in ("fa_s0", "kd_s0"):
+        with open(store / "d" / f"{name}.json") as f:
+            record = json.load(f)
+        for row in record["runs"]:
+            row["code"] = {"commit": "the training commit", "modified": []}
+        with open(store / "d" / f"{name}.json", "w") as f:
+            json.dump(record, f)
+    accuracy.run_dataset(dataset, ["kd", "fa"], [0], lambda _: None, validate=True)
+    assert len(calls) == 5
+    for name in ("fa_s0", "kd_s0"):
+        with open(store / "d" / f"{name}.json") as f:
+            row = json.load(f)["runs"][0]
+        assert row["validation_last"] == 0.7
+        assert row["code"]["commit"] == "the training commit"
+    assert (store / "d" / "teacher_s0.keras").read_text() == f"{kd_out} run 1"
     # Without the teacher file, the kd record is not enough.
     (store / "d" / "teacher_s0.keras").unlink()
     accuracy.run_dataset(dataset, ["kd"], [0], lambda _: None)
-    assert len(calls) == 5 and (store / "d" / "teacher_s0.keras").exists()
+    assert len(calls) == 6 and (store / "d" / "teacher_s0.keras").exists()
 
 
 def test_weights_chosen_earlier_name_points_of_the_grid(suites):
