@@ -5,6 +5,8 @@ import os
 
 import keras
 import pytest
+from helpers import load_benchmark
+from helpers import recipe_flag_scope
 from helpers import small_cnn
 from helpers import sparse_ce
 from sklearn.datasets import load_digits
@@ -54,3 +56,31 @@ def _cached_weights_path(config, name):
     )
     key = hashlib.sha256(source + keras.__version__.encode()).hexdigest()[:16]
     return str(config.cache.mkdir("keras_kd") / f"{name}_{key}.weights.h5")
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    """benchmarks/accuracy.py as a module."""
+    return load_benchmark("accuracy")
+
+
+@pytest.fixture(scope="module")
+def accuracy_report():
+    """benchmarks/accuracy_report.py as a module."""
+    return load_benchmark("accuracy_report")
+
+
+@pytest.fixture
+def suites(tmp_path):
+    """accuracy.py's flags, defined and parsed for `args` (`suites(*args)`
+    returns the accuracy module); removed afterwards."""
+    with recipe_flag_scope() as flags:
+        accuracy = load_benchmark("accuracy")
+        accuracy.define_flags()
+
+        def parse(*args):
+            flags.unparse_flags()
+            flags(["accuracy.py", f"--work_dir={tmp_path}", *args])
+            return accuracy
+
+        yield parse
