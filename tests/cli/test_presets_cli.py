@@ -1,4 +1,5 @@
-"""Every registered preset through `recipes/distill.py` on digits (slow).
+"""Presets through `recipes/distill.py`: every registered preset on digits
+(slow), and the epoch schedules the recipe scales to its `--epochs`.
 
 One epoch on 64 student images from a teacher trained for one epoch; a
 preset passes when the run ends with every term logged, finite, at a
@@ -9,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from test_recipes import distillation_in_process
 from test_recipes import read_csv
 from test_recipes import read_json
 from test_recipes import recipe
@@ -66,3 +68,19 @@ def test_preset_runs_through_the_recipe(name, teacher_file, tmp_path):
         assert np.isfinite(float(log[0][term])), (term, log[0])
     assert np.isfinite(float(log[0]["total_loss"]))
     assert results["dataset"]["student_train_images"] == 64
+
+
+def test_the_recipe_scales_the_schedules_to_its_epochs(tmp_path):
+    out = f"--output_dir={tmp_path / 'run'}"
+    args = ["--method=dkd+ctkd", "--epochs=12", "--export=", out]
+    run = distillation_in_process(args)
+    used = run._resolved()["method_hyperparameters"]
+    assert used["dkd"]["warmup_epochs"] == 1 and used["ctkd"]["lambda_epochs"] == 1
+    assert run.terms["dkd"][0].warmup_epochs == 1
+    assert run.terms["ctkd"][0].lambda_epochs == 1
+    run = distillation_in_process([*args, "--hparam=warmup_epochs=5"])
+    assert run._resolved()["method_hyperparameters"]["dkd"]["warmup_epochs"] == 5
+    assert run.terms["dkd"][0].warmup_epochs == 5
+    run = distillation_in_process(["--method=dkd", "--epochs=240", "--export=", out])
+    assert run._resolved()["method_hyperparameters"]["dkd"]["warmup_epochs"] == 20
+    assert not os.path.exists(tmp_path / "run")

@@ -392,22 +392,6 @@ def distillation_in_process(args):
         return distill._Distillation("distill")
 
 
-def test_the_recipe_scales_the_schedules_to_its_epochs(tmp_path):
-    out = f"--output_dir={tmp_path / 'run'}"
-    args = ["--method=dkd+ctkd", "--epochs=12", "--export=", out]
-    run = distillation_in_process(args)
-    used = run._resolved()["method_hyperparameters"]
-    assert used["dkd"]["warmup_epochs"] == 1 and used["ctkd"]["lambda_epochs"] == 1
-    assert run.terms["dkd"][0].warmup_epochs == 1
-    assert run.terms["ctkd"][0].lambda_epochs == 1
-    run = distillation_in_process([*args, "--hparam=warmup_epochs=5"])
-    assert run._resolved()["method_hyperparameters"]["dkd"]["warmup_epochs"] == 5
-    assert run.terms["dkd"][0].warmup_epochs == 5
-    run = distillation_in_process(["--method=dkd", "--epochs=240", "--export=", out])
-    assert run._resolved()["method_hyperparameters"]["dkd"]["warmup_epochs"] == 20
-    assert not os.path.exists(tmp_path / "run")
-
-
 @pytest.mark.slow
 def test_resume_after_kill_gives_the_same_weights(tmp_path):
     args = ["--nobaseline", "--teacher_epochs=2", "--epochs=12", "--export="]
