@@ -70,6 +70,18 @@ def accuracy_report():
     return load_benchmark("accuracy_report")
 
 
+@pytest.fixture(scope="module")
+def accuracy_runs():
+    """benchmarks/accuracy_runs.py as a module."""
+    return load_benchmark("accuracy_runs")
+
+
+@pytest.fixture(scope="module")
+def accuracy_data():
+    """benchmarks/accuracy_data.py as a module."""
+    return load_benchmark("accuracy_data")
+
+
 @pytest.fixture
 def suites(tmp_path):
     """accuracy.py's flags, defined and parsed for `args` (`suites(*args)`

@@ -8,16 +8,10 @@ import os
 
 import pytest
 from absl import app as absl_app
-from helpers import load_benchmark
 
 from keras_kd import presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def report():
-    return load_benchmark("accuracy_report")
 
 
 # Last-epoch accuracy per seed. Paired differences, by hand:
@@ -50,17 +44,19 @@ def _runs():
     return runs
 
 
-def test_paired_differences_by_hand(report):
-    mean, std, above, below, n = report.paired_differences(_runs(), "fitnets", "kd")
+def test_paired_differences_by_hand(accuracy_report):
+    mean, std, above, below, n = accuracy_report.paired_differences(
+        _runs(), "fitnets", "kd"
+    )
     assert (mean, std) == pytest.approx((0.004, 0.001))
     assert (above, below, n) == (3, 0, 3)
-    mean, std, above, below, n = report.paired_differences(_runs(), "at", "kd")
+    mean, std, above, below, n = accuracy_report.paired_differences(_runs(), "at", "kd")
     assert (mean, std) == pytest.approx((-0.004, 0.006))  # ddof=1.
     assert (above, below, n) == (1, 2, 3)
-    assert report.paired_differences(_runs(), "fitnets", "nobody") is None
+    assert accuracy_report.paired_differences(_runs(), "fitnets", "nobody") is None
 
 
-def _table(runs, report):
+def _table(runs, accuracy_report):
     dataset = {
         "key": "d",
         "teacher": "t",
@@ -69,7 +65,7 @@ def _table(runs, report):
         "epochs": 5,
         "teacher_epochs": 5,
         "runs": runs,
-        "summary": report.summarize(runs),
+        "summary": accuracy_report.summarize(runs),
     }
     full = {
         "suite": "cpu",
@@ -80,7 +76,7 @@ def _table(runs, report):
         "seeds": [0, 1, 2],
         "datasets": [dataset],
     }
-    table = report.format_markdown(full)
+    table = accuracy_report.format_markdown(full)
     cells = {
         row.split(" | ")[0][2:]: row.split(" | ")
         for row in table.splitlines()
@@ -89,8 +85,8 @@ def _table(runs, report):
     return table, cells
 
 
-def test_table_has_paired_columns_vs_kd_and_the_student_alone(report):
-    table, cells = _table(_runs(), report)
+def test_table_has_paired_columns_vs_kd_and_the_student_alone(accuracy_report):
+    table, cells = _table(_runs(), accuracy_report)
     assert "vs kd, paired by seed (points, mean ± sample std)" in table
     # Columns: method, last, best, unpaired, paired vs kd, vs student, ...
     assert cells["fitnets"][4:6] == [
@@ -112,11 +108,13 @@ def test_table_has_paired_columns_vs_kd_and_the_student_alone(report):
     assert "paired by seed with its subset's scratch row" in table
 
 
-def test_class_subset_rows_get_their_own_plot_panel_without_the_teacher(report):
+def test_class_subset_rows_get_their_own_plot_panel_without_the_teacher(
+    accuracy_report,
+):
     runs = _runs()
     dataset = {"key": "d", "teacher": "t", "student": "s", "runs": runs}
-    full = {"datasets": [dict(dataset, summary=report.summarize(runs))]}
-    main, subset = report.panels(full)
+    full = {"datasets": [dict(dataset, summary=accuracy_report.summarize(runs))]}
+    main, subset = accuracy_report.panels(full)
     assert [r["method"] for r in main["rows"]] == ["kd", "student", "fitnets", "at"]
     assert [r["method"] for r in main["teacher"]] == ["teacher"]
     assert [r["method"] for r in subset["rows"]] == [
@@ -127,18 +125,22 @@ def test_class_subset_rows_get_their_own_plot_panel_without_the_teacher(report):
     assert subset["teacher"] == [] and subset["title"] == "d: t → s, class subsets"
     # Without class-subset rows, one panel.
     plain = [r for r in runs if not r["method"].startswith("subset: ")]
-    full = {"datasets": [dict(dataset, runs=plain, summary=report.summarize(plain))]}
-    assert [p["title"] for p in report.panels(full)] == ["d: t → s"]
+    full = {
+        "datasets": [
+            dict(dataset, runs=plain, summary=accuracy_report.summarize(plain))
+        ]
+    }
+    assert [p["title"] for p in accuracy_report.panels(full)] == ["d: t → s"]
 
 
-def test_a_kd_ce1_control_gets_its_own_paired_column(report):
+def test_a_kd_ce1_control_gets_its_own_paired_column(accuracy_report):
     # fitnets − kd_ce1: +0.3 − 0.2, +0.4 − 0.4, +0.5 − 0.1 points → +0.1,
     # 0.0, +0.4: mean +0.17, sample std 0.21, 2 of 3 above.
     runs = _runs() + [
         {"method": "kd_ce1", "seed": s, "last": v, "best": v}
         for s, v in enumerate((0.802, 0.814, 0.821))
     ]
-    table, cells = _table(runs, report)
+    table, cells = _table(runs, accuracy_report)
     assert "vs kd_ce1, paired by seed" in table
     assert cells["fitnets"][4:7] == [
         "+0.40 ± 0.10 (3/3 above)",
@@ -146,23 +148,25 @@ def test_a_kd_ce1_control_gets_its_own_paired_column(report):
         "+0.17 ± 0.21 (2/3 above)",
     ]
     assert cells["kd_ce1"][6] == "–" and len(cells["kd"]) == len(cells["fitnets"])
-    assert "kd_ce1" not in _table(_runs(), report)[0]
+    assert "kd_ce1" not in _table(_runs(), accuracy_report)[0]
 
 
-def test_one_seed_has_no_spread(report):
+def test_one_seed_has_no_spread(accuracy_report):
     runs = [r for r in _runs() if r["seed"] == 0]
-    _, cells = _table(runs, report)
+    _, cells = _table(runs, accuracy_report)
     assert cells["fitnets"][4] == "+0.30 (1/1 above)"
     # No "± 0.00" for one seed, and no verdict against KD's noise.
     assert "±" not in cells["fitnets"][1] and cells["fitnets"][1].endswith("(one seed)")
     assert cells["fitnets"][3].endswith("(one seed)")
-    assert {r["method"]: r["last_std"] for r in report.summarize(runs)}["kd"] == 0
+    assert {r["method"]: r["last_std"] for r in accuracy_report.summarize(runs)}[
+        "kd"
+    ] == 0
 
 
-def test_summary_std_is_the_sample_std(report):
+def test_summary_std_is_the_sample_std(accuracy_report):
     # kd: 0.800, 0.810, 0.820 -> sample std 0.010 (population would be 0.0082);
     # at: 0.790, 0.812, 0.816 -> mean 0.806, squares 256 + 36 + 100 (1e-6) over 2.
-    rows = {r["method"]: r for r in report.summarize(_runs())}
+    rows = {r["method"]: r for r in accuracy_report.summarize(_runs())}
     assert rows["kd"]["last_std"] == pytest.approx(0.010)
     assert rows["at"]["last_std"] == pytest.approx((392e-6 / 2) ** 0.5)
 
@@ -170,10 +174,10 @@ def test_summary_std_is_the_sample_std(report):
 @pytest.mark.parametrize(
     "path", sorted(glob.glob(os.path.join(ROOT, "benchmarks/results/accuracy_*.json")))
 )
-def test_earlier_reports_render_again(report, path):
+def test_earlier_reports_render_again(accuracy_report, path):
     with open(path) as f:
         earlier = json.load(f)
-    table = report.format_markdown(earlier)
+    table = accuracy_report.format_markdown(earlier)
     kd = next(line for line in table.splitlines() if line.startswith("| kd |"))
     assert "above)" in kd or "below)" in kd  # Paired vs the student alone.
 
@@ -236,7 +240,7 @@ def test_fashion_protocol_entry_of_the_cpu_suite(suites, monkeypatch):
     assert "--reffakd_diagonal=0.008" in reffakd["flags"]
 
 
-def test_times_are_quoted_only_from_quiet_runs(report):
+def test_times_are_quoted_only_from_quiet_runs(accuracy_report):
     runs = [
         {"method": "kd", "seed": 0, "last": 0.8, "train_seconds": 10.0},
         {"method": "kd", "seed": 1, "last": 0.9, "train_seconds": 20.0},
@@ -244,13 +248,13 @@ def test_times_are_quoted_only_from_quiet_runs(report):
     ]
     runs[0]["load_average"] = [0.4, 1.5]
     runs[1]["load_average"] = [0.6, 1.6]  # Loaded at the end; run 2: unrecorded.
-    (row,) = report.summarize(runs)
+    (row,) = accuracy_report.summarize(runs)
     assert row["train_seconds"] == 10.0 and row["train_seconds_std"] == 0.0
     assert row["last"] == pytest.approx(0.8) and row["loaded"] == 2
-    assert report._loaded(row) == " (2 not quoted: load > 1.5 or unrecorded)"
+    assert accuracy_report._loaded(row) == " (2 not quoted: load > 1.5 or unrecorded)"
 
 
-def test_training_time_counts_phases_and_the_sweeps_other_grid_points(report):
+def test_training_time_counts_phases_and_the_sweeps_other_grid_points(accuracy_report):
     dataset = {
         "runs": [
             {"method": "teacher", "train_seconds": 100.0, "load_average": [1, 1]},
@@ -260,7 +264,7 @@ def test_training_time_counts_phases_and_the_sweeps_other_grid_points(report):
         ],
         "tuning": {"fa": {"chosen": "1", "train_seconds": {"1": 60.0, "10": 7.0}}},
     }
-    assert report.training_seconds(dataset) == (217.0, 3, 1)
+    assert accuracy_report.training_seconds(dataset) == (217.0, 3, 1)
 
 
 def test_weights_chosen_earlier_name_points_of_the_grid(suites):

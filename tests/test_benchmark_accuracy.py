@@ -10,19 +10,8 @@ import sys
 import keras
 import numpy as np
 import pytest
-from helpers import load_benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def accuracy_runs():
-    return load_benchmark("accuracy_runs")
-
-
-@pytest.fixture(scope="module")
-def accuracy_data():
-    return load_benchmark("accuracy_data")
 
 
 def _runs():
